@@ -1,0 +1,221 @@
+"""plan(): the native, per-device memory plan of a model on a mesh under a layout.
+
+Departs from MAX's pooled estimator on purpose (reference/max-semantics.md §10): every device is
+charged its own weight shard, its own activations (replicated terms count on every device that
+holds them, MAX issue #6268) and its own signal buffers; a page exists only if every device of a
+replica has room for its slice, so pages per replica is the minimum over devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from estimator.activations import analytic_activation_bytes
+from estimator.geometry import Geometry, geometry
+from estimator.layout import Layout
+from estimator.model_spec import ModelSpec
+from estimator.models import resolve_model
+from estimator.paging import (
+    max_batch_at_length,
+    max_length_at_batch,
+    pages_for_tokens,
+    pages_that_fit,
+    scaled_budget,
+    speculative_slack,
+)
+from estimator.signals import signal_buffer_bytes
+from meshes.mesh import DeviceMesh
+from meshes.validation import check_fraction, check_int
+
+DEFAULT_MAX_BATCH_INPUT_TOKENS = 8192
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """What one device holds under the plan, in bytes."""
+
+    device: str
+    replica: int
+    stage: int
+    tensor_rank: int
+    bytes_limit: int
+    bytes_in_use: int  # already used before the plan (another process, earlier arrays)
+    budget_bytes: int  # floor((limit − in use) · utilization)
+    weights_bytes: int
+    activation_bytes: int
+    signal_bytes: int
+    reserve_bytes: int
+    kv_budget_bytes: int  # budget − weights − activations − signals − reserve
+    page_bytes: int
+    pages_fit: int  # pages this device alone could hold
+    kv_pool_bytes: int  # pages_per_replica · page_bytes
+    free_bytes: int  # left unused on the device after everything planned
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The result of plan(): per-device rows and what they allow."""
+
+    model: str
+    mesh: str
+    layout: str
+    kv_cache_dtype: str
+    page_size: int
+    device_memory_utilization: float
+    devices: tuple[DeviceRow, ...]
+    num_replicas: int
+    pages_per_replica: int
+    reserved_pages: int  # the null page each replica keeps back
+    speculative_slack_tokens: int
+    bytes_per_block: int  # one page summed over a replica's devices
+    kv_bytes_per_token_per_replica: int
+    max_supported_sequence_length: int
+    requested_max_length: int | None
+    planned_max_length: int
+    max_batch_size: int  # requests of planned_max_length that fit across all replicas
+    requested_max_batch_size: int | None
+    fits: bool
+    tightest_device: str
+    waste_bytes: int  # KV bytes per device spent on replicated heads (worst device)
+    warnings: tuple[str, ...]
+    suggestions: tuple[str, ...]
+
+    @property
+    def usable_pages_per_replica(self) -> int:
+        return max(self.pages_per_replica - self.reserved_pages, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable view (ints stay exact)."""
+        out = asdict(self)
+        out["devices"] = [asdict(r) for r in self.devices]
+        out["warnings"], out["suggestions"] = list(self.warnings), list(self.suggestions)
+        out["usable_pages_per_replica"] = self.usable_pages_per_replica
+        return out
+
+
+def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | None = None, *,
+         kv_cache_dtype: str | None = None, page_size: int = 128,
+         device_memory_utilization: float = 0.9, max_length: int | None = None,
+         max_batch_size: int | None = None,
+         max_batch_input_tokens: int = DEFAULT_MAX_BATCH_INPUT_TOKENS,
+         activation_bytes: int | None = None, signal_bytes: int | None = None,
+         runtime_reserve_bytes: int = 0, num_draft_tokens: int = 0,
+         speculative_method: str = "eagle", reserve_null_page: bool = True) -> MemoryPlan:
+    """Plan the KV pool of ``model`` on ``mesh`` under ``layout``, device by device.
+
+    ``activation_bytes`` / ``signal_bytes`` are per device; left as None they come from the
+    analytic activation model and MAX's signal-buffer size (GPU tensor groups only).
+    """
+    model = resolve_model(model)
+    mesh = DeviceMesh.from_preset(mesh) if isinstance(mesh, str) else mesh
+    layout = _resolve_layout(layout, mesh)
+    util = check_fraction("device_memory_utilization", device_memory_utilization)
+    tokens = check_int("max_batch_input_tokens", max_batch_input_tokens)
+    reserve = check_int("runtime_reserve_bytes", runtime_reserve_bytes, minimum=0)
+    check_int("num_draft_tokens", num_draft_tokens, minimum=0, maximum=2**20)
+    if max_length is not None:
+        max_length = check_int("max_length", max_length, maximum=2**40)
+    if max_batch_size is not None:
+        max_batch_size = check_int("max_batch_size", max_batch_size, maximum=2**31 - 1)
+    geom = geometry(model, layout, kv_cache_dtype=kv_cache_dtype, page_size=page_size)
+
+    sampler_rows = min(max_batch_size or 512, tokens)
+    act = (analytic_activation_bytes(geom, tokens, sampler_rows) if activation_bytes is None
+           else check_int("activation_bytes", activation_bytes, minimum=0))
+    sig = (signal_buffer_bytes(mesh.platform, layout.tensor) if signal_bytes is None
+           else check_int("signal_bytes", signal_bytes, minimum=0))
+
+    budgets = []
+    for i, stats in enumerate(mesh.stats):
+        stage = geom.stages[layout.coordinates(i)[1]]
+        budget = scaled_budget(stats.free, util)
+        kv_budget = budget - stage.weight_bytes - act - sig - reserve
+        budgets.append((budget, kv_budget, pages_that_fit(kv_budget, stage.page_bytes)))
+    pages = min(b[2] for b in budgets)
+    tight = min(range(mesh.size), key=lambda i: budgets[i][2])
+
+    rows = []
+    for i, (stats, (budget, kv_budget, fit)) in enumerate(zip(mesh.stats, budgets, strict=True)):
+        replica, stage_index, rank = layout.coordinates(i)
+        stage = geom.stages[stage_index]
+        pool = pages * stage.page_bytes
+        static = stage.weight_bytes + act + sig + reserve
+        rows.append(DeviceRow(str(mesh.devices[i]), replica, stage_index, rank, stats.bytes_limit,
+                              stats.bytes_in_use, budget, stage.weight_bytes, act, sig, reserve,
+                              kv_budget, stage.page_bytes, fit, pool,
+                              stats.free - static - pool))
+    return _conclude(model, mesh, layout, geom, util, tuple(rows), pages, tight, max_length,
+                     max_batch_size, speculative_slack(num_draft_tokens, speculative_method),
+                     int(reserve_null_page))
+
+
+def _resolve_layout(layout: Layout | str | None, mesh: DeviceMesh) -> Layout:
+    if layout is None:
+        layout = Layout.default_for(mesh)
+    elif isinstance(layout, str):
+        layout = Layout.parse(layout)
+    layout.check(mesh)
+    return layout
+
+
+def _conclude(model: ModelSpec, mesh: DeviceMesh, layout: Layout, geom: Geometry, util: float,
+              rows: tuple[DeviceRow, ...], pages: int, tight: int, max_length: int | None,
+              max_batch_size: int | None, slack: int, reserved: int) -> MemoryPlan:
+    """Turn per-device page counts into lengths, batches, a verdict, warnings and suggestions."""
+    page = geom.page_size
+    usable = max(pages - reserved, 0)
+    cap = max(usable * page - slack, 0)
+    wanted = max_length if max_length is not None else model.max_position_embeddings
+    planned = min(wanted, cap)
+    per_replica = max_batch_at_length(usable, planned, page, slack)
+    total_batch = per_replica * layout.data
+    warnings, suggestions = [], []
+    fits = usable > 0 and cap > 0
+    if not fits:
+        worst = rows[tight]
+        warnings.append(f"no KV page fits on {worst.device}: budget {worst.budget_bytes:,} B "
+                        f"leaves {worst.kv_budget_bytes:,} B for pages of {worst.page_bytes:,} B")
+    if max_length is not None and max_length > cap:
+        fits = False
+        suggestions.append(f"reduce --max-length to {cap} (the longest one request can be)")
+    elif max_length is None and wanted > cap and cap > 0:
+        warnings.append(f"max_length clamped from {wanted} to {cap} by KV-cache capacity")
+    if max_batch_size is not None and fits:
+        need_per_replica = -(-max_batch_size // layout.data)
+        if need_per_replica > per_replica:
+            fits = False
+            longest = max_length_at_batch(usable, need_per_replica, page, slack)
+            if longest > 0:
+                suggestions.append(f"reduce --max-length to {longest} to serve "
+                                   f"{max_batch_size} requests at once")
+            suggestions.append(f"reduce --max-batch-size to {total_batch} at length {planned}")
+    if geom.replication > 1:
+        waste = max(r.kv_pool_bytes for r in rows) * (geom.replication - 1) // geom.replication
+        warnings.append(f"{model.num_kv_heads} KV heads over tensor_parallel_size="
+                        f"{layout.tensor}: each head is stored {geom.replication}× — "
+                        f"{waste:,} B of each device's KV pool holds copies")
+    else:
+        waste = 0
+    if len(mesh.device_kinds) > 1:
+        warnings.append(f"mixed device kinds {', '.join(mesh.device_kinds)}: planned per device, "
+                        "the smallest sets the page count")
+    return MemoryPlan(
+        model=model.name, mesh=mesh.describe(), layout=layout.name,
+        kv_cache_dtype=geom.kv_cache_dtype, page_size=page, device_memory_utilization=util,
+        devices=rows, num_replicas=layout.data, pages_per_replica=pages, reserved_pages=reserved,
+        speculative_slack_tokens=slack, bytes_per_block=geom.bytes_per_block,
+        kv_bytes_per_token_per_replica=sum(s.kv_bytes_per_token for s in geom.stages)
+        * layout.tensor,
+        max_supported_sequence_length=cap, requested_max_length=max_length,
+        planned_max_length=planned, max_batch_size=total_batch,
+        requested_max_batch_size=max_batch_size, fits=fits, tightest_device=rows[tight].device,
+        waste_bytes=waste, warnings=tuple(warnings), suggestions=tuple(suggestions))
+
+
+def pages_needed(batch: int, length: int, page_size: int, slack: int = 0) -> int:
+    """Pages a replica needs for ``batch`` requests of ``length`` tokens."""
+    return batch * pages_for_tokens(length + slack, page_size)
+
+
+__all__ = ["DeviceRow", "MemoryPlan", "pages_needed", "plan"]

@@ -1,0 +1,180 @@
+"""DeviceMesh: named axes over devices, simulated or live, with per-device memory stats.
+
+Built from a preset string (``8xH100-80GB``, ``2x8xH100-80GB`` for two hosts, ``v5e-16``), from
+explicit devices, or from ``jax.devices()``. It hands out a ``jax.sharding.Mesh`` for live devices
+and an ``AbstractMesh`` for simulated ones, so shardings and ``shard_shape`` work without hardware.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from meshes.catalog import CATALOG, DeviceSpec, device_spec
+from meshes.simulated import SimulatedDevice
+from meshes.stats import MemoryStats
+from meshes.validation import InputError, check_int
+
+_PRESET = re.compile(r"^(?:(\d+)x)?(?:(\d+)x)?(.+?)$")
+_TPU_PRESET = re.compile(r"^(v\d+[a-z]*)-(\d+)$", re.IGNORECASE)
+PRESET_EXAMPLES = ("8xH100-80GB", "2x8xH100-80GB", "v5e-16", "4xA100-80GB", "H200-141GB")
+
+
+@dataclass(frozen=True)
+class DeviceMesh:
+    """Devices laid out row-major over named axes, with each device's memory stats."""
+
+    axis_names: tuple[str, ...]
+    axis_sizes: tuple[int, ...]
+    devices: tuple[Any, ...]  # SimulatedDevice or jax.Device, row-major over the axes
+    stats: tuple[MemoryStats, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.axis_names) != len(self.axis_sizes):
+            raise InputError("axis_names", self.axis_names,
+                             f"one name per axis size {self.axis_sizes}")
+        if len(set(self.axis_names)) != len(self.axis_names):
+            raise InputError("axis_names", self.axis_names, "distinct names")
+        for name, size in zip(self.axis_names, self.axis_sizes, strict=True):
+            check_int(f"axis {name!r} size", size)
+        if math.prod(self.axis_sizes) != len(self.devices):
+            raise InputError("axis_sizes", dict(zip(self.axis_names, self.axis_sizes, strict=True)),
+                             f"sizes whose product is the device count {len(self.devices)}")
+        if len(self.stats) != len(self.devices):
+            raise InputError("stats", len(self.stats), f"one per device ({len(self.devices)})")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_devices(cls, devices: Sequence[Any], axes: Mapping[str, int] | None = None,
+                     *, capacity_bytes: int | None = None) -> DeviceMesh:
+        """Mesh over given devices (anything with ``memory_stats()``); one axis 'device' by default.
+
+        ``capacity_bytes`` stands in for devices that report no stats (CPU, platform allocator).
+        """
+        devices = tuple(devices)
+        if not devices:
+            raise InputError("devices", [], "at least one device")
+        axes = dict(axes) if axes else {"device": len(devices)}
+        if capacity_bytes is not None:
+            capacity_bytes = check_int("capacity_bytes", capacity_bytes)
+        stats = tuple(_read_stats(d, capacity_bytes) for d in devices)
+        return cls(tuple(axes), tuple(axes.values()), devices, stats)
+
+    @classmethod
+    def from_preset(cls, preset: str, *, bytes_in_use: int = 0,
+                    axes: Mapping[str, int] | None = None) -> DeviceMesh:
+        """Simulated mesh from ``[HOSTSx]NxKIND`` (e.g. ``2x8xH100-80GB``) or ``v5e-16``.
+
+        ``bytes_in_use`` makes every device start non-empty by that many bytes.
+        """
+        hosts, per_host, spec = _parse_preset(preset)
+        devices = tuple(SimulatedDevice(i, spec, bytes_in_use=bytes_in_use,
+                                        process_index=i // per_host)
+                        for i in range(hosts * per_host))
+        if axes is None:
+            axes = {"host": hosts, "device": per_host} if hosts > 1 else {"device": per_host}
+        return cls.from_devices(devices, axes)
+
+    @classmethod
+    def from_jax(cls, devices: Sequence[Any] | None = None, axes: Mapping[str, int] | None = None,
+                 *, capacity_bytes: int | None = None) -> DeviceMesh:
+        """Live mesh over ``jax.devices()`` (or the given ones), reading each ``memory_stats()``."""
+        if devices is None:
+            import jax
+
+            devices = jax.devices()
+        return cls.from_devices(devices, axes, capacity_bytes=capacity_bytes)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def size(self) -> int:
+        return len(self.devices)
+
+    @property
+    def shape(self) -> dict[str, int]:
+        return dict(zip(self.axis_names, self.axis_sizes, strict=True))
+
+    @property
+    def is_simulated(self) -> bool:
+        return all(isinstance(d, SimulatedDevice) for d in self.devices)
+
+    @property
+    def device_kinds(self) -> tuple[str, ...]:
+        """Distinct device kinds present (more than one means a mixed mesh)."""
+        return tuple(dict.fromkeys(_device_kind(d) for d in self.devices))
+
+    @property
+    def platform(self) -> str:
+        kinds = {getattr(d, "platform", "cpu") for d in self.devices}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+    def reshape(self, axes: Mapping[str, int]) -> DeviceMesh:
+        """Same devices in the same order, viewed through other named axes."""
+        return DeviceMesh(tuple(axes), tuple(axes.values()), self.devices, self.stats)
+
+    def with_stats(self, stats: Sequence[MemoryStats]) -> DeviceMesh:
+        """Same devices with other memory stats (e.g. re-read from live devices)."""
+        return DeviceMesh(self.axis_names, self.axis_sizes, self.devices, tuple(stats))
+
+    def refresh(self) -> DeviceMesh:
+        """Re-read every device's ``memory_stats()`` (devices that had none keep their stats)."""
+        return self.with_stats([_read_stats(d, None) if d.memory_stats() is not None else s
+                                for d, s in zip(self.devices, self.stats, strict=True)])
+
+    def jax_mesh(self) -> Any:
+        """A ``jax.sharding.Mesh`` for live devices, an ``AbstractMesh`` for simulated ones."""
+        import jax
+        import numpy as np
+
+        if self.is_simulated:
+            return jax.sharding.AbstractMesh(self.axis_sizes, self.axis_names)
+        grid = np.array(self.devices, dtype=object).reshape(self.axis_sizes)
+        return jax.sharding.Mesh(grid, self.axis_names)
+
+    def describe(self) -> str:
+        kinds = ", ".join(self.device_kinds)
+        axes = " x ".join(f"{n}={s}" for n, s in self.shape.items())
+        return f"{self.size} x {kinds} ({axes})"
+
+
+def _parse_preset(preset: str) -> tuple[int, int, DeviceSpec]:
+    if not isinstance(preset, str) or not preset.strip():
+        raise InputError("mesh", preset, f"a preset such as {', '.join(PRESET_EXAMPLES)}")
+    text = preset.strip()
+    tpu = _TPU_PRESET.match(text)
+    if tpu:
+        spec = device_spec(f"TPU-{tpu.group(1).lower()}")
+        return 1, check_int("mesh chip count", int(tpu.group(2))), spec
+    match = _PRESET.match(text)
+    first, second, kind = match.groups() if match else (None, None, text)
+    try:
+        spec = device_spec(kind)
+    except InputError as err:
+        raise InputError("mesh", preset, f"[HOSTSx]COUNTxDEVICE or vNx-CHIPS (e.g. "
+                         f"{', '.join(PRESET_EXAMPLES)}); device: {err.allowed}") from None
+    if second is not None:
+        return check_int("mesh hosts", int(first)), check_int("mesh devices per host",
+                                                               int(second)), spec
+    return 1, check_int("mesh device count", int(first or 1)), spec
+
+
+def _device_kind(device: Any) -> str:
+    return str(getattr(device, "device_kind", type(device).__name__))
+
+
+def _read_stats(device: Any, capacity_bytes: int | None) -> MemoryStats:
+    """Stats from ``memory_stats()``; ``capacity_bytes`` replaces a missing or overriding budget."""
+    raw = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if capacity_bytes is not None:
+        in_use = int((raw or {}).get("bytes_in_use", 0) or 0)
+        return MemoryStats(bytes_limit=capacity_bytes, bytes_in_use=min(in_use, capacity_bytes),
+                           budget_key="capacity_bytes")
+    return MemoryStats.from_jax(raw, device=str(device))
+
+
+def known_device_names() -> list[str]:
+    """Catalog names, for help texts."""
+    return sorted(CATALOG)
