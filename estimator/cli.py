@@ -33,7 +33,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def _fail_input(error: InputError) -> None:
-    err.print(f"[bold red]error:[/] {error}", highlight=False)
+    typer.echo(f"error: {error}", err=True)  # one unwrapped line
     raise typer.Exit(2)
 
 
@@ -121,7 +121,7 @@ def plan_command(
 
 def _exit_on_verdict(fits: bool, suggestions: Any) -> None:
     if not fits:
-        err.print("[bold red]does not fit.[/] " + "; ".join(suggestions), highlight=False)
+        typer.echo("does not fit: " + "; ".join(suggestions), err=True)
         raise typer.Exit(1)
 
 
@@ -151,5 +151,5 @@ def main() -> None:
     try:
         app()
     except InputError as e:  # a bad value caught outside a command's own handler
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

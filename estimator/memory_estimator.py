@@ -179,14 +179,14 @@ class MemoryEstimator:
         kv = params.estimated_memory_size(budget, batch, length0)
         committed, total, length, warnings = kv, static + kv, length0, []
         if total > free and not user_len:
-            found, length, batch = _search_length(params, budget, batch, length0, capped=True)
+            found, length, batch = _search_length(params, budget, batch, length0)
             length = length if found else 1
             warnings.append(f"Truncated model's default max_length from {length0} to {length} "
                             "to fit in memory")
             total = w + params.estimated_memory_size(budget, batch, length0)
         if int(total) > int(free):
-            raise RuntimeError(_oom_message(params, budget, total, free, length0, batch,
-                                            user_len, user_bs))
+            raise RuntimeError(_oom_message(params, min(budget, free - static), total, free,
+                                            length0, batch, user_bs))
         if int(total) > int(NEAR_OOM_SCALE * free):
             warnings.append("Estimated model and KV cache memory use nears available memory; "
                             "you may experience errors.")
@@ -210,29 +210,23 @@ class MemoryEstimator:
         return DEFAULT_BATCH_SIZE
 
 
-def _search_length(params: KVCacheParams, budget: int, batch: int, max_length: int, *,
-                   capped: bool) -> tuple[bool, int, int]:
-    """MAX's binary search for a max length whose KV need fits ``budget``.
-
-    ``capped=True`` reproduces MAX (need capped at the budget, so it always 'fits');
-    ``capped=False`` searches the true need, which is what a suggestion must use.
-    """
-    need = (params.estimated_memory_size if capped else params.uncapped_memory_size)
-    lo, hi, length = 1, max_length, max_length
-    while lo <= hi:
+def _search_length(params: KVCacheParams, budget: int, batch: int,
+                   max_length: int) -> tuple[bool, int, int]:
+    """MAX's ``_find_valid_max_length``, step for step (its need is capped at the budget, so it
+    always 'finds' max_length − 1; kept for bit-compatibility, never used for suggestions)."""
+    lo, hi = 1, max_length
+    while True:
         length = (lo + hi) // 2
-        fits = need(budget, batch, length) <= budget
+        fits = params.estimated_memory_size(budget, batch, length) <= budget
+        if lo > hi:
+            return False, length, batch
         if hi - lo <= 1:
-            if not fits and lo < length:
-                length = lo
-                fits = need(budget, batch, length) <= budget
             return fits, length, batch
         hi, lo = (length - 1, lo) if not fits else (hi, length)
-    return False, length, batch
 
 
 def _longest_fitting_length(params: KVCacheParams, budget: int, batch: int, limit: int) -> int:
-    """Largest L ≤ limit with uncapped need(batch, L) ≤ budget (0 if none)."""
+    """Largest L ≤ limit whose uncapped need for ``batch`` requests is ≤ budget (0 if none)."""
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -263,9 +257,14 @@ def _static_oom_message(static: int, free: int, w: int, a: int, s: int) -> str:
                    "memory.")
 
 
-def _oom_message(params: KVCacheParams, budget: int, total: int, free: int, length: int,
-                 batch: int, user_len: bool, user_bs: bool) -> str:
-    """MAX's OOM text, with suggestions searched over the uncapped need so they really fit."""
+def _oom_message(params: KVCacheParams, room: int, total: int, free: int, length: int,
+                 batch: int, user_bs: bool) -> str:
+    """MAX's OOM text, with suggestions that really fit.
+
+    ``room`` = min(KV budget, free − static): a suggestion's uncapped KV need must fit both the
+    budget and what static memory leaves of the free memory (the check that raised).
+    """
+    budget = room
     best_len = _longest_fitting_length(params, budget, batch, length)
     best_bs = _largest_fitting_batch(params, budget, length, batch) if user_bs else 0
     head = (f"Estimated model and kv cache memory use exceeds available memory "

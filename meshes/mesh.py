@@ -141,24 +141,25 @@ class DeviceMesh:
 
 
 def _parse_preset(preset: str) -> tuple[int, int, DeviceSpec]:
+    """(hosts, devices per host, device kind) of ``[HOSTSx]COUNTxDEVICE`` or ``vNx-CHIPS``."""
     if not isinstance(preset, str) or not preset.strip():
         raise InputError("mesh", preset, f"a preset such as {', '.join(PRESET_EXAMPLES)}")
     text = preset.strip()
     tpu = _TPU_PRESET.match(text)
     if tpu:
-        spec = device_spec(f"TPU-{tpu.group(1).lower()}")
-        return 1, check_int("mesh chip count", int(tpu.group(2))), spec
-    match = _PRESET.match(text)
-    first, second, kind = match.groups() if match else (None, None, text)
+        hosts, count, kind = None, tpu.group(2), f"TPU-{tpu.group(1).lower()}"
+    else:
+        match = _PRESET.match(text)
+        hosts, count, kind = match.groups() if match else (None, None, text)
+        if count is None:
+            hosts, count = None, hosts
     try:
         spec = device_spec(kind)
     except InputError as err:
         raise InputError("mesh", preset, f"[HOSTSx]COUNTxDEVICE or vNx-CHIPS (e.g. "
                          f"{', '.join(PRESET_EXAMPLES)}); device: {err.allowed}") from None
-    if second is not None:
-        return check_int("mesh hosts", int(first)), check_int("mesh devices per host",
-                                                               int(second)), spec
-    return 1, check_int("mesh device count", int(first or 1)), spec
+    per_host = check_int("mesh devices per host", int(count or 1))
+    return (check_int("mesh hosts", int(hosts)) if hosts else 1), per_host, spec
 
 
 def _device_kind(device: Any) -> str:
