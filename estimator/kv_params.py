@@ -85,31 +85,80 @@ class KVCacheParams:
     def compute_num_device_blocks(self, available_cache_memory: int,
                                   max_batch_size: int | None = None,
                                   max_seq_len: int | None = None) -> int:
-        """Pages per replica: what the budget allows, capped by what the workload needs."""
+        """Pages per replica (MAX 26.7.0): the budget's pages capped by the workload's need.
+
+        The null page is added to the need when batch and length are given, and taken off the
+        budget's pages when they are not.
+        """
         per_replica = available_cache_memory // self.data_parallel_degree
         allocable = per_replica // self.bytes_per_block
-        if allocable <= 0:
-            raise RuntimeError(f"Insufficient cache memory to allocate even a single page: one "
-                               f"page needs {self.bytes_per_block:,} B, {per_replica:,} B "
-                               f"available per replica")
         needed = self._max_total_blocks(max_batch_size, max_seq_len)
-        return min(allocable, needed) if needed else allocable
+        if needed is not None:
+            blocks = min(allocable, needed)
+        else:
+            blocks = allocable - int(self.include_null_block)
+        group = self.tensor_parallel_degree
+        across = f" across {group} devices" if group > 1 else ""
+        if allocable <= 0:
+            raise RuntimeError(
+                "Insufficient cache memory to allocate even a single page.\nOne page requires "
+                f"{human_bytes(self.bytes_per_block)} but only {human_bytes(per_replica)} are "
+                f"available{across}.")
+        if self.include_null_block and (blocks - 1 if needed is not None else blocks) < 1:
+            raise RuntimeError(
+                "Insufficient cache memory to allocate the null block plus a single request "
+                f"page.\nThe null block and one request page require "
+                f"{human_bytes(2 * self.bytes_per_block)} but only {human_bytes(per_replica)} "
+                f"are available{across}.")
+        return blocks
 
     def estimated_memory_size(self, available_cache_memory: int, max_batch_size: int,
                               max_seq_len: int) -> int:
-        """KV bytes committed over all replicas (never above the budget)."""
+        """KV bytes over all replicas, whole pages, never above the budget (legacy manager)."""
         blocks = self.compute_num_device_blocks(available_cache_memory, max_batch_size,
                                                 max_seq_len)
         return blocks * self.bytes_per_block * self.data_parallel_degree
 
-    def uncapped_memory_size(self, available_cache_memory: int, max_batch_size: int,
+    def kv_cache_memory_size(self, available_cache_memory: int, max_batch_size: int,
                              max_seq_len: int) -> int:
-        """KV bytes the workload needs over all replicas, not capped by the budget."""
+        """KV bytes MAX 26.7.0 commits (its default Jenga manager): the workload's need with the
+        null page when that is below the budget, else the whole unfloored budget."""
+        generic = self.estimated_memory_size(available_cache_memory, max_batch_size, max_seq_len)
+        need = self.uncapped_memory_size(max_batch_size, max_seq_len)
+        jenga = need if need < available_cache_memory else available_cache_memory
+        return min(available_cache_memory, max(jenga, generic))
+
+    def uncapped_memory_size(self, max_batch_size: int, max_seq_len: int) -> int:
+        """KV bytes the workload needs over all replicas (null page included), not capped."""
         needed = self._max_total_blocks(max_batch_size, max_seq_len) or 0
         return needed * self.bytes_per_block * self.data_parallel_degree
 
     def compute_max_seq_len_fitting_in_cache(self, available_cache_memory: int) -> int:
         """Longest single request: usable pages (less the null page) × page size − slack."""
-        blocks = self.compute_num_device_blocks(available_cache_memory)
-        usable = blocks - int(self.include_null_block)
-        return max(1, usable * self.page_size - self.slack)
+        blocks = self.compute_num_device_blocks(available_cache_memory, 1, None)
+        return max(1, blocks * self.page_size - self.slack)
+
+    def max_seq_len_fitting_in_cache(self, available_cache_memory: int) -> int:
+        """The length cap MAX 26.7.0's estimator uses (its Jenga manager): pages per device of
+        the budget, less the null page, × page size − slack; refuses fewer than two pages."""
+        per_device = available_cache_memory // self.n_devices
+        if per_device <= 0:
+            raise ValueError(f"available_bytes must be positive, found {per_device}")
+        page = self.bytes_per_block // self.tensor_parallel_degree
+        pages = per_device // page
+        if pages < 2:
+            raise ValueError(
+                f"{human_bytes(per_device)} is too small to build a pool from the page sizes "
+                f"(full_group={human_bytes(page)}), even allowing each page to pad by 0% to tile "
+                f"a smaller huge block. Exact tiling would take {human_bytes(page)} per huge "
+                "block.")
+        return max(1, (pages - 1) * self.page_size - self.slack)
+
+
+def human_bytes(n: int) -> str:
+    """MAX's ``to_human_readable_bytes``: binary units, two decimals, KiB at the bottom."""
+    n = int(n)
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n / 1024:.2f} KiB"

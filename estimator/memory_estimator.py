@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from estimator.kv_params import KVCacheParams
+from estimator.kv_params import KVCacheParams, human_bytes
 from meshes.validation import InputError
 
 logger = logging.getLogger("kvfit.memory_estimator")
@@ -147,7 +147,7 @@ class MemoryEstimator:
             memory = cls.available_kv_cache_memory(pipeline_config, model_config, devices,
                                                    model_weights_size, activation_memory_size,
                                                    signal_buffer_size)
-        return arch_config.get_kv_params().compute_max_seq_len_fitting_in_cache(memory)
+        return arch_config.get_kv_params().max_seq_len_fitting_in_cache(memory)
 
     @classmethod
     def estimate_memory_footprint(cls, pipeline_config: PipelineConfig,
@@ -169,30 +169,34 @@ class MemoryEstimator:
             raise RuntimeError(_static_oom_message(static, free, w, a, s))
         budget = int(free * model_config.kv_cache.device_memory_utilization - static)
         if budget <= 0:
-            raise RuntimeError(f"The model weights ({w:,} B), activations ({a:,} B) and signal "
-                               f"buffers ({s:,} B) leave no room for the KV cache in "
-                               f"{free:,} B of free memory")
+            raise RuntimeError(f"The model {human_bytes(w)}, activations {human_bytes(a)}, and "
+                               f"signal buffers {human_bytes(s)} don't leave room for KV cache. "
+                               f"{_TRY_SMALLER}")
+        single_alloc = [getattr(d, "max_single_alloc_size", None) for d in devices]
+        if all(x is not None for x in single_alloc):
+            budget = min(budget, sum(single_alloc))
         user_len, user_bs = model_config.user_max_length, max_batch_size is not None
         batch = max_batch_size if user_bs else cls._infer_optimal_batch_size(devices)
         if batch > pipeline_config.max_batch_input_tokens:
             batch = pipeline_config.max_batch_input_tokens
-        kv = params.estimated_memory_size(budget, batch, length0)
+        kv = params.kv_cache_memory_size(budget, batch, length0)
         committed, total, length, warnings = kv, static + kv, length0, []
-        if total > free and not user_len:
+        if int(total) > free and not user_len:
             found, length, batch = _search_length(params, budget, batch, length0)
             length = length if found else 1
             warnings.append(f"Truncated model's default max_length from {length0} to {length} "
-                            "to fit in memory")
-            total = w + params.estimated_memory_size(budget, batch, length0)
+                            "to fit in memory.")
+            total = w + params.kv_cache_memory_size(budget, batch, length0)
         if int(total) > int(free):
             raise RuntimeError(_oom_message(params, min(budget, free - static), total, free,
                                             length0, batch, user_bs))
         if int(total) > int(NEAR_OOM_SCALE * free):
-            warnings.append("Estimated model and KV cache memory use nears available memory; "
-                            "you may experience errors.")
-        cap = params.compute_max_seq_len_fitting_in_cache(committed)
-        if cap and cap < length:
-            warnings.append(f"Clamping max_length from {length} to {cap} due to KV cache capacity")
+            warnings.append("Estimated model and kv cache memory use nears available memory. "
+                            "You may experience errors.")
+        cap = params.max_seq_len_fitting_in_cache(committed)
+        if cap and length > cap:
+            warnings.append(f"Clamping max_length from {length} to {cap} due to capacity of KV "
+                            "Cache")
             length = cap
         if pipeline_config.draft_max_length is not None:
             length = min(length, pipeline_config.draft_max_length)
@@ -205,6 +209,7 @@ class MemoryEstimator:
 
     @classmethod
     def _infer_optimal_batch_size(cls, devices: Sequence[Any]) -> int:
+        """1 on a single host (CPU) device, else MAX's default of 512."""
         if len(devices) == 1 and getattr(devices[0], "is_host", False):
             return 1
         return DEFAULT_BATCH_SIZE
@@ -217,7 +222,7 @@ def _search_length(params: KVCacheParams, budget: int, batch: int,
     lo, hi = 1, max_length
     while True:
         length = (lo + hi) // 2
-        fits = params.estimated_memory_size(budget, batch, length) <= budget
+        fits = params.kv_cache_memory_size(budget, batch, length) <= budget
         if lo > hi:
             return False, length, batch
         if hi - lo <= 1:
@@ -230,7 +235,7 @@ def _longest_fitting_length(params: KVCacheParams, budget: int, batch: int, limi
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if params.uncapped_memory_size(budget, batch, mid) <= budget:
+        if params.uncapped_memory_size(batch, mid) <= budget:
             lo = mid
         else:
             hi = mid - 1
@@ -242,19 +247,23 @@ def _largest_fitting_batch(params: KVCacheParams, budget: int, length: int, limi
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if params.uncapped_memory_size(budget, mid, length) <= budget:
+        if params.uncapped_memory_size(mid, length) <= budget:
             lo = mid
         else:
             hi = mid - 1
     return lo
 
 
+_TRY_SMALLER = ("Try running a smaller model, using a smaller precision, or using a device with "
+                "more memory.")
+
+
 def _static_oom_message(static: int, free: int, w: int, a: int, s: int) -> str:
-    text = f"Model size exceeds available memory ({static:,} B > {free:,} B)."
+    text = f"Model size exceeds available memory ({human_bytes(static)} > {human_bytes(free)}). "
     if a or s:
-        text += f" Weights: {w:,} B, activations: {a:,} B, signal buffers: {s:,} B."
-    return text + (" Try a smaller model, a lower-precision encoding, or a device with more "
-                   "memory.")
+        text += (f"Model weights: {human_bytes(w)}, Activation memory: {human_bytes(a)}, "
+                 f"Signal buffers: {human_bytes(s)}. ")
+    return text + _TRY_SMALLER
 
 
 def _oom_message(params: KVCacheParams, room: int, total: int, free: int, length: int,
@@ -264,17 +273,17 @@ def _oom_message(params: KVCacheParams, room: int, total: int, free: int, length
     ``room`` = min(KV budget, free − static): a suggestion's uncapped KV need must fit both the
     budget and what static memory leaves of the free memory (the check that raised).
     """
-    budget = room
-    best_len = _longest_fitting_length(params, budget, batch, length)
-    best_bs = _largest_fitting_batch(params, budget, length, batch) if user_bs else 0
+    best_len = _longest_fitting_length(params, room, batch, length)
+    best_bs = _largest_fitting_batch(params, room, length, batch) if user_bs else 0
+    free_text = f"  / {human_bytes(free)} free" if free else ""
     head = (f"Estimated model and kv cache memory use exceeds available memory "
-            f"({total:,} B / {free:,} B free). Try ")
+            f"({human_bytes(total)}{free_text}). Try ")
     options = []
     if best_len:
         options.append(f"reducing --max-length to {best_len} (supports batch size of {batch})")
     if best_bs:
         options.append(f"reducing --max-batch-size to {best_bs} (at --max-length {length})")
     if not options:
-        return head + ("reducing --max-length or --max-batch-size, using a smaller model, or a "
-                       "device with more memory.")
+        return head + ("reducing --max-length or --max-batch-size, finding a smaller model, or "
+                       "using a device with more memory.")
     return head + " or ".join(options) + "."

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from estimator import Layout, ModelSpec, load_preset, plan
+from estimator import Layout, ModelSpec, plan
 from meshes import CATALOG, DeviceMesh, InputError, SimulatedDevice
 
 MiB, GiB = 2**20, 2**30
