@@ -26,7 +26,7 @@ from estimator.paging import (
 )
 from estimator.signals import signal_buffer_bytes
 from meshes.mesh import DeviceMesh
-from meshes.validation import check_fraction, check_int
+from meshes.validation import check_choice, check_fraction, check_int
 
 DEFAULT_MAX_BATCH_INPUT_TOKENS = 8192
 
@@ -101,11 +101,14 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
          max_batch_input_tokens: int = DEFAULT_MAX_BATCH_INPUT_TOKENS,
          activation_bytes: int | None = None, signal_bytes: int | None = None,
          runtime_reserve_bytes: int = 0, num_draft_tokens: int = 0,
-         speculative_method: str = "eagle", reserve_null_page: bool = True) -> MemoryPlan:
+         speculative_method: str = "eagle", reserve_null_page: bool = True,
+         activations: str = "analytic") -> MemoryPlan:
     """Plan the KV pool of ``model`` on ``mesh`` under ``layout``, device by device.
 
     ``activation_bytes`` / ``signal_bytes`` are per device; left as None they come from the
-    analytic activation model and MAX's signal-buffer size (GPU tensor groups only).
+    activation model named by ``activations`` ("analytic", or "xla": compile the reference
+    prefill and decode steps on the mesh and read XLA's temp bytes) and from MAX's signal-buffer
+    size (GPU tensor groups only).
     """
     model = resolve_model(model)
     mesh = DeviceMesh.from_preset(mesh) if isinstance(mesh, str) else mesh
@@ -121,8 +124,15 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
     geom = geometry(model, layout, kv_cache_dtype=kv_cache_dtype, page_size=page_size)
 
     sampler_rows = min(max_batch_size or 512, tokens)
-    act = (analytic_activation_bytes(geom, tokens, sampler_rows) if activation_bytes is None
-           else check_int("activation_bytes", activation_bytes, minimum=0))
+    if activation_bytes is not None:
+        act = check_int("activation_bytes", activation_bytes, minimum=0)
+    elif check_choice("activations", activations, ("analytic", "xla")) == "xla":
+        from estimator.xla import xla_activation_bytes  # compiles: only on request
+
+        act = xla_activation_bytes(geom, mesh, prefill_tokens=tokens,
+                                   decode_batch=max_batch_size or sampler_rows)
+    else:
+        act = analytic_activation_bytes(geom, tokens, sampler_rows)
     sig = (signal_buffer_bytes(mesh.platform, layout.tensor) if signal_bytes is None
            else check_int("signal_bytes", signal_bytes, minimum=0))
 
