@@ -12,6 +12,8 @@ DTYPE_BYTES: dict[str, int] = {
     "float8_e4m3fn": 1,
     "float8_e5m2": 1,
     "int8": 1,
+    "uint8": 1,
+    "int32": 4,
 }
 
 ALIASES: dict[str, str] = {

@@ -1,17 +1,22 @@
-"""Per-device geometry: weight bytes and KV bytes per page on every device of a layout.
+"""Per-device geometry: weight bytes and KV pages on every device of a layout.
 
-This is the one place page bytes are computed; the seed API, plan() and the sweeps all use it.
-Byte counts are Python ints (exact at any size).
+The one place page bytes are computed; the seed API, plan() and the sweeps all use it. Layers of
+a stage are grouped by KV kind (estimator.kv_spec): every group's page has the same bytes, so one
+pool serves full, sliding-window and MLA layers, and recurrent state takes whole pages per
+request. Byte counts are Python ints (exact at any size).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from estimator.dtypes import canonical_dtype, dtype_bytes
+from estimator.kv_spec import FULL, MLA, RECURRENT, SLIDING, LayerKV, layer_kv
 from estimator.layout import Layout, stage_layers
 from estimator.model_spec import ModelSpec
-from estimator.weights import kv_heads_per_shard, shard_numel, weight_tensors
+from estimator.paging import RequestPages
+from estimator.weights import kv_heads_per_shard, shard_shape, tensor_bytes, weight_tensors
 from meshes.validation import InputError, check_int
 
 
@@ -22,8 +27,10 @@ class StageGeometry:
     stage: int
     layers: range
     weight_bytes: int
-    page_bytes: int  # KV bytes of one page on this device
-    kv_bytes_per_token: int  # KV bytes of one token on this device
+    page_bytes: int  # bytes of one page of this device's KV pool (0: the stage holds no KV)
+    kv_bytes_per_token: int  # KV bytes of one token over this device's token-indexed layers
+    state_bytes: int  # recurrent state of one request on this device
+    request: RequestPages  # pages one request holds here
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,11 @@ class Geometry:
 
     @property
     def replication(self) -> int:
-        """How many devices of a tensor group store each KV head (1 = no waste)."""
+        """How many devices of a tensor group store each KV head (1 = no waste; MLA: tp)."""
+        if self.model.is_mla:
+            return self.layout.tensor
+        if not any(self.model.is_attention_layer(i) for i in range(self.model.num_layers)):
+            return 1
         return self.kv_heads_per_shard * self.layout.tensor // self.model.num_kv_heads
 
     @property
@@ -61,34 +72,54 @@ def page_bytes_per_device(*, num_layers: int, kv_heads_per_device: int, head_dim
     return kv_dim * num_layers * page_size * kv_heads_per_device * head_dim * dtype_bytes(dtype)
 
 
+def _stage_kv(kvs: list[LayerKV], page_size: int) -> tuple[int, int, int, RequestPages]:
+    """(page bytes, token bytes, state bytes, request pages) of one stage's layers."""
+    token = [kv for kv in kvs if kv.kind in (FULL, MLA, SLIDING)]
+    state = sum(kv.state_bytes for kv in kvs if kv.kind == RECURRENT)
+    sizes = {kv.token_bytes for kv in token}
+    if len(sizes) > 1:
+        raise InputError("layers", sorted(sizes), "one KV size per token for every attention layer")
+    full = sum(kv.kind != SLIDING for kv in token)
+    sliding = len(token) - full
+    if not token:  # recurrent-only: a page is one request's state
+        return state, 0, state, RequestPages(page_size, 0, 0, 0, 1 if state else 0)
+    group = math.gcd(full, sliding)
+    page = group * sizes.pop() * page_size
+    window = next((kv.window for kv in token if kv.kind == SLIDING), 0)
+    request = RequestPages(page_size, full // group, sliding // group,
+                           -(-window // page_size) + 1 if sliding else 0, -(-state // page))
+    return page, sum(kv.token_bytes for kv in token), state, request
+
+
 def geometry(model: ModelSpec, layout: Layout, *, kv_cache_dtype: str | None = None,
-             page_size: int = 128) -> Geometry:
-    """Weights and page bytes per device for ``model`` under ``layout``."""
+             page_size: int = 128, kv_scale_block: int | None = None,
+             include_mtp: bool = False) -> Geometry:
+    """Weights and KV pages per device for ``model`` under ``layout``."""
     page_size = check_int("page_size", page_size, maximum=2**31 - 1)
     kv_dtype = canonical_dtype(kv_cache_dtype or model.weight_dtype, "kv_cache_dtype")
-    if model.num_attention_heads % layout.tensor:
+    attention = any(model.is_attention_layer(i) for i in range(model.num_layers))
+    if attention and model.num_attention_heads % layout.tensor:
         raise InputError("tensor_parallel_size", layout.tensor,
                          f"a divisor of num_attention_heads={model.num_attention_heads}")
-    heads = kv_heads_per_shard(model.num_kv_heads, layout.tensor)
-    per_layer_token = page_bytes_per_device(num_layers=1, kv_heads_per_device=heads,
-                                            head_dim=model.head_dim, dtype=kv_dtype, page_size=1)
-    tensors = weight_tensors(model)
-    width = model.weight_bytes_per_param
+    heads = 1 if model.is_mla or not attention else kv_heads_per_shard(model.num_kv_heads, layout.tensor)
+    kvs = layer_kv(model, layout.tensor, kv_dtype, kv_scale_block)
+    tensors = weight_tensors(model, include_mtp)
     ranges = stage_layers(model.num_layers, layout.pipeline)
     stages = []
     for stage, layers in enumerate(ranges):
         first, last = stage == 0, stage == len(ranges) - 1
-        elements = 0
+        weights = 0
         for t in tensors:
             if t.placement == "layer":
                 copies = sum(1 for i in t.layers if i in layers)
             else:
                 copies = int((t.placement == "first" and first) or (t.placement == "last" and last))
             if copies:
-                elements += copies * shard_numel(t, model, layout.tensor, layout.expert)
+                shape = shard_shape(t, model, layout.tensor, layout.expert)
+                weights += copies * tensor_bytes(t, model, shape)
         if model.tie_word_embeddings and last and not first:  # last stage keeps its own LM head
             embed = next(t for t in tensors if t.name == "embed_tokens")
-            elements += shard_numel(embed, model, layout.tensor, layout.expert)
-        token = per_layer_token * len(layers)
-        stages.append(StageGeometry(stage, layers, elements * width, token * page_size, token))
+            weights += tensor_bytes(embed, model, shard_shape(embed, model, layout.tensor, layout.expert))
+        page, token, state, request = _stage_kv([kvs[i] for i in layers], page_size)
+        stages.append(StageGeometry(stage, layers, weights, page, token, state, request))
     return Geometry(model, layout, kv_dtype, page_size, heads, tuple(stages))

@@ -1,27 +1,33 @@
-"""ModelSpec: the architecture facts a memory plan needs, read from an HF ``config.json`` as data.
+"""ModelSpec: the architecture facts a memory plan needs, as plain numbers.
 
-The config is parsed as JSON and never executed: no model code is imported, nothing is fetched.
+Enough to count every weight (dense, MoE, MLA, recurrent, quantised) and every KV byte (full,
+sliding-window, MLA latent, recurrent state). Read from an HF ``config.json`` by
+``estimator.hf_config`` (parsed as data, never executed) or written as a preset.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from estimator.dtypes import canonical_dtype, dtype_bytes
-from meshes.validation import InputError, check_int
+from meshes.validation import InputError, check_choice, check_int
 
-DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
-MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
-SUPPORTED_MODEL_TYPES = DENSE_TYPES + MOE_TYPES
+# what one layer's sequence mixer is; the KV kind follows from it (estimator.kv_spec)
+ATTENTION_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
+RECURRENT_TYPES = ("mamba", "mamba2", "linear_attention")
+LAYER_TYPES = (*ATTENTION_TYPES, *RECURRENT_TYPES, "mlp_only")
+WEIGHT_QUANT = ("", "fp8_block", "fp8", "awq", "gptq", "mxfp4")
+
+_POSITIVE = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim",
+             "vocab_size", "intermediate_size", "max_position_embeddings")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A decoder-only transformer as numbers: enough to count every weight and every KV byte."""
+    """A decoder-only model as numbers. Fields left at 0 / empty mean "the model has none"."""
 
     name: str
     model_type: str
@@ -36,22 +42,63 @@ class ModelSpec:
     weight_dtype: str = "bfloat16"
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # biases on q, k, v
-    qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3)
+    attention_out_bias: bool = False  # bias on o_proj (gpt-oss, phi)
+    attention_sinks: bool = False  # one learned sink logit per head (gpt-oss)
+    qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3, Gemma 3)
+    gated_attention: bool = False  # q_proj also emits an output gate (Qwen3-Next)
+    norms_per_layer: int = 2  # Gemma 2/3 have four
+    layernorm_bias: bool = False  # LayerNorm (weight and bias) instead of RMSNorm (phi-2)
+    gated_mlp: bool = True  # gate/up/down; False: fc1/fc2 (phi-2)
+    mlp_bias: bool = False
+    lm_head_bias: bool = False
+    # mixture of experts
     num_experts: int = 0  # routed experts per MoE layer; 0 for a dense model
     num_experts_per_token: int = 0
     moe_intermediate_size: int = 0
     num_shared_experts: int = 0
     shared_expert_intermediate_size: int = 0
-    shared_expert_gate: bool = False  # Qwen2-MoE's sigmoid gate on the shared expert
+    shared_expert_gate: bool = False  # sigmoid gate on the shared expert (Qwen2-MoE, Qwen3-Next)
     first_dense_layers: int = 0  # leading layers with a dense MLP instead of experts
+    router_bias: bool = False  # e_score_correction_bias (DeepSeek V3) / router bias (gpt-oss)
+    expert_bias: bool = False  # biases on every expert's projections (gpt-oss)
+    # per-layer sequence mixers: empty = every layer full attention (or MLA when kv_lora_rank)
+    layer_types: tuple[str, ...] = ()
+    sliding_window: int = 0  # tokens a sliding/chunked layer attends to
+    kv_shared_layers: int = 0  # trailing layers that reuse an earlier layer's KV (no cache)
+    # multi-head latent attention (DeepSeek V2/V3, Kimi K2)
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    index_n_heads: int = 0  # DeepSeek V3.2 lightning indexer
+    index_head_dim: int = 0
+    # recurrent state (Mamba, Mamba2, gated delta net)
+    ssm_inner_size: int = 0  # Mamba: expand · hidden
+    ssm_state_size: int = 0  # d_state
+    ssm_conv_kernel: int = 0
+    ssm_n_groups: int = 0  # Mamba2 B/C groups
+    ssm_n_heads: int = 0  # Mamba2 heads
+    ssm_head_dim: int = 0
+    linear_key_heads: int = 0  # gated delta net (Qwen3-Next)
+    linear_key_dim: int = 0
+    linear_value_heads: int = 0
+    linear_value_dim: int = 0
+    ssm_state_dtype: str = ""  # "" = the KV cache dtype
+    # quantised weights
+    weight_quant: str = ""
+    quant_block: int = 128  # fp8 block edge / int4 and mxfp4 group size
+    quant_exclude: tuple[str, ...] = ()  # tensor-name fragments kept in weight_dtype
+    # extra parameters outside the decoder stack
+    mtp_layers: int = 0  # multi-token-prediction layers (DeepSeek V3, GLM-4.5)
+    vision_params: int = 0  # vision tower + projector, counted on the first stage
 
     def __post_init__(self) -> None:
-        for f in ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim",
-                  "vocab_size", "intermediate_size", "max_position_embeddings"):
+        for f in _POSITIVE:
             check_int(f"{self.name}.{f}", getattr(self, f))
-        for f in ("num_experts", "num_experts_per_token", "moe_intermediate_size",
-                  "num_shared_experts", "shared_expert_intermediate_size", "first_dense_layers"):
-            check_int(f"{self.name}.{f}", getattr(self, f), minimum=0)
+        for f in fields(self):
+            if f.type == "int" and f.name not in _POSITIVE:
+                check_int(f"{self.name}.{f.name}", getattr(self, f.name), minimum=0)
         if self.num_attention_heads % self.num_kv_heads:
             raise InputError(f"{self.name}.num_kv_heads", self.num_kv_heads,
                              f"a divisor of num_attention_heads={self.num_attention_heads}")
@@ -61,21 +108,46 @@ class ModelSpec:
         if self.first_dense_layers > self.num_layers:
             raise InputError(f"{self.name}.first_dense_layers", self.first_dense_layers,
                              f"at most num_layers={self.num_layers}")
+        if self.layer_types and len(self.layer_types) != self.num_layers:
+            raise InputError(f"{self.name}.layer_types", f"{len(self.layer_types)} entries",
+                             f"one entry per layer (num_layers={self.num_layers})")
+        for kind in self.layer_types:
+            check_choice(f"{self.name}.layer_types", kind, LAYER_TYPES)
+        windowed = {"sliding_attention", "chunked_attention"} & set(self.layer_types)
+        if windowed and not self.sliding_window:
+            raise InputError(f"{self.name}.sliding_window", self.sliding_window,
+                             f"a positive window for {', '.join(sorted(windowed))} layers")
+        if self.kv_shared_layers >= self.num_layers:
+            raise InputError(f"{self.name}.kv_shared_layers", self.kv_shared_layers,
+                             f"fewer than num_layers={self.num_layers}")
+        check_choice(f"{self.name}.weight_quant", self.weight_quant, WEIGHT_QUANT)
         object.__setattr__(self, "weight_dtype", canonical_dtype(self.weight_dtype, "weight_dtype"))
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        object.__setattr__(self, "quant_exclude", tuple(self.quant_exclude))
 
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
 
     @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
     def weight_bytes_per_param(self) -> int:
         return dtype_bytes(self.weight_dtype)
+
+    def layer_type(self, layer: int) -> str:
+        return self.layer_types[layer] if self.layer_types else "full_attention"
+
+    def is_attention_layer(self, layer: int) -> bool:
+        return self.layer_type(layer) in ATTENTION_TYPES
 
     def is_moe_layer(self, layer: int) -> bool:
         return self.is_moe and layer >= self.first_dense_layers
 
     def with_weight_dtype(self, dtype: str) -> ModelSpec:
-        return replace(self, weight_dtype=dtype)
+        return replace(self, weight_dtype=dtype, weight_quant="")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,75 +161,17 @@ class ModelSpec:
             raise InputError("model field", unknown[0], f"one of {', '.join(sorted(known))}")
         return cls(**data)
 
-    # ------------------------------------------------------------------ HF config.json
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any], name: str | None = None) -> ModelSpec:
-        """Architecture facts from a parsed HF ``config.json`` (dense and MoE decoders)."""
-        return _from_hf(config, name or str(config.get("_name_or_path") or "model"))
+        """Architecture facts from a parsed HF ``config.json``."""
+        from estimator.hf_config import spec_from_hf_config
+
+        return spec_from_hf_config(config, name or str(config.get("_name_or_path") or "model"))
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> ModelSpec:
         """Read an HF ``config.json`` from disk as JSON data."""
+        from estimator.hf_config import read_config_json
+
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InputError("model", str(path), "an existing config.json file or a preset name "
-                             "(kvfit models lists them)") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError("model", str(path), f"a readable UTF-8 JSON file ({err})") from None
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError("model", str(path), f"valid JSON (line {err.lineno}: {err.msg})") \
-                from None
-        if not isinstance(config, dict):
-            raise InputError("model", str(path), "a JSON object (an HF config.json)")
-        return cls.from_hf_config(config, name=path.parent.name or path.stem)
-
-
-def _from_hf(config: Mapping[str, Any], name: str) -> ModelSpec:
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise InputError("model_type", model_type,
-                         f"one of {', '.join(SUPPORTED_MODEL_TYPES)}")
-
-    def need(key: str, *alternatives: str) -> Any:
-        for k in (key, *alternatives):
-            if config.get(k) is not None:
-                return config[k]
-        raise InputError(f"config.json[{key!r}]", None, f"present for model_type {model_type!r}")
-
-    hidden = check_int("hidden_size", need("hidden_size"))
-    heads = check_int("num_attention_heads", need("num_attention_heads"))
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or hidden // heads
-    dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-    spec: dict[str, Any] = dict(
-        name=name, model_type=model_type,
-        num_layers=need("num_hidden_layers"), hidden_size=hidden,
-        num_attention_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-        vocab_size=need("vocab_size"), intermediate_size=need("intermediate_size"),
-        max_position_embeddings=need("max_position_embeddings"), weight_dtype=dtype,
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-        attention_bias=bool(config.get("attention_bias", model_type in ("qwen2", "qwen2_moe"))),
-        qk_norm=model_type in ("qwen3", "qwen3_moe"),
-    )
-    if model_type == "mixtral":
-        spec.update(num_experts=need("num_local_experts"),
-                    num_experts_per_token=need("num_experts_per_tok"),
-                    moe_intermediate_size=need("intermediate_size"))
-    elif model_type in ("qwen2_moe", "qwen3_moe"):
-        sparse_step = config.get("decoder_sparse_step", 1)
-        if sparse_step != 1 or config.get("mlp_only_layers"):
-            raise InputError("decoder_sparse_step/mlp_only_layers",
-                             (sparse_step, config.get("mlp_only_layers")),
-                             "1 and [] (every layer an MoE layer)")
-        shared = config.get("shared_expert_intermediate_size") or 0
-        spec.update(num_experts=need("num_experts"),
-                    num_experts_per_token=need("num_experts_per_tok"),
-                    moe_intermediate_size=need("moe_intermediate_size"),
-                    num_shared_experts=1 if shared else 0,
-                    shared_expert_intermediate_size=shared,
-                    shared_expert_gate=bool(shared))
-    return ModelSpec(**spec)
+        return cls.from_hf_config(read_config_json(path), name=path.parent.name or path.stem)

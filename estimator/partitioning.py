@@ -13,7 +13,17 @@ import math
 from dataclasses import dataclass
 
 from estimator.geometry import Geometry
-from estimator.weights import COLUMN, EXPERTS, KV, REPLICATED, ROW, VOCAB, weight_tensors
+from estimator.weights import (
+    COLUMN,
+    EXPERTS,
+    KV,
+    REPLICATED,
+    ROW,
+    VOCAB,
+    WeightTensor,
+    is_quantized,
+    weight_tensors,
+)
 from meshes.validation import InputError
 
 STAGE_AXES = ("data", "tensor")  # axes of one pipeline stage's sub-mesh
@@ -55,10 +65,32 @@ def _expert_axes(geom: Geometry) -> str | tuple[str, ...] | None:
                      f"({layout.data * layout.tensor}) to lay experts on mesh axes")
 
 
+def _quantized_parts(t: WeightTensor, shape: list[int], spec: list, quant: str, block: int
+                     ) -> list[tuple[str, tuple[int, ...], tuple, str]]:
+    """(suffix, shape, spec, dtype) of the arrays a quantised linear weight is stored as."""
+    *lead, out, inp = shape
+    *lead_spec, out_spec, in_spec = spec
+    lead, lead_spec = list(lead), list(lead_spec)
+    if quant in ("fp8_block", "fp8"):
+        scale = ([-(-out // block), -(-inp // block)] if quant == "fp8_block" else [1, 1])
+        scale_spec = [out_spec, in_spec] if quant == "fp8_block" else [None, None]
+        return [("", (*lead, out, inp), (*lead_spec, out_spec, in_spec), "float8_e4m3fn"),
+                (".scale", (*lead, *scale), (*lead_spec, *scale_spec), "float32")]
+    if quant == "mxfp4":
+        return [(".blocks", (*lead, out, inp // 2), (*lead_spec, out_spec, in_spec), "uint8"),
+                (".scales", (*lead, out, -(-inp // block)), (*lead_spec, out_spec, in_spec), "uint8")]
+    groups = -(-inp // block)  # AWQ / GPTQ int4
+    parts = [("", (*lead, out, inp // 2), (*lead_spec, out_spec, in_spec), "uint8"),
+             (".scales", (*lead, groups, out), (*lead_spec, in_spec, out_spec), "float16"),
+             (".zeros", (*lead, groups, out // 2), (*lead_spec, in_spec, out_spec), "uint8")]
+    if quant == "gptq":
+        parts.append((".g_idx", (*lead, inp), (*lead_spec, in_spec), "int32"))
+    return parts
+
+
 def weight_arrays(geom: Geometry) -> tuple[ShardedTensor, ...]:
-    """Every weight as a sharded global array, one per layer (layers are stage-local)."""
+    """Every weight as sharded global arrays (quantised ones with their scales), one per layer."""
     m, tp = geom.model, geom.layout.tensor
-    dtype = m.weight_dtype
     stage_of = {layer: s.stage for s in geom.stages for layer in s.layers}
     last = len(geom.stages) - 1
     heads_padded = geom.kv_heads_per_shard * tp
@@ -72,38 +104,51 @@ def weight_arrays(geom: Geometry) -> tuple[ShardedTensor, ...]:
         elif t.split == ROW:
             spec[-1] = "tensor"
         elif t.split == KV:
-            shape[0], spec[0] = heads_padded * m.head_dim, "tensor"
+            shape[0], spec[0] = heads_padded * (shape[0] // m.num_kv_heads), "tensor"
         elif t.split == EXPERTS:
-            axes = _expert_axes(geom)
-            spec[0] = axes
-            if geom.layout.expert < tp:  # the tensor group also splits each expert's width
-                spec[1 if t.name.endswith("gate_up_proj") else 2] = "tensor"
+            spec[0] = _expert_axes(geom)
+            if geom.layout.expert < tp and t.expert_inner_dim is not None:
+                spec[t.expert_inner_dim] = "tensor"
         else:
             assert t.split == REPLICATED
-        if t.placement == "layer":
-            stages = [(f"layers.{i}.{t.name}", stage_of[i]) for i in t.layers]
-        elif t.placement == "first":
-            stages = [(t.name, 0)] + ([("lm_head", last)] if m.tie_word_embeddings and last else [])
+        if is_quantized(t, m):
+            parts = _quantized_parts(t, shape, spec, m.weight_quant, m.quant_block)
         else:
-            stages = [(t.name, last)]
-        out += [ShardedTensor(name, stage, tuple(shape), tuple(spec), dtype) for name, stage in stages]
+            parts = [("", tuple(shape), tuple(spec), m.weight_dtype)]
+        if t.placement == "layer":
+            names = [(f"layers.{i}.{t.name}", stage_of[i]) for i in t.layers]
+        elif t.placement == "first":
+            names = [(t.name, 0)] + ([("lm_head", last)] if t.name == "embed_tokens"
+                                     and m.tie_word_embeddings and last else [])
+        else:
+            names = [(t.name, last)]
+        out += [ShardedTensor(name + suffix, stage, tuple(pshape), tuple(pspec), dtype)
+                for name, stage in names for suffix, pshape, pspec, dtype in parts]
     return tuple(out)
 
 
 def kv_pool_arrays(geom: Geometry, pages_per_replica: int) -> tuple[ShardedTensor, ...]:
-    """The paged KV pool: per stage, [2 (K, V), layers, pages × replicas, page, heads, head_dim].
+    """The paged KV pool, one array per stage; pages split over 'data' (a pool per replica).
 
-    Pages are split over 'data' (each replica its own pool), heads over 'tensor' (replicated
-    heads stored explicitly, as the pool really holds them).
+    A stage of plain full attention gets the engines' layout [2 (K, V), layers, pages, page,
+    heads, head_dim] with heads over 'tensor' (replicated heads stored explicitly); any other
+    stage (MLA latent, sliding groups, recurrent state) a byte pool [pages, tp, page_bytes].
     """
     m, layout = geom.model, geom.layout
-    heads = geom.kv_heads_per_shard * layout.tensor
-    return tuple(
-        ShardedTensor(f"kv_pool.stage{s.stage}", s.stage,
-                      (2, len(s.layers), pages_per_replica * layout.data, geom.page_size, heads,
-                       m.head_dim),
-                      (None, None, "data", None, "tensor", None), geom.kv_cache_dtype)
-        for s in geom.stages)
+    pages = pages_per_replica * layout.data
+    plain = not m.is_mla and not m.layer_types and not m.kv_shared_layers
+    out = []
+    for s in geom.stages:
+        name = f"kv_pool.stage{s.stage}"
+        if plain and s.request.full_groups == 1 and s.request.state_pages == 0:
+            heads = geom.kv_heads_per_shard * layout.tensor
+            out.append(ShardedTensor(name, s.stage, (2, len(s.layers), pages, geom.page_size, heads,
+                                                     m.head_dim),
+                                     (None, None, "data", None, "tensor", None), geom.kv_cache_dtype))
+        elif s.page_bytes:
+            out.append(ShardedTensor(name, s.stage, (pages, layout.tensor, s.page_bytes),
+                                     ("data", "tensor", None), "uint8"))
+    return tuple(out)
 
 
 def bytes_per_device(arrays: tuple[ShardedTensor, ...], geom: Geometry) -> dict[int, int]:

@@ -16,14 +16,7 @@ from estimator.geometry import Geometry, geometry
 from estimator.layout import Layout
 from estimator.model_spec import ModelSpec
 from estimator.models import resolve_model
-from estimator.paging import (
-    max_batch_at_length,
-    max_length_at_batch,
-    pages_for_tokens,
-    pages_that_fit,
-    scaled_budget,
-    speculative_slack,
-)
+from estimator.paging import pages_for_tokens, pages_that_fit, scaled_budget, speculative_slack
 from estimator.signals import signal_buffer_bytes
 from meshes.mesh import DeviceMesh
 from meshes.validation import check_choice, check_fraction, check_int
@@ -102,13 +95,16 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
          activation_bytes: int | None = None, signal_bytes: int | None = None,
          runtime_reserve_bytes: int = 0, num_draft_tokens: int = 0,
          speculative_method: str = "eagle", reserve_null_page: bool = True,
-         activations: str = "analytic") -> MemoryPlan:
+         activations: str = "analytic", kv_scale_block: int | None = None,
+         include_mtp: bool | None = None) -> MemoryPlan:
     """Plan the KV pool of ``model`` on ``mesh`` under ``layout``, device by device.
 
     ``activation_bytes`` / ``signal_bytes`` are per device; left as None they come from the
     activation model named by ``activations`` ("analytic", or "xla": compile the reference
     prefill and decode steps on the mesh and read XLA's temp bytes) and from MAX's signal-buffer
-    size (GPU tensor groups only).
+    size (GPU tensor groups only). ``kv_scale_block`` gives 8-bit caches one fp32 scale per that
+    many values of each head; ``include_mtp`` loads the MTP layers (default: when speculating
+    with ``speculative_method="mtp"``).
     """
     model = resolve_model(model)
     mesh = DeviceMesh.from_preset(mesh) if isinstance(mesh, str) else mesh
@@ -121,7 +117,9 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
         max_length = check_int("max_length", max_length, maximum=2**40)
     if max_batch_size is not None:
         max_batch_size = check_int("max_batch_size", max_batch_size, maximum=2**31 - 1)
-    geom = geometry(model, layout, kv_cache_dtype=kv_cache_dtype, page_size=page_size)
+    mtp = include_mtp if include_mtp is not None else (speculative_method == "mtp" and num_draft_tokens > 0)
+    geom = geometry(model, layout, kv_cache_dtype=kv_cache_dtype, page_size=page_size,
+                    kv_scale_block=kv_scale_block, include_mtp=mtp)
 
     sampler_rows = min(max_batch_size or 512, tokens)
     if activation_bytes is not None:
@@ -141,9 +139,11 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
         stage = geom.stages[layout.coordinates(i)[1]]
         budget = scaled_budget(stats.free, util)
         kv_budget = budget - stage.weight_bytes - act - sig - reserve
-        budgets.append((budget, kv_budget, pages_that_fit(kv_budget, stage.page_bytes)))
-    pages = min(b[2] for b in budgets)
-    tight = min(range(mesh.size), key=lambda i: budgets[i][2])
+        fit = pages_that_fit(kv_budget, stage.page_bytes) if stage.page_bytes else None
+        budgets.append((budget, kv_budget, fit))
+    holding = [i for i, b in enumerate(budgets) if b[2] is not None]
+    tight = min(holding, key=lambda i: budgets[i][2]) if holding else 0
+    pages = budgets[tight][2] or 0  # one pool size for every device, as engines allocate it
 
     rows = []
     for i, (stats, (budget, kv_budget, fit)) in enumerate(zip(mesh.stats, budgets, strict=True)):
@@ -153,7 +153,7 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
         static = stage.weight_bytes + act + sig + reserve
         rows.append(DeviceRow(str(mesh.devices[i]), replica, stage_index, rank, stats.bytes_limit,
                               stats.bytes_in_use, budget, stage.weight_bytes, act, sig, reserve,
-                              kv_budget, stage.page_bytes, fit, pool,
+                              kv_budget, stage.page_bytes, fit or 0, pool,
                               stats.free - static - pool))
     return _conclude(model, mesh, layout, geom, util, tuple(rows), pages, tight, max_length,
                      max_batch_size, speculative_slack(num_draft_tokens, speculative_method),
@@ -169,16 +169,41 @@ def _resolve_layout(layout: Layout | str | None, mesh: DeviceMesh) -> Layout:
     return layout
 
 
+def _stage_limits(geom: Geometry, usable: int, slack: int) -> list[int | None]:
+    """Longest single request each stage's pool allows (None: no length limit)."""
+    caps = []
+    for stage in geom.stages:
+        if not stage.page_bytes:
+            caps.append(None)
+            continue
+        most = stage.request.max_tokens(usable)
+        caps.append(None if most is None else max(most - slack, 0))
+    return caps
+
+
+def _batch_at(geom: Geometry, usable: int, length: int, slack: int) -> int:
+    """Requests of ``length`` tokens one replica holds: the tightest stage decides."""
+    fits = [usable // need for s in geom.stages if s.page_bytes
+            and (need := s.request.pages(length + slack)) > 0]
+    return min(fits) if fits else 0
+
+
+def _longest_at(geom: Geometry, usable: int, batch: int, slack: int, ceiling: int) -> int:
+    """Longest length such that ``batch`` requests fit in one replica's ``usable`` pages."""
+    caps = [c for c in _stage_limits(geom, usable // batch, slack) if c is not None]
+    return min([*caps, ceiling])
+
+
 def _conclude(model: ModelSpec, mesh: DeviceMesh, layout: Layout, geom: Geometry, util: float,
               rows: tuple[DeviceRow, ...], pages: int, tight: int, max_length: int | None,
               max_batch_size: int | None, slack: int, reserved: int) -> MemoryPlan:
     """Turn per-device page counts into lengths, batches, a verdict, warnings and suggestions."""
-    page = geom.page_size
     usable = max(pages - reserved, 0)
-    cap = max(usable * page - slack, 0)
+    caps = [c for c in _stage_limits(geom, usable, slack) if c is not None]
+    cap = min(caps) if caps else (model.max_position_embeddings if usable else 0)
     wanted = max_length if max_length is not None else model.max_position_embeddings
     planned = min(wanted, cap)
-    per_replica = max_batch_at_length(usable, planned, page, slack)
+    per_replica = _batch_at(geom, usable, planned, slack) if planned else 0
     total_batch = per_replica * layout.data
     warnings, suggestions = [], []
     fits = usable > 0 and cap > 0
@@ -195,28 +220,31 @@ def _conclude(model: ModelSpec, mesh: DeviceMesh, layout: Layout, geom: Geometry
         need_per_replica = -(-max_batch_size // layout.data)
         if need_per_replica > per_replica:
             fits = False
-            longest = max_length_at_batch(usable, need_per_replica, page, slack)
+            longest = _longest_at(geom, usable, need_per_replica, slack, wanted)
             if longest > 0:
                 suggestions.append(f"reduce --max-length to {longest} to serve "
                                    f"{max_batch_size} requests at once")
             suggestions.append(f"reduce --max-batch-size to {total_batch} at length {planned}")
+    waste = 0
     if geom.replication > 1:
-        waste = max(r.kv_pool_bytes for r in rows) * (geom.replication - 1) // geom.replication
-        warnings.append(f"{model.num_kv_heads} KV heads over tensor_parallel_size="
-                        f"{layout.tensor}: each head is stored {geom.replication}× — "
-                        f"{waste:,} B of each device's KV pool holds copies")
-    else:
-        waste = 0
+        what = ("the MLA latent cache is stored on every tensor shard" if model.is_mla else
+                f"{model.num_kv_heads} KV heads over tensor_parallel_size={layout.tensor}: each head is "
+                "stored")
+        if any(s.state_bytes for s in geom.stages):  # recurrent state shares the pool, unreplicated
+            warnings.append(f"{what} {geom.replication}× (the attention pages of each device's pool)")
+        else:
+            waste = max(r.kv_pool_bytes for r in rows) * (geom.replication - 1) // geom.replication
+            warnings.append(f"{what} {geom.replication}× — {waste:,} B of each device's KV pool holds "
+                            "copies")
     if len(mesh.device_kinds) > 1:
         warnings.append(f"mixed device kinds {', '.join(mesh.device_kinds)}: planned per device, "
                         "the smallest sets the page count")
     return MemoryPlan(
         model=model.name, mesh=mesh.describe(), layout=layout.name,
-        kv_cache_dtype=geom.kv_cache_dtype, page_size=page, device_memory_utilization=util,
+        kv_cache_dtype=geom.kv_cache_dtype, page_size=geom.page_size, device_memory_utilization=util,
         devices=rows, num_replicas=layout.data, pages_per_replica=pages, reserved_pages=reserved,
         speculative_slack_tokens=slack, bytes_per_block=geom.bytes_per_block,
-        kv_bytes_per_token_per_replica=sum(s.kv_bytes_per_token for s in geom.stages)
-        * layout.tensor,
+        kv_bytes_per_token_per_replica=sum(s.kv_bytes_per_token for s in geom.stages) * layout.tensor,
         max_supported_sequence_length=cap, requested_max_length=max_length,
         planned_max_length=planned, max_batch_size=total_batch,
         requested_max_batch_size=max_batch_size, fits=fits, tightest_device=rows[tight].device,

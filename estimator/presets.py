@@ -57,10 +57,11 @@ PRESETS = MappingProxyType({
     "qwen3-32b": dict(model_type="qwen3", num_layers=64, hidden_size=5120, num_attention_heads=64,
                       num_kv_heads=8, head_dim=128, vocab_size=151936, intermediate_size=25600,
                       max_position_embeddings=40960, qk_norm=True),
-    # microsoft/Phi-3-mini-4k-instruct: MHA, 3.8 B
+    # microsoft/Phi-3-mini-4k-instruct: MHA, 3.8 B, every layer a 2047-token sliding window
     "phi-3-mini-4k": dict(model_type="phi3", num_layers=32, hidden_size=3072,
                           num_attention_heads=32, num_kv_heads=32, head_dim=96, vocab_size=32064,
-                          intermediate_size=8192, max_position_embeddings=4096),
+                          intermediate_size=8192, max_position_embeddings=4096,
+                          layer_types=("sliding_attention",) * 32, sliding_window=2047),
     # mistralai/Mixtral-8x7B-v0.1: 8 experts, 2 per token, 46.7 B
     "mixtral-8x7b": dict(model_type="mixtral", num_layers=32, hidden_size=4096,
                          num_attention_heads=32, num_kv_heads=8, head_dim=128, vocab_size=32000,
