@@ -81,12 +81,30 @@ class DeviceMesh:
     @classmethod
     def from_jax(cls, devices: Sequence[Any] | None = None, axes: Mapping[str, int] | None = None,
                  *, capacity_bytes: int | None = None) -> DeviceMesh:
-        """Live mesh over ``jax.devices()`` (or the given ones), reading each ``memory_stats()``."""
+        """Live mesh over ``jax.devices()`` (or the given ones), reading each ``memory_stats()``.
+
+        Every device is read on its own (budget from ``bytes_limit``, else ``bytes_reservable_limit``;
+        ``MemoryStats.budget_key`` says which). On GPU, ``bytes_limit`` already is JAX's allocator cap
+        (``XLA_CLIENT_MEM_FRACTION``, 0.75 by default); preallocation only changes ``pool_bytes``.
+        Devices with no stats (CPU, ``XLA_PYTHON_CLIENT_ALLOCATOR=platform``) raise an InputError
+        that says how to pass ``capacity_bytes``. Mixed kinds or budgets warn
+        (``meshes.live.MixedDevicesWarning``); see ``meshes.live`` for the per-device notes.
+        """
+        from meshes.live import AllocatorSettings, read_mesh_stats
+
+        AllocatorSettings.from_env()  # refuse what JAX refuses (both fraction variables) up front
         if devices is None:
             import jax
 
             devices = jax.devices()
-        return cls.from_devices(devices, axes, capacity_bytes=capacity_bytes)
+        devices = tuple(devices)
+        if not devices:
+            raise InputError("devices", [], "at least one device")
+        axes = dict(axes) if axes else {"device": len(devices)}
+        if capacity_bytes is not None:
+            capacity_bytes = check_int("capacity_bytes", capacity_bytes)
+        stats = tuple(r.stats for r in read_mesh_stats(devices, capacity_bytes=capacity_bytes))
+        return cls(tuple(axes), tuple(axes.values()), devices, stats)
 
     # ------------------------------------------------------------------ views
     @property
@@ -120,9 +138,11 @@ class DeviceMesh:
         return DeviceMesh(self.axis_names, self.axis_sizes, self.devices, tuple(stats))
 
     def refresh(self) -> DeviceMesh:
-        """Re-read every device's ``memory_stats()`` (devices that had none keep their stats)."""
-        return self.with_stats([_read_stats(d, None) if d.memory_stats() is not None else s
-                                for d, s in zip(self.devices, self.stats, strict=True)])
+        """Re-read every device's ``memory_stats()`` (devices that had none keep their stats; a
+        budget given as ``capacity_bytes`` stays, its ``bytes_in_use`` is re-read)."""
+        from meshes.live import refresh_stats
+
+        return self.with_stats([refresh_stats(d, s) for d, s in zip(self.devices, self.stats, strict=True)])
 
     def jax_mesh(self) -> Any:
         """A ``jax.sharding.Mesh`` for live devices, an ``AbstractMesh`` for simulated ones."""
@@ -167,13 +187,15 @@ def _device_kind(device: Any) -> str:
 
 
 def _read_stats(device: Any, capacity_bytes: int | None) -> MemoryStats:
-    """Stats from ``memory_stats()``; ``capacity_bytes`` replaces a missing or overriding budget."""
-    raw = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if capacity_bytes is not None:
-        in_use = int((raw or {}).get("bytes_in_use", 0) or 0)
-        return MemoryStats(bytes_limit=capacity_bytes, bytes_in_use=min(in_use, capacity_bytes),
-                           budget_key="capacity_bytes")
-    return MemoryStats.from_jax(raw, device=str(device))
+    """Stats from ``memory_stats()``; ``capacity_bytes`` replaces a missing or overriding budget.
+
+    Environment-independent (simulated devices, explicit device lists); ``from_jax`` reads the
+    allocator variables through ``meshes.live``.
+    """
+    from meshes.live import AllocatorSettings, read_live_stats
+
+    return read_live_stats(device, capacity_bytes=capacity_bytes, settings=AllocatorSettings(),
+                           warn=False).stats
 
 
 def known_device_names() -> list[str]:
