@@ -236,9 +236,13 @@ def _conclude(model: ModelSpec, mesh: DeviceMesh, layout: Layout, geom: Geometry
             waste = max(r.kv_pool_bytes for r in rows) * (geom.replication - 1) // geom.replication
             warnings.append(f"{what} {geom.replication}× — {waste:,} B of each device's KV pool holds "
                             "copies")
+    frees = [r.bytes_limit - r.bytes_in_use for r in rows]
     if len(mesh.device_kinds) > 1:
         warnings.append(f"mixed device kinds {', '.join(mesh.device_kinds)}: planned per device, "
                         "the smallest sets the page count")
+    elif max(frees) - min(frees) > 0.01 * max(r.bytes_limit for r in rows):
+        warnings.append(f"devices differ in free memory ({min(frees):,} … {max(frees):,} B): planned per "
+                        f"device; {rows[tight].device} sets the page count")
     return MemoryPlan(
         model=model.name, mesh=mesh.describe(), layout=layout.name,
         kv_cache_dtype=geom.kv_cache_dtype, page_size=geom.page_size, device_memory_utilization=util,
