@@ -8,7 +8,9 @@ replica has room for its slice, so pages per replica is the minimum over devices
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from estimator.activations import analytic_activation_bytes
@@ -19,7 +21,7 @@ from estimator.models import resolve_model
 from estimator.paging import pages_for_tokens, pages_that_fit, scaled_budget, speculative_slack
 from estimator.signals import signal_buffer_bytes
 from meshes.mesh import DeviceMesh
-from meshes.validation import check_choice, check_fraction, check_int
+from meshes.validation import InputError, check_choice, check_fraction, check_int
 
 DEFAULT_MAX_BATCH_INPUT_TOKENS = 8192
 
@@ -96,7 +98,8 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
          runtime_reserve_bytes: int = 0, num_draft_tokens: int = 0,
          speculative_method: str = "eagle", reserve_null_page: bool = True,
          activations: str = "analytic", kv_scale_block: int | None = None,
-         include_mtp: bool | None = None) -> MemoryPlan:
+         include_mtp: bool | None = None,
+         weights: str | os.PathLike[str] | Mapping[int, int] | None = None) -> MemoryPlan:
     """Plan the KV pool of ``model`` on ``mesh`` under ``layout``, device by device.
 
     ``activation_bytes`` / ``signal_bytes`` are per device; left as None they come from the
@@ -104,7 +107,9 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
     prefill and decode steps on the mesh and read XLA's temp bytes) and from MAX's signal-buffer
     size (GPU tensor groups only). ``kv_scale_block`` gives 8-bit caches one fp32 scale per that
     many values of each head; ``include_mtp`` loads the MTP layers (default: when speculating
-    with ``speculative_method="mtp"``).
+    with ``speculative_method="mtp"``). ``weights``: a safetensors checkpoint (folder, index.json
+    or file; headers only are read) whose tensors, split by the default partition rules, are
+    charged to each device instead of the analytic weights — or ``{stage: bytes per device}``.
     """
     model = resolve_model(model)
     mesh = DeviceMesh.from_preset(mesh) if isinstance(mesh, str) else mesh
@@ -120,6 +125,7 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
     mtp = include_mtp if include_mtp is not None else (speculative_method == "mtp" and num_draft_tokens > 0)
     geom = geometry(model, layout, kv_cache_dtype=kv_cache_dtype, page_size=page_size,
                     kv_scale_block=kv_scale_block, include_mtp=mtp)
+    stage_weights, weight_notes = _stage_weights(weights, model, layout, geom)
 
     sampler_rows = min(max_batch_size or 512, tokens)
     if activation_bytes is not None:
@@ -138,7 +144,7 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
     for i, stats in enumerate(mesh.stats):
         stage = geom.stages[layout.coordinates(i)[1]]
         budget = scaled_budget(stats.free, util)
-        kv_budget = budget - stage.weight_bytes - act - sig - reserve
+        kv_budget = budget - stage_weights[stage.stage] - act - sig - reserve
         fit = pages_that_fit(kv_budget, stage.page_bytes) if stage.page_bytes else None
         budgets.append((budget, kv_budget, fit))
     holding = [i for i, b in enumerate(budgets) if b[2] is not None]
@@ -150,14 +156,40 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
         replica, stage_index, rank = layout.coordinates(i)
         stage = geom.stages[stage_index]
         pool = pages * stage.page_bytes
-        static = stage.weight_bytes + act + sig + reserve
+        static = stage_weights[stage_index] + act + sig + reserve
         rows.append(DeviceRow(str(mesh.devices[i]), replica, stage_index, rank, stats.bytes_limit,
-                              stats.bytes_in_use, budget, stage.weight_bytes, act, sig, reserve,
+                              stats.bytes_in_use, budget, stage_weights[stage_index], act, sig, reserve,
                               kv_budget, stage.page_bytes, fit or 0, pool,
                               stats.free - static - pool))
-    return _conclude(model, mesh, layout, geom, util, tuple(rows), pages, tight, max_length,
-                     max_batch_size, speculative_slack(num_draft_tokens, speculative_method),
-                     int(reserve_null_page))
+    result = _conclude(model, mesh, layout, geom, util, tuple(rows), pages, tight, max_length,
+                       max_batch_size, speculative_slack(num_draft_tokens, speculative_method),
+                       int(reserve_null_page))
+    return replace(result, warnings=(*result.warnings, *weight_notes)) if weight_notes else result
+
+
+def _stage_weights(weights: str | os.PathLike[str] | Mapping[int, int] | None, model: ModelSpec,
+                   layout: Layout, geom: Geometry) -> tuple[dict[int, int], list[str]]:
+    """Weight bytes per device of each stage: analytic, given, or from a checkpoint's headers."""
+    analytic = {s.stage: s.weight_bytes for s in geom.stages}
+    if weights is None:
+        return analytic, []
+    if isinstance(weights, Mapping):
+        got = {int(k): check_int(f"weights[{k}]", v, minimum=0) for k, v in weights.items()}
+        if set(got) != set(analytic):
+            raise InputError("weights", sorted(got), f"bytes per device for stages {sorted(analytic)}")
+        source, notes = "the given table", []
+    else:
+        from estimator.checkpoint import read_checkpoint  # reads headers only; imports nothing heavy
+        from estimator.partition_rules import weight_bytes_per_stage
+
+        ckpt = read_checkpoint(weights)
+        got = weight_bytes_per_stage(ckpt.tensors, model, layout)
+        source, notes = f"checkpoint {ckpt.path}", list(ckpt.warnings)
+    if got != analytic:
+        worst = max(got, key=lambda s: abs(got[s] - analytic[s]))
+        notes.append(f"weights from {source}: {got[worst]:,} B per device on stage {worst} "
+                     f"(the analytic count for {model.name} is {analytic[worst]:,} B)")
+    return got, notes
 
 
 def _resolve_layout(layout: Layout | str | None, mesh: DeviceMesh) -> Layout:
