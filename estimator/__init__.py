@@ -1,8 +1,10 @@
 """kvfit's estimator: what a model needs on a mesh — model specs, KV geometry, plans, sweeps.
 
-``import estimator`` stays light (no flax, matplotlib, typer or rich): serving code imports it at
-start-up.
+``import estimator`` stays light (no jax, flax, matplotlib, typer or rich): serving code imports
+it at start-up. ``estimator.sweep`` / ``sweep_frontier`` (jitted, import jax) load on first use.
 """
+
+from typing import Any
 
 from estimator.geometry import Geometry, geometry
 from estimator.layout import Layout
@@ -14,6 +16,35 @@ from estimator.presets import PRESETS
 from estimator.weights import parameter_count
 from meshes import DeviceMesh, InputError
 
-__all__ = ["PRESETS", "DeviceMesh", "DeviceRow", "Geometry", "InputError", "Layout",
-           "MemoryEstimator", "MemoryPlan", "ModelSpec", "geometry", "load_preset",
-           "parameter_count", "plan", "resolve_model"]
+_LAZY = {"sweep": "estimator.sweeps", "sweep_frontier": "estimator.sweeps",
+         "SweepResult": "estimator.frontier", "SweepFrontier": "estimator.frontier"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'estimator' has no attribute {name!r}")
+
+
+__all__ = [
+    "PRESETS",
+    "DeviceMesh",
+    "DeviceRow",
+    "Geometry",
+    "InputError",
+    "Layout",
+    "MemoryEstimator",
+    "MemoryPlan",
+    "ModelSpec",
+    "SweepFrontier",
+    "SweepResult",
+    "geometry",
+    "load_preset",
+    "parameter_count",
+    "plan",
+    "resolve_model",
+    "sweep",
+    "sweep_frontier",
+]

@@ -60,6 +60,16 @@ class Layout:
         tensor = mesh.axis_sizes[-1]
         return cls(data=mesh.size // tensor, tensor=tensor)
 
+    @classmethod
+    def resolve(cls, layout: Layout | str | None, mesh: DeviceMesh) -> Layout:
+        """The layout given (or parsed, or the mesh's default), checked against ``mesh``."""
+        if layout is None:
+            layout = cls.default_for(mesh)
+        elif isinstance(layout, str):
+            layout = cls.parse(layout)
+        layout.check(mesh)
+        return layout
+
     def check(self, mesh: DeviceMesh) -> None:
         """Refuse a layout that does not tile the mesh exactly."""
         if self.size != mesh.size:

@@ -113,7 +113,7 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
     """
     model = resolve_model(model)
     mesh = DeviceMesh.from_preset(mesh) if isinstance(mesh, str) else mesh
-    layout = _resolve_layout(layout, mesh)
+    layout = Layout.resolve(layout, mesh)
     util = check_fraction("device_memory_utilization", device_memory_utilization)
     tokens = check_int("max_batch_input_tokens", max_batch_input_tokens)
     reserve = check_int("runtime_reserve_bytes", runtime_reserve_bytes, minimum=0)
@@ -190,15 +190,6 @@ def _stage_weights(weights: str | os.PathLike[str] | Mapping[int, int] | None, m
         notes.append(f"weights from {source}: {got[worst]:,} B per device on stage {worst} "
                      f"(the analytic count for {model.name} is {analytic[worst]:,} B)")
     return got, notes
-
-
-def _resolve_layout(layout: Layout | str | None, mesh: DeviceMesh) -> Layout:
-    if layout is None:
-        layout = Layout.default_for(mesh)
-    elif isinstance(layout, str):
-        layout = Layout.parse(layout)
-    layout.check(mesh)
-    return layout
 
 
 def _stage_limits(geom: Geometry, usable: int, slack: int) -> list[int | None]:
