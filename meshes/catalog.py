@@ -108,6 +108,19 @@ _add(DeviceSpec("A10G-24GB", "gpu", 23028 * MiB, 23028 * MiB - _CONTEXT_RESERVE,
 _add(DeviceSpec("RTX4090-24GB", "gpu", 24564 * MiB, 24564 * MiB - _CONTEXT_RESERVE, 1008e9,
                 165.2e12, "NVIDIA GeForce RTX 4090", ("4090", "RTX-4090", "RTX4090")))
 
+# GeForce RTX 3090: 24 GB GDDR6X, nvidia-smi 24576 MiB; 936 GB/s; BF16 tensor with FP32 accumulate
+# 71 TFLOP/s dense, 142 sparse (NVIDIA Ampere GA102 GPU Architecture whitepaper, RTX 3090 table).
+# Usable: 24146 MiB = the total_gpu_memory=23.58GiB vLLM logged on an RTX 3090 (vllm-project/vllm
+# #10517, reference/engines.md R1) instead of the 500 MiB rule, because a log gives it.
+_add(DeviceSpec("RTX3090-24GB", "gpu", 24576 * MiB, 24146 * MiB, 936e9, 71e12,
+                "NVIDIA GeForce RTX 3090", ("3090", "RTX-3090", "RTX3090")))
+
+# RTX A4000: 16 GB GDDR6 (ECC off), nvidia-smi 16376 MiB; 448 GB/s; tensor 153.4 TFLOP/s with
+# sparsity → 76.7 dense (NVIDIA RTX A4000 datasheet). Usable by the 500 MiB rule above
+# (TensorRT-LLM #1188, reference/engines.md R5, runs on this card).
+_add(DeviceSpec("RTXA4000-16GB", "gpu", 16376 * MiB, 16376 * MiB - _CONTEXT_RESERVE, 448e9, 76.7e12,
+                "NVIDIA RTX A4000", ("A4000", "RTX-A4000", "RTXA4000")))
+
 # --- AMD ----------------------------------------------------------------------------------------
 # MI300X: 192 GB HBM3 = 8 stacks x 24 GiB; rocm-smi "VRAM Total Memory (B): 206158430208"
 # (= 192 GiB; some hosts print 206141652992). 5.3 TB/s; BF16 1,307.4 TFLOP/s dense, 2,614.9

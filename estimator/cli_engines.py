@@ -1,0 +1,204 @@
+"""``kvfit engines`` and ``kvfit translate``: engine profiles side by side, and knob translation.
+
+Plain command functions; estimator.cli registers them on its app. Exit codes as for
+``kvfit plan``: 0 every profile starts, 1 one would fail at start-up (its error on stderr), 2 bad
+input.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from estimator.cli_options import (
+    DpOpt,
+    JsonOpt,
+    LayoutOpt,
+    MeshOpt,
+    ModelOpt,
+    PpOpt,
+    TpOpt,
+    err,
+    fail_input,
+    gib,
+    layout_text,
+    out,
+)
+from estimator.engines import CONCEPTS, EnginePlan, engine_plan, engines_for, profile, translate
+from estimator.presets import DEFAULT_MESH, DEFAULT_MODEL
+from meshes.validation import InputError
+
+LengthOpt = Annotated[int | None, typer.Option(
+    "--max-model-len", "--max-length", help="Tokens of one request (each engine's own knob: "
+    "max_model_len, context_length, max_seq_len, max_length).")]
+DtypeOpt = Annotated[str | None, typer.Option("--kv-cache-dtype", help="bf16, fp8, ... for every engine.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="ENGINE.KNOB=VALUE with the engine's own knob name, e.g. "
+    "vllm.gpu_memory_utilization=0.95, sglang.mem_fraction_static=0.88, vllm.version=v0. Repeatable.")]
+
+
+def parse_value(text: str) -> Any:
+    """A knob value typed on the command line: int, float, bool, none, else the string."""
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_sets(items: list[str] | None, engines: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``ENGINE.KNOB=VALUE`` items → {engine: {knob: value}}."""
+    knobs: dict[str, dict[str, Any]] = {e: {} for e in engines}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        engine, dot, name = key.strip().partition(".")
+        if not eq or not dot or not name:
+            raise InputError("--set", item, "ENGINE.KNOB=VALUE, e.g. vllm.gpu_memory_utilization=0.95")
+        engine = profile(engine).NAME
+        if engine not in knobs:
+            raise InputError("--set", item, f"a knob of a selected engine ({', '.join(engines)})")
+        knobs[engine][name] = parse_value(value)
+    return knobs
+
+
+def _common(engine: str, max_model_len: int | None, kv_cache_dtype: str | None) -> dict[str, Any]:
+    knobs: dict[str, Any] = {}
+    if max_model_len is not None:
+        knobs[CONCEPTS["max length"][engine]] = max_model_len
+    if kv_cache_dtype is not None:
+        knobs[CONCEPTS["kv dtype"][engine]] = kv_cache_dtype
+    return knobs
+
+
+def engines_table(plans: list[EnginePlan]) -> Table:
+    """One column per engine, one row per quantity."""
+    first = plans[0]
+    table = Table(title=f"{first.model} on {first.mesh} — {first.layout}", title_justify="left")
+    table.add_column("", no_wrap=True)
+    for p in plans:
+        table.add_column(f"{p.engine} {p.version}", justify="right", overflow="fold")
+    fraction = CONCEPTS["memory fraction"]
+    rows = [
+        ("memory fraction", lambda p: f"{p.knobs.get(fraction[p.engine])}"),
+        ("scope of GiB", lambda p: p.scope),
+        ("memory seen GiB", lambda p: gib(p.total_bytes)),
+        ("budget GiB", lambda p: gib(p.budget_bytes)),
+        ("non-KV GiB (low–high)", lambda p: f"{gib(p.non_kv_bytes)} ({gib(p.non_kv.total('low'))}–"
+                                           f"{gib(p.non_kv.total('high'))})"),
+        ("KV pool GiB", lambda p: gib(p.kv_bytes)),
+        ("KV dtype", lambda p: p.kv_cache_dtype),
+        ("blocks × block size", lambda p: f"{p.num_blocks:,} × {p.block_size}"),
+        ("KV tokens (as logged)", lambda p: f"{p.kv_tokens:,}"),
+        ("tokens band", lambda p: f"{p.tokens_band.low:,}–{p.tokens_band.high:,}"),
+        ("max model len", lambda p: f"{p.max_model_len:,}"),
+        ("max concurrency", lambda p: f"{p.max_concurrency:.2f}x"),
+        ("longest request", lambda p: f"{p.max_model_len_fit:,}"),
+        ("starts", lambda p: "yes" if p.starts else "[red]no[/]"),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(p) for p in plans))
+    return table
+
+
+def engines_command(
+    model: ModelOpt = DEFAULT_MODEL,
+    mesh: MeshOpt = DEFAULT_MESH,
+    layout: LayoutOpt = None,
+    tensor_parallel_size: TpOpt = None,
+    data_parallel_size: DpOpt = None,
+    pipeline_parallel_size: PpOpt = None,
+    max_model_len: LengthOpt = None,
+    kv_cache_dtype: DtypeOpt = None,
+    engines: Annotated[str | None, typer.Option(
+        "--engines", help="Comma list of max, vllm, sglang, trtllm, tpu; default: those that run on "
+        "the mesh's devices.")] = None,
+    knob: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The KV cache each serving engine would allocate, side by side, with the lines it would log.
+
+    Example: kvfit engines --model llama-3.1-8b --mesh 1xH100-80GB --max-model-len 32768
+    --set vllm.gpu_memory_utilization=0.9 --set sglang.mem_fraction_static=0.88
+    """
+    try:
+        text = layout_text(layout, tensor_parallel_size, data_parallel_size, pipeline_parallel_size)
+        names = (tuple(profile(e.strip()).NAME for e in engines.split(",") if e.strip()) if engines
+                 else engines_for(mesh))
+        if not names:
+            raise InputError("--engines", engines, "at least one engine")
+        sets = parse_sets(knob, names)
+        plans = [engine_plan(model, mesh, text, engine=e, **_common(e, max_model_len, kv_cache_dtype),
+                             **sets[e]) for e in names]
+    except InputError as e:
+        fail_input(e)
+    if as_json:
+        out.print_json(json.dumps([p.to_dict() for p in plans]))
+    else:
+        out.print(engines_table(plans))
+        for p in plans:
+            out.print(f"[bold]{p.engine} {p.version}[/] would log:", highlight=False)
+            for line in p.log_lines:
+                out.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+            for w in p.warnings:
+                err.print(f"[yellow]{p.engine}:[/] {w}", highlight=False, soft_wrap=True)
+    failed = [p for p in plans if not p.starts]
+    for p in failed:
+        typer.echo(f"{p.engine} {p.version} would not start: {p.error}", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def translate_command(
+    from_engine: Annotated[str, typer.Option("--from", help="Engine whose knob value is given.")],
+    to_engine: Annotated[str, typer.Option("--to", help="Engine whose knob value is wanted.")],
+    knob_value: Annotated[float, typer.Option("--knob-value", help="The --from engine's memory-fraction "
+                                              "value (gpu_memory_utilization, mem_fraction_static, ...).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    mesh: MeshOpt = DEFAULT_MESH,
+    layout: LayoutOpt = None,
+    tensor_parallel_size: TpOpt = None,
+    data_parallel_size: DpOpt = None,
+    pipeline_parallel_size: PpOpt = None,
+    max_model_len: LengthOpt = None,
+    kv_cache_dtype: DtypeOpt = None,
+    knob: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The memory-fraction value engine B needs to hold the KV tokens engine A holds.
+
+    Example: kvfit translate --from vllm --to sglang --knob-value 0.9 --model llama-3.1-8b
+    --mesh 1xH100-80GB
+    """
+    try:
+        text = layout_text(layout, tensor_parallel_size, data_parallel_size, pipeline_parallel_size)
+        src, dst = profile(from_engine).NAME, profile(to_engine).NAME
+        sets = parse_sets(knob, tuple(dict.fromkeys((src, dst))))
+        t = translate(src, dst, knob_value, model, mesh, text,
+                      source_knobs={**_common(src, max_model_len, kv_cache_dtype), **sets[src]},
+                      target_knobs={**_common(dst, max_model_len, kv_cache_dtype), **sets[dst]})
+    except InputError as e:
+        fail_input(e)
+    if as_json:
+        out.print_json(json.dumps(t.to_dict()))
+    else:
+        out.print(f"{t.source} {t.source_knob}={t.source_value} → {t.source_tokens:,} KV tokens",
+                  highlight=False)
+        verb = "needs" if t.achievable else "cannot reach it; at most"
+        out.print(f"{t.target} {verb} [bold]{t.target_knob}={t.target_value}[/] → "
+                  f"{t.target_tokens:,} KV tokens",
+                  highlight=False)
+    if not t.achievable:
+        typer.echo(t.note, err=True)
+        raise typer.Exit(1)
+
+
+__all__ = ["engines_command", "engines_table", "parse_sets", "parse_value", "translate_command"]

@@ -1,0 +1,293 @@
+"""What every engine profile shares: knob validation, the resolved setup, the EnginePlan result.
+
+A profile is a small policy over the shared geometry (estimator.geometry for weights per stage,
+estimator.kv_spec for KV bytes per layer on one device): it turns the engine's own knobs into a
+budget, subtracts the engine's non-KV terms (estimator.engines.non_kv), counts blocks the way the
+engine does and writes the lines the engine logs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
+from typing import Any
+
+from estimator.dtypes import canonical_dtype, dtype_bytes
+from estimator.engines.non_kv import Band, NonKV
+from estimator.layout import Layout
+from estimator.model_spec import ModelSpec
+from estimator.models import resolve_model
+from meshes.mesh import DeviceMesh
+from meshes.validation import InputError, check_int
+
+GiB = 1 << 30
+ENGINE_NAMES = ("max", "vllm", "sglang", "trtllm", "tpu")
+
+# The same idea under each engine's own name: used to say "sglang calls this mem_fraction_static".
+CONCEPTS: dict[str, dict[str, str]] = {
+    "memory fraction": {"max": "device_memory_utilization", "vllm": "gpu_memory_utilization",
+                        "sglang": "mem_fraction_static", "trtllm": "free_gpu_memory_fraction",
+                        "tpu": "gpu_memory_utilization"},
+    "max length": {"max": "max_length", "vllm": "max_model_len", "sglang": "context_length",
+                   "trtllm": "max_seq_len", "tpu": "max_model_len"},
+    "block size": {"max": "kv_cache_page_size", "vllm": "block_size", "sglang": "page_size",
+                   "trtllm": "tokens_per_block", "tpu": "block_size"},
+    "kv dtype": {"max": "kv_cache_format", "vllm": "kv_cache_dtype", "sglang": "kv_cache_dtype",
+                 "trtllm": "dtype", "tpu": "kv_cache_dtype"},
+    "max batch": {"max": "max_batch_size", "vllm": "max_num_seqs", "sglang": "max_running_requests",
+                  "trtllm": "max_batch_size", "tpu": "max_num_seqs"},
+    "batched tokens": {"max": "max_batch_input_tokens", "vllm": "max_num_batched_tokens",
+                       "sglang": "chunked_prefill_size", "trtllm": "max_num_tokens",
+                       "tpu": "max_num_batched_tokens"},
+    "kv bytes": {"vllm": "kv_cache_memory_bytes", "trtllm": "max_gpu_total_bytes",
+                 "tpu": "kv_cache_memory_bytes"},
+    "token cap": {"sglang": "max_total_tokens", "trtllm": "max_tokens"},
+    "block count": {"vllm": "num_gpu_blocks_override", "tpu": "num_gpu_blocks_override"},
+    "no cuda graphs": {"vllm": "enforce_eager", "sglang": "disable_cuda_graph"},
+}
+
+# Measured values a caller may pin instead of the model (per device, bytes): e.g. from a log.
+MEASURED = ("weights_bytes", "activation_bytes", "non_torch_bytes", "cuda_graph_bytes",
+            "context_bytes")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One engine knob: its default and the check that normalises a value (or raises)."""
+
+    name: str
+    default: Any
+    check: Callable[[str, Any], Any]
+    help: str = ""
+
+
+# ----------------------------------------------------------------------------- checkers
+def fraction(*, low: float = 0.0, high: float = 1.0, high_inclusive: bool = True,
+             message: str = "") -> Callable[[str, Any], float]:
+    """A number in (low, high] (or (low, high)); ``message`` is the engine's own wording."""
+    def check(field_: str, value: Any) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if ok:
+            ok = low < value <= high if high_inclusive else low < value < high
+        if not ok:
+            bracket = "]" if high_inclusive else ")"
+            raise InputError(field_, value, f"a number in ({low}, {high}{bracket}" +
+                             (f" — {message}" if message else ""))
+        return float(value)
+    return check
+
+
+def positive_number(field_: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
+            or not math.isfinite(value):
+        raise InputError(field_, value, "a positive number")
+    return float(value)
+
+
+def integer(minimum: int = 1, maximum: int = 2**62, *, optional: bool = True,
+            message: str = "") -> Callable[[str, Any], int | None]:
+    def check(field_: str, value: Any) -> int | None:
+        if value is None and optional:
+            return None
+        try:
+            return check_int(field_, value, minimum=minimum, maximum=maximum)
+        except InputError as err:
+            if message:
+                raise InputError(field_, value, f"{err.allowed} — {message}") from None
+            raise
+    return check
+
+
+def choice(options: tuple[Any, ...], message: str = "") -> Callable[[str, Any], Any]:
+    def check(field_: str, value: Any) -> Any:
+        if value in options:
+            return value
+        text = ", ".join(map(str, options))
+        raise InputError(field_, value, f"one of {text}" + (f" — {message}" if message else ""))
+    return check
+
+
+def boolean(field_: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise InputError(field_, value, "true or false")
+
+
+def kv_dtype_choice(names: Mapping[str, str | None], message: str = "") -> Callable[[str, Any], str]:
+    """An engine's KV-cache dtype names → canonical dtype (None = 'auto'); also accepts kvfit's
+    own names (bf16, fp8, float8_e4m3fn ...) so one --kv-cache-dtype works for every engine."""
+    def check(field_: str, value: Any) -> str:
+        key = str(value).strip().lower()
+        if key in names:
+            return key
+        try:
+            canon = canonical_dtype(key)
+        except InputError:
+            canon = None
+        for name, target in names.items():
+            if canon is not None and target == canon:
+                return name
+        raise InputError(field_, value, f"one of {', '.join(names)}" + (f" — {message}" if message else ""))
+    return check
+
+
+# ----------------------------------------------------------------------------- setup
+@dataclass(frozen=True)
+class Setup:
+    """A profile's resolved inputs: model, mesh, layout, knobs (defaults filled), measured terms."""
+
+    engine: str
+    version: str
+    model: ModelSpec
+    mesh: DeviceMesh
+    layout: Layout
+    knobs: dict[str, Any]
+    measured: dict[str, int]
+
+
+def unknown_knob(engine: str, name: str, value: Any, knobs: Mapping[str, Knob]) -> InputError:
+    """The error for a knob ``engine`` does not have: name its equivalent when there is one."""
+    for concept, names in CONCEPTS.items():
+        owners = [e for e, n in names.items() if n == name and e != engine]
+        if not owners:
+            continue
+        if engine in names:
+            return InputError(name, value, f"{engine} calls this {names[engine]} "
+                              f"({name} is {', '.join(owners)}'s {concept} knob)")
+        return InputError(name, value, f"{engine} has no {concept} knob ({name} belongs to "
+                          f"{', '.join(owners)})")
+    close = difflib.get_close_matches(name, list(knobs) + list(MEASURED), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return InputError(name, value, f"{hint}a {engine} knob: {', '.join(sorted(knobs))} "
+                      f"(or a measured value: {', '.join(MEASURED)})")
+
+
+def make_setup(engine: str, versions: tuple[str, ...], knob_specs: Mapping[str, Knob],
+               model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | None,
+               knobs: Mapping[str, Any], platforms: tuple[str, ...],
+               measured_names: tuple[str, ...] = MEASURED) -> Setup:
+    """Resolve model/mesh/layout, check every knob and measured value, fill defaults."""
+    model = resolve_model(model)
+    mesh = DeviceMesh.from_preset(mesh) if isinstance(mesh, str) else mesh
+    if mesh.platform not in platforms:
+        others = [e for e, p in PLATFORMS.items() if mesh.platform in p]
+        raise InputError("engine", engine, f"an engine that runs on {mesh.platform} devices "
+                         f"({', '.join(others) or 'none'}); {engine} needs {'/'.join(platforms)}")
+    layout = Layout.resolve(layout, mesh)
+    given = dict(knobs)
+    version = given.pop("version", None) or versions[0]
+    if version not in versions:
+        raise InputError("version", version, f"one of {', '.join(versions)} ({engine} semantics "
+                         "kvfit follows)")
+    measured = {}
+    for name in MEASURED:
+        if given.get(name) is not None:
+            if name not in measured_names:
+                raise InputError(name, given[name], f"a measured value {engine} subtracts: "
+                                 f"{', '.join(measured_names)} ({engine} does not charge {name})")
+            measured[name] = check_int(name, given.pop(name), minimum=0)
+        given.pop(name, None)
+    resolved = {}
+    for name in given:
+        if name not in knob_specs:
+            raise unknown_knob(engine, name, given[name], knob_specs)
+    for name, spec in knob_specs.items():
+        value = given.get(name, spec.default)
+        resolved[name] = spec.check(name, value) if value is not None else None
+    return Setup(engine, version, model, mesh, layout, resolved, measured)
+
+
+PLATFORMS = {"max": ("gpu", "cpu"), "vllm": ("gpu",), "sglang": ("gpu",), "trtllm": ("gpu",),
+             "tpu": ("tpu",)}
+
+
+def default_kv_dtype(model: ModelSpec) -> str:
+    """'auto' KV dtype of the GPU engines: the model's activation dtype (bf16 for 1-byte weights)."""
+    return model.weight_dtype if dtype_bytes(model.weight_dtype) >= 2 else "bfloat16"
+
+
+def scaled(total: int, fraction_: float, *, ceil: bool = False) -> int:
+    """total · fraction, exact on the decimal the user wrote; floor (or ceil)."""
+    product = total * Fraction(str(fraction_))
+    return math.ceil(product) if ceil else math.floor(product)
+
+
+def gib(n: float, digits: int = 2) -> str:
+    return f"{n / GiB:.{digits}f}"
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ----------------------------------------------------------------------------- result
+@dataclass(frozen=True)
+class EnginePlan:
+    """What one engine would allocate at start-up, and what it would log.
+
+    Byte figures are per device (the tightest device of the tightest replica) unless ``scope``
+    says otherwise (MAX pools memory over all devices). Blocks and tokens are per replica (one
+    data-parallel engine instance), as the engine logs them.
+    """
+
+    engine: str
+    version: str
+    model: str
+    mesh: str
+    layout: str
+    knobs: dict[str, Any]
+    scope: str
+    kv_cache_dtype: str
+    block_size: int
+    kv_bytes_per_token: int
+    bytes_per_block: int
+    total_bytes: int
+    budget_bytes: int
+    non_kv: NonKV
+    non_kv_bytes: int
+    kv_available_bytes: int
+    kv_bytes: int
+    num_blocks: int
+    usable_blocks: int
+    pool_tokens: int
+    kv_tokens: int
+    max_model_len: int
+    max_concurrency: float
+    max_model_len_fit: int
+    num_replicas: int
+    starts: bool
+    error: str | None
+    log_lines: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+    tokens_band: Band = field(default_factory=lambda: Band(0, 0, 0))
+    devices: tuple[dict[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["non_kv"] = self.non_kv.to_dict()
+        out["tokens_band"] = self.tokens_band.to_dict()
+        out["log_lines"], out["warnings"] = list(self.log_lines), list(self.warnings)
+        out["devices"] = [dict(d) for d in self.devices]
+        return out
+
+
+def with_band(compute: Callable[[Setup, str], EnginePlan], setup: Setup, band: bool = True) -> EnginePlan:
+    """Run a profile at the central non-KV estimate, and at its high/low ends for the token band."""
+    central = compute(setup, "central")
+    if not band:
+        return replace(central, tokens_band=Band.exact(central.kv_tokens))
+    low = compute(setup, "high").kv_tokens  # most non-KV → fewest tokens
+    high = compute(setup, "low").kv_tokens
+    return replace(central, tokens_band=Band(min(low, central.kv_tokens), central.kv_tokens,
+                                             max(high, central.kv_tokens)))
+
+
+__all__ = ["CONCEPTS", "ENGINE_NAMES", "MEASURED", "PLATFORMS", "EnginePlan", "Knob", "Setup",
+           "boolean", "cdiv", "choice", "default_kv_dtype", "fraction", "gib", "integer",
+           "kv_dtype_choice", "make_setup", "positive_number", "scaled",
+           "unknown_knob", "with_band"]

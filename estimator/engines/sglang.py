@@ -1,0 +1,256 @@
+"""SGLang 0.5.23 (reference/engines.md §4).
+
+``mem_fraction_static`` is (weights + KV pool) / memory. Per rank:
+``rest = free_after_weights − pre_load_free · (1 − mem_fraction_static)`` (pre-load free memory is
+the minimum over ranks); ``max_total_num_tokens = rest // cell_size`` floored to whole pages, where
+the cell is the KV bytes of one token over the rank's attention layers (K and V of this rank's
+heads; MLA: the latent, not divided by TP). No forward pass is profiled: activations, CUDA graphs
+and the ReqToTokenPool must fit the (1 − fraction) reserve. Unset, the fraction is derived from the
+GPU's memory and the chunked-prefill / CUDA-graph settings of its tier (§4.1). Sliding-window
+hybrids get a second pool at ``swa_full_tokens_ratio`` (§4.3); Mamba hybrids carve a state pool out
+of ``rest`` first (§4.4).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from estimator.engines.base import (
+    EnginePlan,
+    GiB,
+    Knob,
+    Setup,
+    boolean,
+    cdiv,
+    default_kv_dtype,
+    fraction,
+    integer,
+    kv_dtype_choice,
+    positive_number,
+    with_band,
+)
+from estimator.engines.non_kv import (
+    ACTIVATION_SOURCE,
+    CONTEXT,
+    CONTEXT_SOURCE,
+    CUDA_GRAPH,
+    NON_TORCH_SOURCE,
+    Band,
+    NonKV,
+    activation_band,
+    gpu_class,
+    non_torch_band,
+    rotary_cache_bytes,
+    term,
+)
+from estimator.geometry import geometry
+from estimator.kv_spec import MLA, RECURRENT, SLIDING, layer_kv
+from meshes.validation import InputError
+
+NAME = "sglang"
+VERSIONS = ("0.5.23",)
+MEASURED = ("weights_bytes", "non_torch_bytes", "context_bytes")
+MiB = 1 << 20
+KV_DTYPES = {"auto": None, "bf16": "bfloat16", "bfloat16": "bfloat16", "fp8_e4m3": "float8_e4m3fn",
+             "fp8_e5m2": "float8_e5m2"}
+DEFAULT_MAX_PREFILL_TOKENS = 16384
+ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+        "qwen3": "Qwen3ForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
+        "mixtral": "MixtralForCausalLM", "phi3": "Phi3ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
+        "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "gpt_oss": "GptOssForCausalLM"}
+
+KNOBS = {
+    "mem_fraction_static": Knob("mem_fraction_static", None, fraction(
+        high_inclusive=False, message="SGLang: the fraction of GPU memory for weights and the KV pool"),
+        "auto: derived from the GPU's memory tier"),
+    "context_length": Knob("context_length", None, integer(1, 2**40)),
+    "page_size": Knob("page_size", 1, integer(1, 2**20)),
+    "kv_cache_dtype": Knob("kv_cache_dtype", "auto", kv_dtype_choice(KV_DTYPES)),
+    "max_total_tokens": Knob("max_total_tokens", None, integer(1)),
+    "max_running_requests": Knob("max_running_requests", None, integer(1, 2**31)),
+    "chunked_prefill_size": Knob("chunked_prefill_size", None, integer(1, 2**31)),
+    "max_prefill_tokens": Knob("max_prefill_tokens", DEFAULT_MAX_PREFILL_TOKENS, integer(1, 2**31)),
+    "cuda_graph_max_bs": Knob("cuda_graph_max_bs", None, integer(1, 2**20)),
+    "disable_cuda_graph": Knob("disable_cuda_graph", False, boolean),
+    "swa_full_tokens_ratio": Knob("swa_full_tokens_ratio", 0.8, positive_number),
+    "mamba_full_memory_ratio": Knob("mamba_full_memory_ratio", 0.9, positive_number),
+    "max_mamba_cache_size": Knob("max_mamba_cache_size", None, integer(1)),
+}
+
+
+def tier(gpu_gib: float, tp: int) -> tuple[int, int]:
+    """(chunked_prefill_size, cuda_graph_max_bs) by GPU memory (§4.1)."""
+    big = tp >= 4
+    if gpu_gib < 20:
+        return 2048, 8
+    if gpu_gib < 35:
+        return 4096, 160 if big else 48
+    if gpu_gib < 60:
+        return 4096, 160 if big else 32
+    if gpu_gib < 160:
+        return 8192, 512 if big else 256
+    return 16384, 512
+
+
+def auto_mem_fraction(gpu_mem_bytes: int, *, tp: int, pp: int, chunked: int, max_bs: int,
+                      graphs: bool) -> float:
+    """handle_gpu_memory_settings: reserve MiB for activations, graphs and parallel buffers."""
+    gpu_mib = gpu_mem_bytes / MiB
+    reserved = 512 + 1.5 * max(chunked, 2048) + tp * pp / 8 * 1024 + (2 * max_bs if graphs else 0)
+    if gpu_mib > 60 * 1024:
+        reserved = max(reserved, 10 * 1024)
+    return round((gpu_mib - reserved) / gpu_mib, 3)
+
+
+def compute(setup: Setup, which: str) -> EnginePlan:
+    m, mesh, lay, k = setup.model, setup.mesh, setup.layout, setup.knobs
+    derived = m.max_position_embeddings
+    context_len = k["context_length"] or derived
+    if context_len > derived:
+        raise InputError("context_length", context_len,
+                         f"at most the derived context_length ({derived}) — SGLang: User-specified "
+                         "context_length is greater than the derived context_length; set "
+                         "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 to override")
+    kv_dtype = KV_DTYPES[k["kv_cache_dtype"]] or default_kv_dtype(m)
+    page = k["page_size"]
+    geom = geometry(m, lay, kv_cache_dtype=kv_dtype, page_size=page)
+    kvs = layer_kv(m, lay.tensor, kv_dtype)
+    first = mesh.stats[0]
+    cls = gpu_class(first.bytes_limit, mesh.device_kinds[0])
+    d_chunk, d_bs = tier(first.bytes_limit / GiB, lay.tensor)
+    chunked = k["chunked_prefill_size"] or d_chunk
+    max_bs = k["cuda_graph_max_bs"] or d_bs
+    graphs = not k["disable_cuda_graph"]
+    frac = k["mem_fraction_static"]
+    if frac is None:
+        frac = auto_mem_fraction(min(s.bytes_limit for s in mesh.stats), tp=lay.tensor, pp=lay.pipeline,
+                                 chunked=chunked, max_bs=max_bs, graphs=graphs)
+    group = lay.tensor * lay.pipeline
+    measured_ctx = setup.measured.get("context_bytes")
+    ctx_band = CONTEXT if measured_ctx is None else Band.exact(measured_ctx)
+    ctx = ctx_band.pick(which)
+    pre = min(s.bytes_limit - s.bytes_in_use for s in mesh.stats) - ctx  # min over ranks, all-reduced
+    per_stage = []
+    for s, stage in enumerate(geom.stages):
+        nk = NonKV((
+            term("context", CONTEXT, CONTEXT_SOURCE, setup.measured.get("context_bytes")),
+            term("weights", Band.exact(stage.weight_bytes + rotary_cache_bytes(m)),
+                 "estimator.geometry weight shard + rotary cache", setup.measured.get("weights_bytes")),
+            term("non_torch", non_torch_band(group, cls), NON_TORCH_SOURCE,
+                 setup.measured.get("non_torch_bytes")),
+        ))
+        after = pre - nk.total(which, ("weights", "non_torch"))
+        rest = after - int(pre * (1 - Fraction(str(frac))))
+        layers = [kvs[i] for i in stage.layers]
+        full_cell = sum(kv.token_bytes for kv in layers if kv.kind not in (SLIDING, RECURRENT))
+        swa_cell = sum(kv.token_bytes for kv in layers if kv.kind == SLIDING)
+        state = sum(kv.state_bytes for kv in layers if kv.kind == RECURRENT)
+        per_stage.append((s, nk, after, rest, full_cell, swa_cell, state, layers))
+    notes, warnings, error = [], [], None
+    mamba_size = None
+    tokens_by_stage = []
+    for _s, _nk, _after, rest, full_cell, swa_cell, state, _layers in per_stage:
+        if state:  # §4.4: the state pool first
+            r = k["mamba_full_memory_ratio"]
+            size = k["max_mamba_cache_size"] or max(int(rest * r / (1 + r)) // state, 0)
+            rest -= size * state
+            mamba_size = size if mamba_size is None else min(mamba_size, size)
+        cost = full_cell + k["swa_full_tokens_ratio"] * swa_cell
+        tokens_by_stage.append(int(rest // cost) // page * page if cost and rest > 0 else 0)
+    profiled = min(tokens_by_stage)
+    tokens = profiled
+    if k["max_total_tokens"] is not None:
+        if k["max_total_tokens"] > profiled:
+            warnings.append(f"max_total_tokens={k['max_total_tokens']} is larger than the profiled value "
+                            f"{profiled}. Use the profiled value instead.")
+        tokens = min(profiled, k["max_total_tokens"]) // page * page
+    s, nk, after, rest, full_cell, swa_cell, state, layers = min(
+        per_stage, key=lambda t: tokens_by_stage[t[0]])
+    if rest <= 0:
+        least = 1 - Fraction(after) / Fraction(pre) if pre > 0 else 1
+        error = (f"Not enough memory: the loaded weights leave no memory for the KV cache at "
+                 f"--mem-fraction-static={frac} (after loading {after / GiB:.2f} GB of "
+                 f"{pre / GiB:.2f} GB is free); the fraction must exceed {float(least):.3f}. Please "
+                 "increase --mem-fraction-static.")
+    elif tokens <= 0:
+        error = "Not enough memory. Please try to increase --mem-fraction-static."
+    if k["max_running_requests"] is not None:
+        running = min(k["max_running_requests"], tokens // 2)
+        if running < k["max_running_requests"]:
+            warnings.append(f"max_running_requests reduced to {running} (half the token pool)")
+    else:
+        running = min(min(max(int(tokens / context_len * 512), 2048), 4096), tokens // 2)
+    if mamba_size is not None:
+        if mamba_size <= 0:
+            error = error or "Not enough memory for the mamba state cache to serve any request."
+        elif running > mamba_size:
+            warnings.append(f"max_running_requests is capped by the mamba state cache: {mamba_size}")
+            running = mamba_size
+    max_req_len = min(context_len - 1, tokens - 1)
+    if error is None and max_req_len <= 0:
+        error = "Memory pool size is too small"
+    if swa_cell and error is None:
+        window = max(kv.window for kv in layers if kv.kind == SLIDING)
+        swa_tokens = int(tokens * k["swa_full_tokens_ratio"])
+        if swa_tokens < window + page:
+            error = (f"The SWA pool ({swa_tokens} tokens) cannot hold one request's window "
+                     f"({window} + page {page}); increase --swa-full-tokens-ratio.")
+    kv_pool = (tokens + page) * (full_cell + int(k["swa_full_tokens_ratio"] * swa_cell))
+    req_pool = (running + 1) * (context_len + 4) * 4
+    left = after - kv_pool - req_pool - (mamba_size or 0) * state
+    arch = ARCH.get(m.model_type, m.model_type)
+    dt = default_kv_dtype(m)
+    lines = [f"Load weight end. type={arch}, dtype=torch.{dt}, avail mem={after / GiB:.2f} GB, "
+             f"mem usage={nk.get('weights') / GiB:.2f} GB."]
+    if mamba_size:
+        lines.append(f"Mamba Cache is allocated. max_mamba_cache_size: {mamba_size}, state size: "
+                     f"{mamba_size * state / GiB:.2f}GB")
+    mla = any(kv.kind == MLA for kv in layers)
+    if error is None:
+        if mla:
+            lines.append(f"KV Cache is allocated. #tokens: {tokens}, KV size: {kv_pool / GiB:.2f} GB")
+        else:
+            half = (tokens + page) * full_cell // 2
+            lines.append(f"KV Cache is allocated. #tokens: {tokens}, K size: {half / GiB:.2f} GB, "
+                         f"V size: {half / GiB:.2f} GB")
+        lines.append(f"Memory pool end. avail mem={left / GiB:.2f} GB")
+        lines.append(f"max_total_num_tokens={tokens}, chunked_prefill_size={chunked}, "
+                     f"max_prefill_tokens={k['max_prefill_tokens']}, max_running_requests={running}, "
+                     f"context_len={context_len}, available_gpu_mem={left / GiB:.2f} GB")
+        if tokens < context_len:
+            warnings.append(f"the pool ({tokens:,} tokens) is smaller than context_len ({context_len:,}): "
+                            "SGLang starts, but a request longer than the pool is rejected at runtime "
+                            "(input length exceeds the maximum allowed length)")
+    act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=geom.kv_heads_per_shard, tokens=chunked,
+                          sampler_rows=min(max_bs, chunked))
+    graph = CUDA_GRAPH[cls].central if graphs else 0
+    reserve = pre - int(pre * Fraction(str(frac)))
+    if error is None and reserve - req_pool < act.central + graph:
+        warnings.append(f"the static reserve ({reserve / GiB:.2f} GB) minus the ReqToTokenPool "
+                        f"({req_pool / GiB:.2f} GB) is below the estimated activation peak + CUDA graphs "
+                        f"({(act.central + graph) / GiB:.2f} GB; {ACTIVATION_SOURCE}): runtime OOM is "
+                        "likely; lower --mem-fraction-static")
+    cell = full_cell
+    blocks = tokens // page
+    per_request = cdiv(context_len, page)
+    knobs = {**k, "mem_fraction_static": frac, "context_length": context_len, "chunked_prefill_size": chunked,
+             "cuda_graph_max_bs": max_bs, "max_running_requests": running}
+    budget = int(pre * Fraction(str(frac)))
+    return EnginePlan(
+        engine=NAME, version=setup.version, model=m.name, mesh=mesh.describe(), layout=lay.name, knobs=knobs,
+        scope="per device", kv_cache_dtype=kv_dtype, block_size=page, kv_bytes_per_token=cell,
+        bytes_per_block=cell * page, total_bytes=min(s.bytes_limit for s in mesh.stats), budget_bytes=budget,
+        non_kv=nk, non_kv_bytes=nk.total(which), kv_available_bytes=rest, kv_bytes=tokens * cell,
+        num_blocks=blocks, usable_blocks=blocks, pool_tokens=tokens, kv_tokens=tokens,
+        max_model_len=context_len, max_concurrency=blocks / per_request if per_request else 0.0,
+        max_model_len_fit=max(max_req_len, 0), num_replicas=lay.data, starts=error is None, error=error,
+        log_lines=tuple(notes + lines), warnings=tuple(warnings),
+        devices=tuple({"device": str(d), "total_bytes": st.bytes_limit, "pre_load_free_bytes": pre}
+                      for d, st in zip(mesh.devices, mesh.stats, strict=True)))
+
+
+def plan(setup: Setup, band: bool = True) -> EnginePlan:
+    return with_band(compute, setup, band)
+
+
+PROFILE_DOC = __doc__

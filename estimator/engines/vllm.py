@@ -1,0 +1,429 @@
+"""vLLM (GPU, V1 engine) — semantics of vLLM 0.33.0 (reference/engines.md §3), with the two older
+behaviours old logs come from: ``version="0.2x"`` (kv_cache_utils.py of ~0.2x: no null block in
+the fit check, two capacity lines) and ``version="v0"`` (the V0 engine: "# GPU blocks", its own
+error text, no CUDA-graph term, max_num_batched_tokens = max(max_model_len, 2048)).
+
+Per worker (one device of a tensor/pipeline group; each data-parallel rank is its own engine):
+``available = ceil(total · gpu_memory_utilization) − non-KV`` where non-KV = weights + activation
+peak (dummy forward at max_num_batched_tokens, dummy sampler at max_num_seqs) + non-torch memory
++ CUDA-graph memory (0.33). ``num_blocks = available // bytes_per_block``, the minimum over
+workers. Layers are grouped as vLLM groups them (§3.4): one group for a uniform model; full,
+sliding-window and recurrent layers in groups of equal layer counts sharing one page size (the
+attention block size raised to cover a Mamba page). The "vLLM core" part (groups, fit check,
+max-length estimate, capacity lines) is shared with the tpu profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from estimator.engines.base import (
+    EnginePlan,
+    GiB,
+    Knob,
+    Setup,
+    boolean,
+    cdiv,
+    choice,
+    default_kv_dtype,
+    fraction,
+    integer,
+    kv_dtype_choice,
+    scaled,
+    with_band,
+)
+from estimator.engines.non_kv import (
+    ACTIVATION_SOURCE,
+    CONTEXT,
+    CUDA_GRAPH,
+    CUDA_GRAPH_SOURCE,
+    NON_TORCH_SOURCE,
+    Band,
+    NonKV,
+    activation_band,
+    gpu_class,
+    non_torch_band,
+    rotary_cache_bytes,
+    term,
+)
+from estimator.geometry import geometry
+from estimator.kv_spec import RECURRENT, SHARED, SLIDING, LayerKV, layer_kv
+from meshes.validation import InputError
+
+NAME = "vllm"
+VERSIONS = ("0.33", "0.2x", "v0")
+MEASURED = ("weights_bytes", "activation_bytes", "non_torch_bytes", "cuda_graph_bytes",
+            "context_bytes")  # the measured values this profile charges
+DEFAULT_BLOCK_SIZE = 16  # vllm/config/cache.py CacheConfig.DEFAULT_BLOCK_SIZE (§3.7)
+MLA_BLOCK_SIZE = 64  # FlashMLA kernel block size, the MLA backend on Hopper (§3.7, §8)
+BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
+KERNEL_ALIGNMENT = 16  # attention block size alignment when raised for a Mamba page (§3.4 item 4)
+SWAP_SPACE = 4 * GiB  # V0 --swap-space default (CPU blocks in "# GPU blocks: B, # CPU blocks: C")
+KV_DTYPES = {"auto": None, "bfloat16": "bfloat16", "float16": "float16", "fp8": "float8_e4m3fn",
+             "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
+USAGE = ("openai_api_server", "llm_class")
+
+KNOBS = {
+    "gpu_memory_utilization": Knob("gpu_memory_utilization", None, fraction(
+        message="vLLM: gpu_memory_utilization is the fraction of total GPU memory for this instance "
+                "and must be > 0 and ≤ 1"), "0.92 (0.33), 0.9 (older)"),
+    "max_model_len": Knob("max_model_len", None, integer(-1, 2**40, message="-1 (auto-fit) or a "
+                          "positive length"), "default: the model's max_position_embeddings"),
+    "block_size": Knob("block_size", None, choice(BLOCK_SIZES, "vLLM's --block-size choices"),
+                       "16 (MLA: the backend's 64)"),
+    "kv_cache_dtype": Knob("kv_cache_dtype", "auto", kv_dtype_choice(KV_DTYPES)),
+    "max_num_batched_tokens": Knob("max_num_batched_tokens", None, integer(1, 2**31)),
+    "max_num_seqs": Knob("max_num_seqs", None, integer(1, 2**31)),
+    "kv_cache_memory_bytes": Knob("kv_cache_memory_bytes", None, integer(1)),
+    "num_gpu_blocks_override": Knob("num_gpu_blocks_override", None, integer(1)),
+    "enforce_eager": Knob("enforce_eager", False, boolean),
+    "enable_prefix_caching": Knob("enable_prefix_caching", True, boolean),
+    "usage_context": Knob("usage_context", "openai_api_server", choice(USAGE),
+                          "openai_api_server (vllm serve) or llm_class (LLM(...)): batch defaults"),
+}
+
+
+# ----------------------------------------------------------------------------- vLLM core
+@dataclass(frozen=True)
+class KVGroup:
+    """One KV-cache group: layers sharing a block table; every group has the same page size."""
+
+    kind: str  # full | mla | sliding | recurrent
+    layers: tuple[int, ...]
+    window: int = 0
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """vLLM's grouping of a model's layers and the block size / page bytes after unification."""
+
+    groups: tuple[KVGroup, ...]
+    block_size: int
+    layer_page_bytes: int  # one block of one layer (every group's page, after unification)
+    notes: tuple[str, ...] = ()
+
+    def bytes_per_block(self, layers: Sequence[int] | range) -> int:
+        """``_get_kv_cache_bytes_per_block`` on a worker holding ``layers``: the largest group."""
+        held = set(layers)
+        widest = max((sum(1 for i in g.layers if i in held) for g in self.groups), default=0)
+        return widest * self.layer_page_bytes
+
+    def blocks_per_request(self, length: int, batched_tokens: int, state_blocks: int) -> int:
+        """Σ over groups of cdiv(max_memory_usage_bytes(group), page) for one request (§3.3)."""
+        bs, total = self.block_size, 0
+        for g in self.groups:
+            if g.kind == RECURRENT:
+                total += state_blocks
+            elif g.kind == SLIDING:
+                total += cdiv(min(g.window - 1 + batched_tokens, length), bs) + 1
+            else:
+                total += cdiv(length, bs)
+        return total
+
+
+def cache_layout(kvs: Sequence[LayerKV], block_size: int, token_bytes: Callable[[LayerKV], int],
+                 *, mla: bool = False) -> CacheLayout:
+    """Group layers the way ``get_kv_cache_groups`` does (§3.4) and unify the page size."""
+    layers = [(i, kv) for i, kv in enumerate(kvs) if kv.kind != SHARED]
+    if not layers:
+        raise InputError("model", "attention-free", "a model with at least one KV-holding layer")
+    notes = []
+    attention = [(i, kv) for i, kv in layers if kv.kind != RECURRENT]
+    recurrent = [(i, kv) for i, kv in layers if kv.kind == RECURRENT]
+    per_token = {token_bytes(kv) for _, kv in attention}
+    if len(per_token) > 1:
+        raise InputError("layers", sorted(per_token), "one KV size per token for every attention layer")
+    bs = block_size
+    if attention and recurrent:  # §3.4 item 4: Platform._align_hybrid_block_size
+        align = 128 if mla else KERNEL_ALIGNMENT
+        state = max(kv.state_bytes for _, kv in recurrent)
+        tok = next(iter(per_token))
+        raised = align * cdiv(state, align * tok)
+        if raised > bs:
+            bs = raised
+            notes.append(f"Setting attention block size to {bs} tokens to ensure that attention page "
+                         "size is >= mamba page size.")
+        pad = bs * tok - state
+        if pad:
+            notes.append(f"Padding mamba page size by {pad / state * 100:.2f}% to ensure that mamba page "
+                         "size and attention page size are exactly equal.")
+    page = bs * next(iter(per_token)) if attention else max(kv.state_bytes for _, kv in recurrent)
+    buckets: dict[tuple, list[int]] = {}
+    for i, kv in layers:
+        kind = "full" if kv.kind not in (SLIDING, RECURRENT) else kv.kind
+        buckets.setdefault((kind, kv.window if kind == SLIDING else 0), []).append(i)
+    if len(buckets) == 1:
+        (kind, window), idx = next(iter(buckets.items()))
+        return CacheLayout((KVGroup(kind, tuple(idx), window),), bs, page, tuple(notes))
+    sizes = [len(v) for v in buckets.values()]
+    group_size = max(sizes) if max(sizes) < min(sizes) * 1.5 else min(sizes)
+    groups = []
+    for (kind, window), idx in buckets.items():
+        padding = group_size - len(idx) % group_size
+        if padding != group_size:
+            notes.append(f"Add {padding} padding layers, may waste at most "
+                         f"{padding / len(idx) * 100:.2f}% KV cache memory")
+        n = cdiv(len(idx), group_size)
+        groups += [KVGroup(kind, tuple(idx[j::n]), window) for j in range(n)]
+    return CacheLayout(tuple(groups), bs, page, tuple(notes))
+
+
+def format_gib(n: int) -> str:
+    """vllm/utils/mem_utils.py :: format_gib: round(b / GiB, 2), printed as a float."""
+    return str(round(n / GiB, 2))
+
+
+@dataclass(frozen=True)
+class CoreResult:
+    num_blocks: int
+    kv_tokens: int
+    concurrency: float
+    max_model_len: int
+    max_len_fit: int
+    error: str | None
+    lines: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLayout, max_model_len: int,
+              auto_fit: bool, batched_tokens: int, state_blocks: int, override: int | None,
+              longest: int) -> CoreResult:
+    """Block counting, fit check, max-length estimate and capacity lines of vLLM's core.
+
+    ``workers`` are (available KV bytes, bytes per block) per worker; ``core`` is "0.33", "0.2x"
+    or "v0"; ``longest`` bounds the max-length search (the model's max position).
+    """
+    bs = layout.block_size
+    lines: list[str] = []
+    warnings: list[str] = []
+    if override is not None:
+        lines.append(f"Overriding num_gpu_blocks={min(a // b for a, b in workers)} with "
+                     f"num_gpu_blocks_override={override}")
+        workers = [(override * b, b) for _, b in workers]
+    reserve_null = core == "0.33"
+    checks = [(a - b if reserve_null else a, b) for a, b in workers]
+
+    def needed(length: int, bpb: int) -> int:
+        return bpb * layout.blocks_per_request(length, batched_tokens, state_blocks)
+
+    def estimate(avail: int, bpb: int, upper: int) -> int:
+        if needed(1, bpb) > avail:
+            return 0
+        lo, hi = 1, upper
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if needed(mid, bpb) <= avail else (lo, mid - 1)
+        return lo
+
+    fit = min(estimate(a, b, max(longest, max_model_len)) for a, b in checks)
+    length, error = max_model_len, None
+    if core == "v0":
+        blocks = min(max(a // b, 0) for a, b in workers)
+        cpu = SWAP_SPACE // workers[0][1]
+        lines.append(f"# GPU blocks: {blocks}, # CPU blocks: {cpu}")
+        concurrency = blocks * bs / length
+        lines.append(f"Maximum concurrency for {length} tokens per request: {concurrency:.2f}x")
+        if blocks <= 0:
+            error = ("No available memory for the cache blocks. Try increasing "
+                     "`gpu_memory_utilization` when initializing the engine.")
+        elif length > blocks * bs:
+            error = (f"The model's max seq len ({length}) is larger than the maximum number of tokens "
+                     f"that can be stored in KV cache ({blocks * bs}). Try increasing "
+                     "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.")
+        return CoreResult(blocks, blocks * bs, concurrency, length, blocks * bs, error, tuple(lines), ())
+    if auto_fit:
+        if fit <= 0:
+            error = ("Cannot auto-fit max_model_len: not enough GPU memory available to serve even a "
+                     "single token. Try increasing `gpu_memory_utilization`.")
+            return CoreResult(0, 0, 0.0, 0, 0, error, tuple(lines), ())
+        if fit < max_model_len:
+            limiting = min(checks, key=lambda w: estimate(w[0], w[1], max_model_len))
+            lines.append(f"Auto-fit max_model_len: reduced from {max_model_len} to {fit} to fit in "
+                         f"available GPU memory ({format_gib(limiting[0])} GiB available for KV cache)")
+            length = fit
+        else:
+            lines.append(f"Auto-fit max_model_len: full model context length {max_model_len} fits in "
+                         "available GPU memory")
+    for avail, bpb in checks:
+        if avail <= 0:
+            error = ("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+                     "when initializing the engine" + (" (this flag also controls CPU memory reservation "
+                     "on the CPU backend, despite its name). " if core == "0.33" else ". ") +
+                     "See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
+            break
+        need = needed(length, bpb)
+        if need > avail:
+            est = estimate(avail, bpb, length)
+            gb = format_gib if core == "0.33" else (lambda n: f"{n / GiB:.2f}")
+            model_s = "model's" if core == "0.33" else "models's"
+            estimated = (f"Based on the available memory, the estimated maximum model length is {est}. "
+                         if est > 0 else "")
+            flag = ("`gpu_memory_utilization` (which also controls CPU memory on the CPU backend)"
+                    if core == "0.33" else "`gpu_memory_utilization`")
+            error = (f"To serve at least one request with the {model_s} max seq len ({length}), "
+                     f"({gb(need)} GiB KV cache is needed, which is larger than the available KV cache "
+                     f"memory ({gb(avail)} GiB). {estimated}Try increasing {flag} or decreasing "
+                     "`max_model_len` when initializing the engine. See "
+                     "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
+            break
+    blocks = override if override is not None else min(max(a // b, 0) for a, b in workers)
+    per_request = layout.blocks_per_request(length, batched_tokens, state_blocks)
+    concurrency = blocks / per_request if per_request else 0.0
+    if core == "0.33":
+        tokens = int(concurrency * length)
+    else:  # ≤ 0.2x: num_blocks // num_groups × min block size
+        tokens = blocks // len(layout.groups) * bs
+    if error is None:
+        if core == "0.33":
+            lines.append(f"GPU KV cache size: {tokens:,} tokens, Maximum concurrency for {length:,} "
+                         f"tokens per request: {concurrency:.2f}x")
+        else:
+            lines.append(f"GPU KV cache size: {tokens:,} tokens")
+            lines.append(f"Maximum concurrency for {length:,} tokens per request: {concurrency:.2f}x")
+    return CoreResult(blocks, tokens, concurrency, length, fit, error, tuple(lines), tuple(warnings))
+
+
+# ----------------------------------------------------------------------------- defaults
+def batch_defaults(version: str, cls: str, usage: str, max_model_len: int) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) when unset (§3.1 item 4, item 6)."""
+    if version == "v0":  # chunked prefill off; on automatically above 32K with 2048 tokens
+        return (2048 if max_model_len > 32768 else max(max_model_len, 2048)), 256
+    llm = usage == "llm_class"
+    if cls == "large":
+        return 16384, 1024
+    if cls == "hbm":
+        return (16384 if llm else 8192), 1024
+    return (8192 if llm else 2048), 256
+
+
+def _check_length(setup: Setup, requested: int | None) -> tuple[int, bool]:
+    derived = setup.model.max_position_embeddings
+    if requested is None:
+        return derived, False
+    if requested == -1:
+        return derived, True
+    if requested == 0 or requested < -1:
+        raise InputError("max_model_len", requested, "-1 (auto-fit) or a positive length")
+    if requested > derived:
+        raise InputError("max_model_len", requested,
+                         f"at most the derived max_model_len (max_position_embeddings={derived} in the "
+                         "model's config.json) — vLLM: User-specified max_model_len is greater than the "
+                         "derived max_model_len; set VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 to override")
+    return requested, False
+
+
+# ----------------------------------------------------------------------------- profile
+def compute(setup: Setup, which: str) -> EnginePlan:
+    m, mesh, lay, k, version = setup.model, setup.mesh, setup.layout, setup.knobs, setup.version
+    util = k["gpu_memory_utilization"] or (0.92 if version == "0.33" else 0.9)
+    length, auto_fit = _check_length(setup, k["max_model_len"])
+    if auto_fit and version == "v0":
+        raise InputError("max_model_len", -1, "a positive length (auto-fit needs the V1 engine)")
+    kv_dtype = KV_DTYPES[k["kv_cache_dtype"]] or default_kv_dtype(m)
+    block = k["block_size"] or (MLA_BLOCK_SIZE if m.is_mla else DEFAULT_BLOCK_SIZE)
+    geom = geometry(m, lay, kv_cache_dtype=kv_dtype, page_size=block)
+    kvs = layer_kv(m, lay.tensor, kv_dtype)
+    cache = cache_layout(kvs, block, lambda kv: kv.token_bytes, mla=m.is_mla)
+    if version == "v0":  # one group of every KV-holding layer, sliding charged as full
+        cache = CacheLayout((KVGroup("full", tuple(i for i, kv in enumerate(kvs) if kv.kind != SHARED)),),
+                            block, block * max(kv.token_bytes for kv in kvs), ())
+    first = mesh.stats[0]
+    cls = gpu_class(first.bytes_limit, mesh.device_kinds[0])
+    d_tokens, d_seqs = batch_defaults(version, cls, k["usage_context"], length)
+    batched = k["max_num_batched_tokens"] or d_tokens
+    seqs = k["max_num_seqs"] or d_seqs
+    graphs = version == "0.33" and not k["enforce_eager"]
+    group_size = lay.tensor * lay.pipeline
+    state_blocks = 2 if k["enable_prefix_caching"] else 1
+    kv_bytes_override = k["kv_cache_memory_bytes"]
+
+    worst = None
+    for replica in range(lay.data):
+        workers, rows, nonkvs, startup_error = [], [], [], None
+        for rank in range(group_size):
+            i = replica * group_size + rank
+            stats = mesh.stats[i]
+            s = lay.coordinates(i)[1]
+            stage = geom.stages[s]
+            nk = NonKV((
+                term("weights", Band.exact(stage.weight_bytes + rotary_cache_bytes(m)),
+                     "estimator.geometry weight shard + rotary cache", setup.measured.get("weights_bytes")),
+                term("activation", activation_band(
+                    m, tensor=lay.tensor, kv_heads_per_shard=geom.kv_heads_per_shard, tokens=batched,
+                    sampler_rows=min(seqs, batched), last_stage=s == lay.pipeline - 1),
+                    ACTIVATION_SOURCE, setup.measured.get("activation_bytes")),
+                term("non_torch", non_torch_band(group_size, cls), NON_TORCH_SOURCE,
+                     setup.measured.get("non_torch_bytes")),
+                term("cuda_graph", CUDA_GRAPH[cls] if graphs else Band.exact(0), CUDA_GRAPH_SOURCE,
+                     setup.measured.get("cuda_graph_bytes")),
+            ))
+            requested = scaled(stats.bytes_limit, util, ceil=version == "0.33")
+            context = setup.measured.get("context_bytes", CONTEXT.central)
+            if stats.free - context < requested and startup_error is None:
+                startup_error = (f"Free memory on device cuda:{rank} ({stats.free / GiB:.2f}/"
+                                 f"{stats.bytes_limit / GiB:.2f} GiB) on startup is less than desired GPU "
+                                 f"memory utilization ({util}, {requested / GiB:.2f} GiB). Decrease GPU "
+                                 "memory utilization or reduce GPU memory used by other processes.")
+            avail = kv_bytes_override if kv_bytes_override is not None else requested - nk.total(which)
+            bpb = cache.bytes_per_block(stage.layers)
+            workers.append((avail, bpb))
+            nonkvs.append((nk, requested, avail, stats, i))
+            rows.append({"device": str(mesh.devices[i]), "stage": s, "total_bytes": stats.bytes_limit,
+                         "budget_bytes": requested, "non_kv_bytes": nk.total(which),
+                         "kv_available_bytes": avail, "bytes_per_block": bpb,
+                         "blocks_fit": max(avail // bpb, 0) if bpb else 0})
+        core = vllm_core(core=version, workers=[w for w in workers if w[1]], layout=cache,
+                         max_model_len=length, auto_fit=auto_fit, batched_tokens=batched,
+                         state_blocks=state_blocks, override=k["num_gpu_blocks_override"],
+                         longest=m.max_position_embeddings)
+        tight = min(range(len(workers)),
+                    key=lambda j: (workers[j][0] // workers[j][1]) if workers[j][1] else 2**62)
+        if worst is None or core.num_blocks < worst[0].num_blocks:
+            worst = (core, nonkvs[tight], workers[tight], startup_error, rows)
+    core, (nk, requested, avail, stats, _idx), (_, bpb), startup_error, rows = worst
+    weights, act = nk.get("weights"), nk.get("activation")
+    lines = [f"the current vLLM instance can use total_gpu_memory ({stats.bytes_limit / GiB:.2f}GiB) "
+             f"x gpu_memory_utilization ({util:.2f}) = {requested / GiB:.2f}GiB"]
+    lines.append(f"model weights take {weights / GiB:.2f}GiB; non_torch_memory takes "
+                 f"{nk.get('non_torch') / GiB:.2f}GiB; PyTorch activation peak memory takes "
+                 f"{act / GiB:.2f}GiB; the rest of the memory reserved for KV Cache is "
+                 f"{avail / GiB:.2f}GiB.")
+    if graphs:
+        lines.append(f"Estimated CUDA graph memory: {nk.get('cuda_graph') / GiB:.2f} GiB total")
+    if version != "v0":
+        shown = format_gib(avail) if version == "0.33" else gib2(avail)
+        lines.append(f"Available KV cache memory: {shown} GiB")
+    lines += list(cache.notes) + list(core.lines)
+    error = startup_error or core.error
+    warnings = list(core.warnings)
+    if core.error is None and core.max_len_fit and core.max_len_fit < m.max_position_embeddings \
+            and k["max_model_len"] is None:
+        warnings.append(f"the pool holds one request of at most {core.max_len_fit:,} tokens")
+    warnings.append(f"max_num_batched_tokens={batched}, max_num_seqs={seqs} "
+                    f"({'set' if k['max_num_batched_tokens'] else 'default for this GPU class'})")
+    null = 0 if version == "v0" else 1
+    knobs = {**k, "gpu_memory_utilization": util, "block_size": cache.block_size,
+             "max_num_batched_tokens": batched, "max_num_seqs": seqs, "max_model_len": core.max_model_len}
+    return EnginePlan(
+        engine=NAME, version=version, model=m.name, mesh=mesh.describe(), layout=lay.name, knobs=knobs,
+        scope="per device", kv_cache_dtype=geom.kv_cache_dtype, block_size=cache.block_size,
+        kv_bytes_per_token=bpb // cache.block_size if cache.block_size else 0, bytes_per_block=bpb,
+        total_bytes=stats.bytes_limit, budget_bytes=requested, non_kv=nk, non_kv_bytes=nk.total(which),
+        kv_available_bytes=avail, kv_bytes=core.num_blocks * bpb, num_blocks=core.num_blocks,
+        usable_blocks=max(core.num_blocks - null, 0), pool_tokens=core.num_blocks * cache.block_size,
+        kv_tokens=core.kv_tokens, max_model_len=core.max_model_len, max_concurrency=core.concurrency,
+        max_model_len_fit=min(core.max_model_len, core.max_len_fit), num_replicas=lay.data,
+        starts=error is None, error=error, log_lines=tuple(lines), warnings=tuple(warnings),
+        devices=tuple(rows))
+
+
+def gib2(n: int) -> str:
+    return f"{n / GiB:.2f}"
+
+
+def plan(setup: Setup, band: bool = True) -> EnginePlan:
+    return with_band(compute, setup, band)
+
+
+PROFILE_DOC = __doc__

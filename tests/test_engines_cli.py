@@ -1,0 +1,93 @@
+"""``kvfit engines`` and ``kvfit translate`` (registered here on a local app, as estimator.cli does)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from estimator.cli_engines import engines_command, parse_sets, parse_value, translate_command
+from meshes import InputError
+
+app = typer.Typer()
+app.command("engines")(engines_command)
+app.command("translate")(translate_command)
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+def test_engines_table_side_by_side_with_log_lines():
+    r = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", "--max-model-len", "32768")
+    assert r.exit_code == 0, r.output
+    for header in ("max 26.7.0", "vllm 0.33", "sglang 0.5.23", "trtllm", "budget GiB", "KV tokens",
+                   "max concurrency", "non-KV GiB"):
+        assert header in r.output
+    assert "GPU KV cache size:" in r.output
+    assert "Maximum concurrency for 32,768 tokens per request:" in r.output
+    assert "KV Cache is allocated. #tokens:" in r.output and "for max tokens in paged KV cache" in r.output
+
+
+def test_engines_json_and_set_knobs():
+    r = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", "--engines", "vllm,sglang",
+            "--max-model-len", "8192", "--set", "vllm.gpu_memory_utilization=0.8",
+            "--set", "sglang.mem_fraction_static=0.8", "--json")
+    assert r.exit_code == 0, r.output
+    plans = json.loads(r.output)
+    assert [p["engine"] for p in plans] == ["vllm", "sglang"]
+    assert plans[0]["knobs"]["gpu_memory_utilization"] == 0.8
+    assert plans[1]["knobs"]["mem_fraction_static"] == 0.8
+    assert plans[0]["max_model_len"] == 8192 and plans[1]["max_model_len"] == 8192
+    assert set(plans[0]["tokens_band"]) == {"low", "central", "high"}
+    assert plans[0]["non_kv"]["activation"]["source"]
+
+
+def test_engines_tpu_mesh_defaults_to_tpu():
+    r = run("engines", "--model", "llama-3.1-8b", "--mesh", "v6e-4", "--max-model-len", "4096", "--json")
+    assert r.exit_code == 0, r.output
+    assert [p["engine"] for p in json.loads(r.output)] == ["tpu"]
+
+
+def test_engines_exit_1_when_an_engine_would_not_start():
+    r = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xRTX3090-24GB", "--engines", "vllm",
+            "--set", "vllm.version=v0", "--max-model-len", "29000")
+    assert r.exit_code == 1
+    assert "is larger than the maximum number of tokens that can be stored in KV cache" in r.output
+
+
+@pytest.mark.parametrize("args", [
+    ("--engines", "vlm"),
+    ("--set", "sglang.gpu_memory_utilization=0.9"),
+    ("--set", "vllm.gpu_memory_utilization=1.5"),
+    ("--set", "gpu_memory_utilization=0.9"),
+])
+def test_engines_bad_input_exit_2(args):
+    r = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", *args)
+    assert r.exit_code == 2 and "error:" in r.output
+
+
+def test_translate_command():
+    r = run("translate", "--from", "vllm", "--to", "sglang", "--knob-value", "0.9", "--model", "llama-3.1-8b",
+            "--mesh", "1xH100-80GB", "--max-model-len", "32768")
+    assert r.exit_code == 0, r.output
+    assert "vllm gpu_memory_utilization=0.9 →" in r.output and "sglang needs mem_fraction_static=" in r.output
+    j = run("translate", "--from", "vllm", "--to", "trtllm", "--knob-value", "0.9", "--model", "llama-3.1-8b",
+            "--mesh", "1xH100-80GB", "--json")
+    t = json.loads(j.output)
+    assert t["target_knob"] == "free_gpu_memory_fraction" and t["target_tokens"] >= t["source_tokens"]
+
+
+def test_translate_bad_engine():
+    r = run("translate", "--from", "vllm", "--to", "sglng", "--knob-value", "0.9")
+    assert r.exit_code == 2 and "did you mean sglang" in r.output
+
+
+def test_parse_helpers():
+    assert [parse_value(v) for v in ("1", "0.9", "true", "none", "v0")] == [1, 0.9, True, None, "v0"]
+    assert parse_sets(["vllm.block_size=32"], ("vllm",)) == {"vllm": {"block_size": 32}}
+    with pytest.raises(InputError):
+        parse_sets(["trtllm.max_tokens=5"], ("vllm",))
