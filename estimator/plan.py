@@ -8,10 +8,11 @@ replica has room for its slice, so pages per replica is the minimum over devices
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from estimator.activations import analytic_activation_bytes
 from estimator.geometry import Geometry, geometry
@@ -22,6 +23,9 @@ from estimator.paging import pages_for_tokens, pages_that_fit, scaled_budget, sp
 from estimator.signals import signal_buffer_bytes
 from meshes.mesh import DeviceMesh
 from meshes.validation import InputError, check_choice, check_fraction, check_int
+
+if TYPE_CHECKING:
+    from estimator.engines import EnginePlan
 
 DEFAULT_MAX_BATCH_INPUT_TOKENS = 8192
 
@@ -99,7 +103,9 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
          speculative_method: str = "eagle", reserve_null_page: bool = True,
          activations: str = "analytic", kv_scale_block: int | None = None,
          include_mtp: bool | None = None,
-         weights: str | os.PathLike[str] | Mapping[int, int] | None = None) -> MemoryPlan:
+         weights: str | os.PathLike[str] | Mapping[int, int] | None = None,
+         xla_options: Mapping[str, Any] | None = None,
+         engine: str | None = None, **engine_knobs: Any) -> MemoryPlan | EnginePlan:
     """Plan the KV pool of ``model`` on ``mesh`` under ``layout``, device by device.
 
     ``activation_bytes`` / ``signal_bytes`` are per device; left as None they come from the
@@ -110,7 +116,13 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
     with ``speculative_method="mtp"``). ``weights``: a safetensors checkpoint (folder, index.json
     or file; headers only are read) whose tensors, split by the default partition rules, are
     charged to each device instead of the analytic weights — or ``{stage: bytes per device}``.
+    ``xla_options`` go to estimator.xla.xla_activation_bytes (e.g. ``allow_cpu_proxy=True``).
+
+    ``engine="vllm"`` (or max, sglang, trtllm, tpu) returns instead what that engine would allocate
+    (an estimator.engines.EnginePlan), configured by the engine's own knobs in ``engine_knobs``.
     """
+    if engine is not None or engine_knobs:
+        return _engine_plan(model, mesh, layout, engine, engine_knobs, locals())
     model = resolve_model(model)
     mesh = DeviceMesh.from_preset(mesh) if isinstance(mesh, str) else mesh
     layout = Layout.resolve(layout, mesh)
@@ -134,7 +146,7 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
         from estimator.xla import xla_activation_bytes  # compiles: only on request
 
         act = xla_activation_bytes(geom, mesh, prefill_tokens=tokens,
-                                   decode_batch=max_batch_size or sampler_rows)
+                                   decode_batch=max_batch_size or sampler_rows, **(xla_options or {}))
     else:
         act = analytic_activation_bytes(geom, tokens, sampler_rows)
     sig = (signal_buffer_bytes(mesh.platform, layout.tensor) if signal_bytes is None
@@ -165,6 +177,28 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
                        max_batch_size, speculative_slack(num_draft_tokens, speculative_method),
                        int(reserve_null_page))
     return replace(result, warnings=(*result.warnings, *weight_notes)) if weight_notes else result
+
+
+def _engine_plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | None,
+                 engine: str | None, knobs: dict[str, Any], given: dict[str, Any]) -> EnginePlan:
+    """plan(engine=...): the engine profile, refusing plan()'s own options it would ignore."""
+    from estimator.engines import engine_plan, knob_names
+
+    if engine is None:
+        name = next(iter(knobs))
+        raise InputError(name, knobs[name], "plan()'s own options; engine knobs need engine=... "
+                         "(max, vllm, sglang, trtllm, tpu)")
+    defaults = {k: p.default for k, p in inspect.signature(plan).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and k != "engine"}
+    own = knob_names(engine)
+    for name, default in defaults.items():
+        if given[name] is default or given[name] == default:
+            continue
+        if name not in own:  # e.g. page_size: vllm calls it block_size
+            raise InputError(name, given[name], f"the {engine} engine's own knobs when engine= is "
+                             f"given: {', '.join(own)}")
+        knobs = {name: given[name], **knobs}  # a knob both share, e.g. kv_cache_dtype
+    return engine_plan(model, mesh, layout, engine=engine, **knobs)
 
 
 def _stage_weights(weights: str | os.PathLike[str] | Mapping[int, int] | None, model: ModelSpec,

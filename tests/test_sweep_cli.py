@@ -8,7 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from estimator.cli import _LazyProgress, app, parse_axis
+from estimator.cli import app
+from estimator.cli_sweep import _LazyProgress, parse_axis
 from estimator.sweeps import sweep_frontier
 from meshes import InputError
 

@@ -1,0 +1,65 @@
+"""What every ``kvfit`` command shares: consoles, option types, the bad-input exit, GiB text.
+
+Flag names follow the engines users know: ``--max-model-len`` beside ``--max-length``,
+``--tensor-parallel-size`` / ``--tp``, ``--gpu-memory-utilization`` beside
+``--device-memory-utilization``. Exit codes: 0 fits, 1 does not fit, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from meshes.validation import InputError
+
+# Piped output (CI logs, `| less`, subprocess tests) gets wide tables rather than 80 columns.
+_WIDTH = None if sys.stdout.isatty() else max(160, shutil.get_terminal_size((160, 24)).columns)
+out = Console(width=_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+GiB = 1024**3
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Preset name (kvfit models) or path to an HF "
+                                       "config.json.")]
+MeshOpt = Annotated[str, typer.Option("--mesh", help="Mesh preset: 8xH100-80GB, 2x8xH100-80GB, v5e-16, ...")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")]
+LayoutOpt = Annotated[str | None, typer.Option("--layout", help="Layout such as tp8, dp2xtp4, pp2xtp4.")]
+TpOpt = Annotated[int | None, typer.Option("--tensor-parallel-size", "--tp")]
+DpOpt = Annotated[int | None, typer.Option("--data-parallel-size", "--dp")]
+PpOpt = Annotated[int | None, typer.Option("--pipeline-parallel-size", "--pp")]
+EpOpt = Annotated[int | None, typer.Option("--expert-parallel-size", "--ep")]
+LengthOpt = Annotated[int | None, typer.Option("--max-length", "--max-model-len", help="Tokens of one request.")]
+BatchOpt = Annotated[int | None, typer.Option("--max-batch-size", "--max-num-seqs",
+                                              help="Requests at once (per replica).")]
+UtilOpt = Annotated[float, typer.Option("--device-memory-utilization", "--gpu-memory-utilization",
+                                        help="Fraction of each device's free memory kvfit may plan.")]
+DtypeOpt = Annotated[str | None, typer.Option("--kv-cache-dtype", help="bf16, fp8, fp16, fp32; default: the "
+                                              "weights' dtype.")]
+
+
+def fail_input(error: InputError) -> NoReturn:
+    """Bad input: one unwrapped line on stderr, exit code 2."""
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(2)
+
+
+def gib(n: int) -> str:
+    return f"{n / GiB:,.2f}"
+
+
+def layout_text(layout: str | None, tp: int | None = None, dp: int | None = None, pp: int | None = None,
+                ep: int | None = None) -> str | None:
+    """``--layout`` or the ``--*-parallel-size`` flags (not both) as one layout string."""
+    degrees = {"dp": dp, "tp": tp, "pp": pp, "ep": ep}
+    if layout and any(v is not None for v in degrees.values()):
+        raise InputError("--layout", layout, "either --layout or the --*-parallel-size flags, not both")
+    if layout:
+        return layout
+    if all(v is None for v in degrees.values()):
+        return None
+    return "x".join(f"{k}{v}" for k, v in degrees.items() if v is not None)

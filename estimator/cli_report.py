@@ -1,0 +1,67 @@
+"""``kvfit report``: a design-review folder (report.md and PNGs) for several layouts or meshes.
+
+Registered on the app by estimator.cli. matplotlib and jax load only when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from estimator.cli_options import BatchOpt, DtypeOpt, LengthOpt, ModelOpt, fail_input, out
+from meshes.validation import InputError
+
+
+def report_command(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.md, memory.png and "
+                                          "feasibility.png (created; existing files are kept unless "
+                                          "--overwrite).")],
+    model: ModelOpt = "llama-3.1-70b",
+    mesh: Annotated[str, typer.Option(help="One or more mesh presets, comma-separated.")] = "8xH100-80GB",
+    layouts: Annotated[str | None, typer.Option(help="Layouts, comma-separated (tp8,dp2xtp4,...); "
+                                                "default: each mesh's default.")] = None,
+    max_length: LengthOpt = None,
+    max_batch_size: BatchOpt = None,
+    kv_cache_dtype: DtypeOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier report in --out.")] = False,
+) -> None:
+    """Write a sharding design review: comparison table, waste, warnings, memory bars, heatmap.
+
+    Example: kvfit report --model llama-3.1-70b --mesh 8xH100-80GB --layouts tp8,dp2xtp4,pp2xtp4
+    --max-model-len 32768 --out review/
+    """
+    from estimator.report import REPORT_FILES, write_report
+
+    try:
+        meshes = [m.strip() for m in mesh.split(",") if m.strip()]
+        layout_list = [x.strip() for x in (layouts or "").split(",") if x.strip()] or [None]
+        if not meshes:
+            raise InputError("--mesh", mesh, "one or more mesh presets, comma-separated")
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InputError("--out", str(out_dir), "a folder (this path is a file)")
+        taken = [name for name in REPORT_FILES if (out_dir / name).exists()]
+        if taken and not overwrite:
+            raise InputError("--out", str(out_dir), f"a folder without an earlier report ({', '.join(taken)} "
+                             "exist); pass --overwrite to replace them")
+        report = write_report(model, meshes, layout_list, out_dir, max_length=max_length,
+                              max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
+                              command=_command(model, mesh, layouts, max_length, max_batch_size, kv_cache_dtype,
+                                               out_dir))
+    except InputError as e:
+        fail_input(e)
+    written = [report.markdown, report.memory_png] + ([report.heatmap_png] if report.heatmap_png else [])
+    for path in written:
+        out.print(str(path), highlight=False)
+    if not any(c.plan.fits for c in report.candidates):
+        typer.echo("no candidate fits", err=True)
+        raise typer.Exit(1)
+
+
+def _command(model: str, mesh: str, layouts: str | None, max_length: int | None, max_batch_size: int | None,
+             kv_cache_dtype: str | None, out_dir: Path) -> list[str]:
+    """The command line that reproduces this report (for its "Reproduce" section)."""
+    flags = {"--model": model, "--mesh": mesh, "--layouts": layouts, "--max-model-len": max_length,
+             "--max-batch-size": max_batch_size, "--kv-cache-dtype": kv_cache_dtype, "--out": out_dir}
+    return ["kvfit", "report", *[str(x) for k, v in flags.items() if v is not None for x in (k, v)]]

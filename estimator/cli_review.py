@@ -1,0 +1,166 @@
+"""CLI commands for design reviews: compare, explain, fit, devices (registered in estimator.cli)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from estimator.cli_options import JsonOpt, ModelOpt, err, fail_input, gib, out
+from estimator.review import compare, comparison_rows, explain, fit
+from meshes.validation import InputError
+
+
+def _candidates(meshes: str, layouts: str | None) -> list[tuple[str, str | None]]:
+    mesh_list = [m.strip() for m in meshes.split(",") if m.strip()]
+    layout_list = [x.strip() for x in (layouts or "").split(",") if x.strip()] or [None]
+    if not mesh_list:
+        raise InputError("--mesh", meshes, "one or more mesh presets, comma-separated")
+    return [(m, lay) for m in mesh_list for lay in layout_list]
+
+
+def compare_command(
+    model: ModelOpt = "llama-3.1-70b",
+    mesh: Annotated[str, typer.Option(help="One or more mesh presets, comma-separated.")] = "8xH100-80GB",
+    layouts: Annotated[str | None, typer.Option(help="Layouts, comma-separated (tp8,dp2xtp4,...).")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", "--max-model-len")] = None,
+    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size", "--max-num-seqs")] = None,
+    kv_cache_dtype: Annotated[str | None, typer.Option()] = None,
+    device_memory_utilization: Annotated[float, typer.Option(
+        "--device-memory-utilization", "--gpu-memory-utilization")] = 0.9,
+    as_json: JsonOpt = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+) -> None:
+    """Layouts or meshes side by side: per-device memory, pages, lengths, batches, waste.
+
+    Example: kvfit compare --model llama-3.1-70b --mesh 8xH100-80GB --layouts tp8,dp2xtp4,tp4xpp2
+    """
+    try:
+        cands = compare(model, _candidates(mesh, layouts), max_length=max_length,
+                        max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
+                        device_memory_utilization=device_memory_utilization)
+    except InputError as e:
+        fail_input(e)
+    if as_json:
+        out.print_json(json.dumps([{"mesh": c.mesh, "layout": c.layout, **c.plan.to_dict()} for c in cands]))
+        return
+    rows = comparison_rows(cands, max_length)
+    if as_csv:
+        typer.echo(",".join(["metric", *[c.label for c in cands]]))
+        for name, values in rows:
+            typer.echo(",".join([name, *[v.replace(",", "") for v in values]]))
+        return
+    table = Table("", *[c.label for c in cands], title=f"{cands[0].plan.model}: candidates", title_justify="left")
+    for name, values in rows:
+        table.add_row(name, *values)
+    out.print(table)
+
+
+def explain_command(
+    model: ModelOpt = "llama-3.1-70b",
+    mesh: Annotated[str, typer.Option(help="Mesh preset.")] = "8xH100-80GB",
+    layout: Annotated[str | None, typer.Option(help="Layout such as tp8.")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", "--max-model-len")] = None,
+    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size", "--max-num-seqs")] = None,
+    kv_cache_dtype: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Why a configuration does not fit, and the nearest ones that do.
+
+    Example: kvfit explain --model llama-3.1-70b --mesh 8xH100-80GB --max-length 131072 --max-batch-size 64
+    """
+    try:
+        e = explain(model, mesh, layout, max_length=max_length, max_batch_size=max_batch_size,
+                    kv_cache_dtype=kv_cache_dtype)
+    except InputError as error:
+        fail_input(error)
+    if as_json:
+        out.print_json(json.dumps({"fits": e.plan.fits, "reasons": list(e.reasons),
+                                   "alternatives": [{"change": a.change, "command": a.command,
+                                                     "plan": a.plan.to_dict()} for a in e.alternatives]}))
+    else:
+        out.print(f"[bold]{'fits' if e.plan.fits else 'does not fit'}[/]: {e.plan.model} on {e.plan.mesh}, "
+                  f"{e.plan.layout}", highlight=False)
+        for reason in e.reasons:
+            out.print(f"  • {reason}", highlight=False)
+        if e.alternatives:
+            table = Table("change", "length", "max batch", "command", title="nearest that fit",
+                          title_justify="left")
+            for a in e.alternatives:
+                table.add_row(a.change, f"{a.plan.planned_max_length:,}", f"{a.plan.max_batch_size:,}",
+                              a.command)
+            out.print(table)
+    if not e.plan.fits:
+        raise typer.Exit(1)
+
+
+def fit_command(
+    model: ModelOpt = "llama-3.1-70b",
+    target_length: Annotated[int, typer.Option(help="Tokens per request to serve.")] = 32768,
+    target_concurrency: Annotated[int, typer.Option(help="Requests at once.")] = 64,
+    device: Annotated[str, typer.Option(help="Device kind (kvfit devices).")] = "H100-80GB",
+    max_devices: Annotated[int, typer.Option(help="Largest mesh to try.")] = 64,
+    kv_cache_dtype: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The fewest devices and the layouts that serve a target length and concurrency, ranked.
+
+    Example: kvfit fit --model llama-3.1-70b --target-length 32768 --target-concurrency 64 --device H100-80GB
+    """
+    try:
+        options = fit(model, target_length=target_length, target_concurrency=target_concurrency,
+                      device=device, max_devices=max_devices, kv_cache_dtype=kv_cache_dtype)
+    except InputError as e:
+        fail_input(e)
+    if as_json:
+        out.print_json(json.dumps([{"devices": o.devices, "mesh": o.mesh, "layout": o.layout,
+                                    "headroom_bytes": o.headroom_bytes, "max_batch_size": o.plan.max_batch_size}
+                                   for o in options]))
+    else:
+        table = Table("devices", "layout", "headroom / device (GiB)", "max batch at target",
+                      title=f"{target_concurrency} × {target_length:,} tokens on {device}", title_justify="left")
+        for o in options:
+            table.add_row(str(o.devices), o.layout, gib(o.headroom_bytes), f"{o.plan.max_batch_size:,}")
+        out.print(table)
+    if not options:
+        err.print(f"nothing up to {max_devices} × {device} serves that target", highlight=False)
+        raise typer.Exit(1)
+
+
+def devices_command(
+    live: Annotated[bool, typer.Option("--live", help="Also list this machine's JAX devices.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The device catalog (and, with --live, the local JAX devices and their memory stats).
+
+    Example: kvfit devices --live
+    """
+    from meshes.catalog import CATALOG
+
+    specs = list(CATALOG.values())
+    live_rows: list[dict] = []
+    if live:
+        import jax
+
+        for d in jax.devices():
+            stats = d.memory_stats()
+            live_rows.append({"device": str(d), "kind": d.device_kind, "platform": d.platform,
+                              "memory_stats": stats})
+    if as_json:
+        out.print_json(json.dumps({"catalog": [vars(s) | {"aliases": list(s.aliases)} for s in specs],
+                                   "live": live_rows}, default=str))
+        return
+    table = Table("name", "platform", "memory GiB", "usable GiB", "HBM TB/s", "bf16 TFLOP/s", "aliases")
+    for s in specs:
+        table.add_row(s.name, s.platform, gib(s.memory_bytes), gib(s.usable_bytes), f"{s.hbm_bandwidth / 1e12:.2f}",
+                      f"{s.peak_bf16_flops / 1e12:,.0f}", ", ".join(s.aliases))
+    out.print(table)
+    for row in live_rows:
+        stats = row["memory_stats"]
+        text = ("no memory stats (pass a mesh preset or capacity_bytes)" if stats is None else
+                f"limit {gib(stats.get('bytes_limit', 0))} GiB, in use {gib(stats.get('bytes_in_use', 0))} GiB")
+        out.print(f"live {row['device']} ({row['kind']}): {text}", highlight=False)
+
+

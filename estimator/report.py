@@ -1,0 +1,145 @@
+"""Design-review report: report.md with the comparison table, waste and warnings, plus two PNGs —
+stacked per-device memory bars per layout, and the feasibility heatmap with each layout's frontier.
+
+The only module that imports matplotlib (lazily, with the Agg backend), so ``import estimator``
+stays light.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from estimator.review import Candidate, compare, comparison_rows, tightest_row
+
+GiB = 1024**3
+REPORT_FILES = ("report.md", "memory.png", "feasibility.png")
+SEGMENTS = (("weights", "weights_bytes", "#4C72B0"), ("activations", "activation_bytes", "#DD8452"),
+            ("signal buffers", "signal_bytes", "#8172B3"), ("runtime reserve", "reserve_bytes", "#937860"),
+            ("KV pool", "kv_pool_bytes", "#55A868"), ("free", "free_bytes", "#CCCCCC"))
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where the report went and what it holds."""
+
+    directory: Path
+    markdown: Path
+    memory_png: Path
+    heatmap_png: Path | None
+    candidates: tuple[Candidate, ...]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def memory_bars(candidates: Sequence[Candidate], path: Path) -> Path:
+    """One stacked bar per candidate: the tightest device's memory, in GiB, by use."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(candidates) + 2.5), 4.8), dpi=120)
+    labels = [c.label.replace(" ", "\n", 1) for c in candidates]
+    bottoms = [0.0] * len(candidates)
+    for name, attr, color in SEGMENTS:
+        values = [max(getattr(tightest_row(c.plan), attr), 0) / GiB for c in candidates]
+        ax.bar(labels, values, bottom=bottoms, color=color, label=name, width=0.6, edgecolor="white")
+        bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+    ax.set_ylabel("GiB per device (tightest device)")
+    ax.set_title(f"{candidates[0].plan.model}: where each device's memory goes")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def feasibility_heatmap(result: Any, path: Path) -> Path:
+    """Feasible (batch, length) cells of the first layout shaded, every layout's frontier drawn."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+    lengths = np.asarray(result.lengths)
+    batches = np.asarray(result.batches)
+    mask = np.asarray(result.feasible)[0, 0, 0, 0]  # (batch, length) of the first configuration
+    ax.pcolormesh(np.arange(len(lengths) + 1), np.arange(len(batches) + 1), mask, cmap="Greens",
+                  vmin=0, vmax=1.6, shading="flat")
+    frontier = np.asarray(result.frontier_max_batch())
+    styles = ("-", "--", ":", "-.")  # layouts with equal frontiers stay visible on top of each other
+    for i, layout in enumerate(result.layouts):
+        ax.stairs(_batch_index(batches, frontier[i, 0, 0, 0]) + 1, np.arange(len(lengths) + 1), baseline=None,
+                  label=f"{layout} frontier", linewidth=2.2, linestyle=styles[i % len(styles)])
+    ax.set_xticks(np.arange(len(lengths)) + 0.5, [_tokens(v) for v in lengths], rotation=45, fontsize=7)
+    ax.set_yticks(np.arange(len(batches)) + 0.5, [str(v) for v in batches], fontsize=7)
+    ax.set_xlabel("request length (tokens)")
+    ax.set_ylabel("concurrent requests (batch)")
+    ax.set_title(f"feasible cells ({result.layouts[0]} shaded) and each layout's max batch")
+    ax.legend(fontsize=8, loc="upper right", frameon=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _batch_index(batches: Any, frontier: Any) -> Any:
+    import numpy as np
+
+    return np.searchsorted(batches, frontier, side="right") - 1
+
+
+def _tokens(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def write_report(model: str, meshes: Sequence[str], layouts: Sequence[str | None], out: Path, *,
+                 max_length: int | None = None, max_batch_size: int | None = None,
+                 kv_cache_dtype: str | None = None, batch_sizes: Sequence[int] | None = None,
+                 lengths: Sequence[int] | None = None, command: Sequence[str] | None = None) -> Report:
+    """Write report.md, memory.png and (when one mesh is reviewed) feasibility.png into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    candidates = compare(model, [(m, lay) for m in meshes for lay in layouts], max_length=max_length,
+                         max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype)
+    bars = memory_bars(candidates, out / "memory.png")
+    heat = None
+    if len(meshes) == 1:
+        from estimator.sweeps import sweep
+
+        result = sweep(model, meshes[0], layouts=[c.layout for c in candidates],
+                       batch_sizes=list(batch_sizes or [2**i for i in range(0, 11)]),
+                       lengths=list(lengths or [2**i for i in range(10, 18)]),
+                       kv_cache_dtypes=[kv_cache_dtype])
+        heat = feasibility_heatmap(result, out / "feasibility.png")
+    md = out / "report.md"
+    md.write_text(_markdown(candidates, bars, heat, max_length, command), encoding="utf-8")
+    return Report(out, md, bars, heat, tuple(candidates))
+
+
+def _markdown(candidates: Sequence[Candidate], bars: Path, heat: Path | None, length: int | None,
+              command: Sequence[str] | None) -> str:
+    head = candidates[0].plan
+    lines = [f"# Sharding design review: {head.model}", "",
+             f"KV cache {head.kv_cache_dtype}, page {head.page_size} tokens, "
+             f"utilization {head.device_memory_utilization}. Per-device figures are the tightest device's.", "",
+             "| | " + " | ".join(c.label for c in candidates) + " |",
+             "|---|" + "---|" * len(candidates)]
+    lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in comparison_rows(candidates, length)]
+    lines += ["", f"![memory per device]({bars.name})", ""]
+    if heat is not None:
+        lines += [f"![feasible batch × length]({heat.name})", ""]
+    lines += ["## Waste and warnings", ""]
+    for c in candidates:
+        notes = list(c.plan.warnings) + list(c.plan.suggestions)
+        waste = f"{c.plan.waste_bytes / GiB:,.2f} GiB of replicated KV per device"
+        lines.append(f"- **{c.label}**: {waste}" + (f"; {'; '.join(notes)}" if notes else ""))
+    if command:
+        lines += ["", "## Reproduce", "", "```bash", shlex.join(command), "```"]
+    return "\n".join(lines) + "\n"

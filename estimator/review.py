@@ -1,0 +1,249 @@
+"""Design review: compare candidate layouts, explain a miss, and find the fewest devices that fit.
+
+All three are thin loops over plan(): every number they show is a plan() number, so a review
+table and `kvfit plan` can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from estimator.geometry import geometry
+from estimator.layout import Layout
+from estimator.model_spec import ModelSpec
+from estimator.models import resolve_model
+from estimator.plan import MemoryPlan, plan
+from meshes.catalog import device_spec
+from meshes.mesh import DeviceMesh
+from meshes.validation import InputError, check_int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One (mesh, layout) under review, and its plan."""
+
+    mesh: str
+    layout: str
+    plan: MemoryPlan
+
+    @property
+    def label(self) -> str:
+        return f"{self.mesh} {self.layout}"
+
+
+def _mesh(mesh: DeviceMesh | str) -> tuple[DeviceMesh, str]:
+    if isinstance(mesh, str):
+        return DeviceMesh.from_preset(mesh), mesh
+    return mesh, mesh.describe()
+
+
+def compare(model: ModelSpec | str, candidates: Sequence[tuple[DeviceMesh | str, Layout | str | None]],
+            **plan_kwargs: Any) -> tuple[Candidate, ...]:
+    """Plan ``model`` on every (mesh, layout) candidate with the same knobs."""
+    if not candidates:
+        raise InputError("candidates", [], "at least one (mesh, layout) pair")
+    spec = resolve_model(model)
+    out = []
+    for mesh, layout in candidates:
+        dm, name = _mesh(mesh)
+        p = plan(spec, dm, layout, **plan_kwargs)
+        out.append(Candidate(name, p.layout, p))
+    return tuple(out)
+
+
+def tightest_row(p: MemoryPlan) -> Any:
+    """The device row that sets the page count."""
+    return next(r for r in p.devices if r.device == p.tightest_device)
+
+
+def comparison_rows(candidates: Sequence[Candidate], length: int | None = None) -> list[tuple[str, list[str]]]:
+    """(metric, one value per candidate) rows for a side-by-side table; bytes in GiB."""
+    gib = 1024**3
+
+    def per_device(attr: str) -> list[str]:
+        return [f"{getattr(tightest_row(c.plan), attr) / gib:,.2f}" for c in candidates]
+
+    rows = [("devices", [str(len(c.plan.devices)) for c in candidates]),
+            ("weights / device (GiB)", per_device("weights_bytes")),
+            ("activations / device (GiB)", per_device("activation_bytes")),
+            ("signal buffers / device (GiB)", per_device("signal_bytes")),
+            ("KV pool / device (GiB)", per_device("kv_pool_bytes")),
+            ("free left / device (GiB)", per_device("free_bytes")),
+            ("page / device (MiB)", [f"{tightest_row(c.plan).page_bytes / 2**20:,.2f}" for c in candidates]),
+            ("pages per replica", [f"{c.plan.pages_per_replica:,}" for c in candidates]),
+            ("replicas", [str(c.plan.num_replicas) for c in candidates]),
+            ("max sequence length", [f"{c.plan.max_supported_sequence_length:,}" for c in candidates]),
+            (f"max batch at {length or 'planned length'}",
+             [f"{c.plan.max_batch_size:,}" for c in candidates]),
+            ("replicated KV / device (GiB)", [f"{c.plan.waste_bytes / gib:,.2f}" for c in candidates]),
+            ("fits", ["yes" if c.plan.fits else "no" for c in candidates])]
+    return rows
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A nearby configuration that fits, and the command that plans it."""
+
+    change: str
+    plan: MemoryPlan
+    command: str
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a configuration does or does not fit, and the nearest ones that do."""
+
+    plan: MemoryPlan
+    reasons: tuple[str, ...]
+    alternatives: tuple[Alternative, ...]
+
+
+def _command(model: str, mesh: str, layout: str, length: int | None, batch: int | None,
+             kv: str | None) -> str:
+    parts = [f"kvfit plan --model {model} --mesh {mesh} --layout {layout}"]
+    if length:
+        parts.append(f"--max-length {length}")
+    if batch:
+        parts.append(f"--max-batch-size {batch}")
+    if kv:
+        parts.append(f"--kv-cache-dtype {kv}")
+    return " ".join(parts)
+
+
+def layouts_for(devices: int, model: ModelSpec, per_host: int | None = None) -> list[Layout]:
+    """Every data × tensor (× pipeline) layout of ``devices`` whose tensor degree the model allows."""
+    out = []
+    for tp in (t for t in range(1, devices + 1) if devices % t == 0):
+        if model.num_attention_heads % tp or (model.num_kv_heads % tp and tp % model.num_kv_heads
+                                              and not model.is_mla):
+            continue
+        if per_host and tp > per_host:
+            continue
+        rest = devices // tp
+        for pp in (p for p in range(1, rest + 1) if rest % p == 0 and p <= model.num_layers):
+            if pp > 1 and tp * pp > devices:
+                continue
+            out.append(Layout(data=rest // pp, tensor=tp, pipeline=pp))
+    return out
+
+
+def explain(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | None = None, *,
+            max_length: int | None = None, max_batch_size: int | None = None,
+            **plan_kwargs: Any) -> Explanation:
+    """Plan, say why it misses, and try the nearest fixes: a shorter length, a smaller batch,
+    an fp8 KV cache, another layout of the same mesh, twice the devices."""
+    spec = resolve_model(model)
+    dm, mesh_name = _mesh(mesh)
+    base = plan(spec, dm, layout, max_length=max_length, max_batch_size=max_batch_size, **plan_kwargs)
+    reasons = list(base.warnings) + list(base.suggestions)
+    if base.fits:
+        return Explanation(base, tuple(reasons) or ("fits",), ())
+    row = tightest_row(base)
+    reasons.insert(0, f"{row.device}: {row.budget_bytes:,} B budget − {row.weights_bytes:,} B weights − "
+                      f"{row.activation_bytes:,} B activations − {row.signal_bytes:,} B signal buffers leaves "
+                      f"{row.kv_budget_bytes:,} B = {base.pages_per_replica:,} pages of {row.page_bytes:,} B")
+    name, alts = spec.name, []
+
+    def attempt(change: str, mesh_: DeviceMesh | str, layout_: Layout | str | None, length: int | None,
+                batch: int | None, **extra: Any) -> None:
+        try:
+            p = plan(spec, mesh_, layout_, max_length=length, max_batch_size=batch, **{**plan_kwargs, **extra})
+        except InputError:
+            return
+        if p.fits:
+            mesh_text = mesh_ if isinstance(mesh_, str) else mesh_name
+            alts.append(Alternative(change, p, _command(name, mesh_text, p.layout, length, batch,
+                                                        extra.get("kv_cache_dtype"))))
+
+    if base.pages_per_replica > base.reserved_pages and max_length and max_batch_size:
+        attempt("shorter requests", dm, layout, _longest(spec, dm, layout, max_batch_size, plan_kwargs),
+                max_batch_size)
+        attempt("fewer requests at once", dm, layout, max_length, base.max_batch_size or None)
+    elif base.pages_per_replica > base.reserved_pages and max_length:
+        attempt("shorter requests", dm, layout, base.max_supported_sequence_length, max_batch_size)
+    if plan_kwargs.get("kv_cache_dtype") not in ("fp8", "float8_e4m3fn"):
+        attempt("fp8 KV cache", dm, layout, max_length, max_batch_size, kv_cache_dtype="fp8")
+    for other in layouts_for(dm.size, spec):
+        if other.name != base.layout:
+            attempt(f"layout {other.name}", dm, other, max_length, max_batch_size)
+    kinds = {getattr(d, "spec", None) for d in dm.devices}
+    if len(kinds) == 1 and None not in kinds and max_length and max_batch_size:
+        kind = next(iter(kinds)).name
+        more = fit(spec, target_length=max_length, target_concurrency=max_batch_size, device=kind,
+                   max_devices=16 * dm.size, sizes=[dm.size * 2**k for k in range(1, 5)], **plan_kwargs)
+        for option in more[:2]:
+            alts.append(Alternative(f"{option.devices} devices, {option.layout}", option.plan,
+                                    _command(name, option.mesh, option.layout, max_length,
+                                             max_batch_size, plan_kwargs.get("kv_cache_dtype"))))
+    return Explanation(base, tuple(reasons), tuple(alts))
+
+
+def _longest(spec: ModelSpec, mesh: DeviceMesh, layout: Layout | str | None, batch: int,
+             plan_kwargs: dict) -> int | None:
+    """Longest length at which ``batch`` requests fit (binary search over plan())."""
+    lo, hi = 0, spec.max_position_embeddings
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if plan(spec, mesh, layout, max_length=mid, max_batch_size=batch, **plan_kwargs).fits:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo or None
+
+
+@dataclass(frozen=True)
+class FitOption:
+    """A mesh size and layout that reaches the target, with its headroom."""
+
+    devices: int
+    mesh: str  # the preset, e.g. 2x8xH100-80GB
+    layout: str
+    headroom_bytes: int  # unused KV budget on the tightest device at the target load
+    plan: MemoryPlan
+
+
+def _headroom(spec: ModelSpec, layout: Layout, p: MemoryPlan, length: int, concurrency: int,
+              plan_kwargs: dict) -> int:
+    """KV bytes left on the tightest device once ``concurrency`` requests of ``length`` are in."""
+    geom = geometry(spec, layout, kv_cache_dtype=plan_kwargs.get("kv_cache_dtype"), page_size=p.page_size,
+                    kv_scale_block=plan_kwargs.get("kv_scale_block"))
+    per_replica = -(-concurrency // p.num_replicas)
+    left = []
+    for row in p.devices:
+        stage = geom.stages[row.stage]
+        if stage.page_bytes:
+            need = per_replica * stage.request.pages(length + p.speculative_slack_tokens) + p.reserved_pages
+            left.append(row.kv_budget_bytes - need * stage.page_bytes)
+    return min(left) if left else 0
+
+
+def fit(model: ModelSpec | str, *, target_length: int, target_concurrency: int,
+        device: str = "H100-80GB", max_devices: int = 64, per_host: int = 8,
+        sizes: Iterable[int] | None = None, **plan_kwargs: Any) -> tuple[FitOption, ...]:
+    """Fewest devices of one kind, and the layouts on them, that serve ``target_concurrency``
+    requests of ``target_length`` tokens; ranked by device count, then headroom."""
+    spec = resolve_model(model)
+    kind = device_spec(device)
+    target_length = check_int("target_length", target_length)
+    target_concurrency = check_int("target_concurrency", target_concurrency)
+    max_devices = check_int("max_devices", max_devices, maximum=4096)
+    sizes = sorted(set(sizes or [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= max_devices]))
+    found: list[FitOption] = []
+    for n in sizes:
+        hosts, local = (n // per_host, per_host) if n > per_host else (1, n)
+        preset = f"{hosts}x{local}x{kind.name}" if hosts > 1 else f"{local}x{kind.name}"
+        mesh = DeviceMesh.from_preset(preset)
+        for layout in layouts_for(n, spec, per_host):
+            try:
+                p = plan(spec, mesh, layout, max_length=target_length, max_batch_size=target_concurrency,
+                         **plan_kwargs)
+            except InputError:
+                continue
+            if p.fits:
+                found.append(FitOption(n, preset, layout.name, _headroom(spec, layout, p, target_length,
+                                                                 target_concurrency, plan_kwargs), p))
+        if found:
+            break
+    return tuple(sorted(found, key=lambda o: (o.devices, -o.headroom_bytes)))
