@@ -39,7 +39,8 @@ from meshes.validation import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="kvfit: how many KV-cache pages fit on every device, how long a request "
-                       "may be, and how many requests fit — before you rent the GPUs.")
+                       "may be, and how many requests fit — before you rent the GPUs.\n\n"
+                       "Example: kvfit plan --model llama-3.1-70b --mesh 8xH100-80GB --tp 8 --max-model-len 32768")
 
 
 def plan_table(p: MemoryPlan) -> Table:
@@ -91,6 +92,9 @@ def plan_command(
     allow_cpu_proxy: Annotated[bool, typer.Option(
         "--allow-cpu-proxy", help="With --activations xla: compile a GPU/TPU mesh on this CPU "
         "(XLA:CPU bytes, marked as a proxy).")] = False,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Also plan with the other activation model (analytic and XLA side by side) "
+        "and say where each device's memory goes.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Plan the KV-cache pool device by device.
@@ -98,21 +102,87 @@ def plan_command(
     Example: kvfit plan --model llama-3.1-70b --mesh 8xH100-80GB --tp 8 --max-model-len 32768
     """
     try:
-        if allow_cpu_proxy and activations != "xla":
-            raise InputError("--allow-cpu-proxy", True, "only with --activations xla")
+        if allow_cpu_proxy and activations != "xla" and not explain:
+            raise InputError("--allow-cpu-proxy", True, "only with --activations xla or --explain")
         text = layout_text(layout, tensor_parallel_size, data_parallel_size, pipeline_parallel_size,
                            expert_parallel_size)
+        if allow_cpu_proxy:
+            _simulate_cpu_devices(mesh)
         p = plan(model, mesh, text, kv_cache_dtype=kv_cache_dtype, page_size=page_size,
                  device_memory_utilization=device_memory_utilization, max_length=max_length,
                  max_batch_size=max_batch_size, weights=weights, activations=activations,
-                 xla_options={"allow_cpu_proxy": True} if allow_cpu_proxy else None)
+                 xla_options={"allow_cpu_proxy": True} if allow_cpu_proxy and activations == "xla" else None)
+        both = activation_models(model, mesh, text, p, activations, allow_cpu_proxy, kv_cache_dtype=kv_cache_dtype,
+                                 page_size=page_size, device_memory_utilization=device_memory_utilization,
+                                 max_length=max_length, max_batch_size=max_batch_size,
+                                 weights=weights) if explain else None
     except InputError as e:
         fail_input(e)
     if as_json:
-        out.print_json(json.dumps(p.to_dict()))
+        out.print_json(json.dumps({**p.to_dict(), **({"activation_models": both} if both else {})}))
     else:
         print_plan(p)
+        if both:
+            print_activation_models(p, both)
     exit_on_verdict(p.fits, p.suggestions)
+
+
+def _simulate_cpu_devices(mesh: str) -> None:
+    """A CPU proxy compile needs one CPU device per mesh device: ask XLA for them before JAX starts."""
+    import os
+
+    from meshes.mesh import DeviceMesh
+
+    size = DeviceMesh.from_preset(mesh).size
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={size}".strip()
+
+
+def activation_models(model: str, mesh: str, layout: str | None, chosen: MemoryPlan, activations: str,
+                      allow_cpu_proxy: bool, **plan_kwargs: Any) -> dict[str, dict[str, Any]]:
+    """Per-device activation bytes and pages under both activation models (for --explain).
+
+    The model not chosen is planned too; XLA is reported as unavailable (with the reason) when the
+    mesh's platform cannot be compiled here and no CPU proxy was allowed."""
+    result: dict[str, dict[str, Any]] = {}
+    for name in ("analytic", "xla"):
+        if name == activations:
+            p = chosen
+        else:
+            try:
+                p = plan(model, mesh, layout, activations=name, **plan_kwargs,
+                         xla_options={"allow_cpu_proxy": True} if name == "xla" and allow_cpu_proxy else None)
+            except InputError as e:
+                result[name] = {"available": False, "reason": e.allowed}
+                continue
+        tight = next(r for r in p.devices if r.device == p.tightest_device)
+        result[name] = {"available": True, "activation_bytes": tight.activation_bytes,
+                        "pages_per_replica": p.pages_per_replica,
+                        "max_supported_sequence_length": p.max_supported_sequence_length,
+                        "max_batch_size": p.max_batch_size, "fits": p.fits,
+                        "cpu_proxy": name == "xla" and allow_cpu_proxy}
+    return result
+
+
+def print_activation_models(p: MemoryPlan, both: dict[str, dict[str, Any]]) -> None:
+    """The --explain table: the two activation models side by side, then the tightest device's budget."""
+    table = Table("activation model", "activations / device GiB", "pages per replica", "max sequence length",
+                  f"max batch at {p.planned_max_length:,}", title="activation models", title_justify="left")
+    for name, row in both.items():
+        if not row["available"]:
+            table.add_row(name, f"not compiled: {row['reason']}", "—", "—", "—")
+            continue
+        label = name + (" (XLA:CPU proxy)" if row["cpu_proxy"] else "")
+        table.add_row(label, gib(row["activation_bytes"]), f"{row['pages_per_replica']:,}",
+                      f"{row['max_supported_sequence_length']:,}", f"{row['max_batch_size']:,}")
+    out.print(table)
+    r = next(r for r in p.devices if r.device == p.tightest_device)
+    out.print(f"tightest device {r.device}: budget {r.budget_bytes:,} B − weights {r.weights_bytes:,} B − "
+              f"activations {r.activation_bytes:,} B − signal buffers {r.signal_bytes:,} B − reserve "
+              f"{r.reserve_bytes:,} B = {r.kv_budget_bytes:,} B for KV = {r.kv_budget_bytes // r.page_bytes:,} "
+              f"pages of {r.page_bytes:,} B" if r.page_bytes else f"tightest device {r.device} holds no KV",
+              highlight=False)
 
 
 def exit_on_verdict(fits: bool, suggestions: Any) -> None:

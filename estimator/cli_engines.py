@@ -145,7 +145,8 @@ def engines_command(
     else:
         out.print(engines_table(plans))
         for p in plans:
-            out.print(f"[bold]{p.engine} {p.version}[/] would log:", highlight=False)
+            if p.log_lines:
+                out.print(f"[bold]{p.engine} {p.version}[/] would log:", highlight=False)
             for line in p.log_lines:
                 out.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
             for w in p.warnings:

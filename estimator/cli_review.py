@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from typing import Annotated
 
@@ -38,24 +40,32 @@ def compare_command(
     Example: kvfit compare --model llama-3.1-70b --mesh 8xH100-80GB --layouts tp8,dp2xtp4,tp4xpp2
     """
     try:
+        if as_json and as_csv:
+            raise InputError("--csv", True, "either --json or --csv, not both")
         cands = compare(model, _candidates(mesh, layouts), max_length=max_length,
                         max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
                         device_memory_utilization=device_memory_utilization)
     except InputError as e:
         fail_input(e)
     if as_json:
-        out.print_json(json.dumps([{"mesh": c.mesh, "layout": c.layout, **c.plan.to_dict()} for c in cands]))
-        return
-    rows = comparison_rows(cands, max_length)
-    if as_csv:
-        typer.echo(",".join(["metric", *[c.label for c in cands]]))
-        for name, values in rows:
-            typer.echo(",".join([name, *[v.replace(",", "") for v in values]]))
-        return
-    table = Table("", *[c.label for c in cands], title=f"{cands[0].plan.model}: candidates", title_justify="left")
-    for name, values in rows:
-        table.add_row(name, *values)
-    out.print(table)
+        # the plan's own "mesh" (a description) would hide the preset: keep the preset under its own key
+        out.print_json(json.dumps([{"candidate": c.label, "mesh_preset": c.mesh, **c.plan.to_dict()}
+                                   for c in cands]))
+    elif as_csv:  # csv quotes a metric name with a comma in it ("max batch at 32,768 tokens")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["metric", *[c.label for c in cands]])
+        writer.writerows([name, *[v.replace(",", "") for v in values]] for name, values in comparison_rows(cands))
+        typer.echo(buffer.getvalue(), nl=False)
+    else:
+        table = Table("", *[c.label for c in cands], title=f"{cands[0].plan.model}: candidates",
+                      title_justify="left")
+        for name, values in comparison_rows(cands):
+            table.add_row(name, *values)
+        out.print(table)
+    if not any(c.plan.fits for c in cands):  # exit 1 as kvfit report does
+        typer.echo("no candidate fits", err=True)
+        raise typer.Exit(1)
 
 
 def explain_command(

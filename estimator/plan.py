@@ -273,6 +273,10 @@ def _conclude(model: ModelSpec, mesh: DeviceMesh, layout: Layout, geom: Geometry
         suggestions.append(f"reduce --max-length to {cap} (the longest one request can be)")
     elif max_length is None and wanted > cap and cap > 0:
         warnings.append(f"max_length clamped from {wanted} to {cap} by KV-cache capacity")
+    if max_length is not None and max_length > model.max_position_embeddings:
+        warnings.append(f"max_length {max_length:,} is beyond {model.name}'s context limit "
+                        f"(max_position_embeddings = {model.max_position_embeddings:,}): engines refuse it "
+                        "without a RoPE-scaling override, and quality past it is not the model's")
     if max_batch_size is not None and fits:
         need_per_replica = -(-max_batch_size // layout.data)
         if need_per_replica > per_replica:

@@ -1,8 +1,8 @@
 """Design-review report: report.md with the comparison table, waste and warnings, plus two PNGs —
 stacked per-device memory bars per layout, and the feasibility heatmap with each layout's frontier.
 
-The only module that imports matplotlib (lazily, with the Agg backend), so ``import estimator``
-stays light.
+matplotlib loads lazily and draws on bare ``Figure`` objects (no pyplot state, no backend switch),
+so ``import estimator`` stays light and a notebook's own plots keep working.
 """
 
 from __future__ import annotations
@@ -33,19 +33,17 @@ class Report:
     candidates: tuple[Candidate, ...]
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(width: float, height: float) -> Any:
+    """A figure not registered with pyplot: no backend switch, nothing left open in a notebook."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width, height), dpi=120)
 
 
 def memory_bars(candidates: Sequence[Candidate], path: Path) -> Path:
     """One stacked bar per candidate: the tightest device's memory, in GiB, by use."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(candidates) + 2.5), 4.8), dpi=120)
+    fig = _figure(max(6.0, 1.6 * len(candidates) + 2.5), 4.8)
+    ax = fig.subplots()
     labels = [c.label.replace(" ", "\n", 1) for c in candidates]
     bottoms = [0.0] * len(candidates)
     for name, attr, color in SEGMENTS:
@@ -58,7 +56,6 @@ def memory_bars(candidates: Sequence[Candidate], path: Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -66,8 +63,8 @@ def feasibility_heatmap(result: Any, path: Path) -> Path:
     """Feasible (batch, length) cells of the first layout shaded, every layout's frontier drawn."""
     import numpy as np
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+    fig = _figure(7.5, 5.0)
+    ax = fig.subplots()
     lengths = np.asarray(result.lengths)
     batches = np.asarray(result.batches)
     mask = np.asarray(result.feasible)[0, 0, 0, 0]  # (batch, length) of the first configuration
@@ -86,7 +83,6 @@ def feasibility_heatmap(result: Any, path: Path) -> Path:
     ax.legend(fontsize=8, loc="upper right", frameon=True)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -105,9 +101,9 @@ def write_report(model: str, meshes: Sequence[str], layouts: Sequence[str | None
                  kv_cache_dtype: str | None = None, batch_sizes: Sequence[int] | None = None,
                  lengths: Sequence[int] | None = None, command: Sequence[str] | None = None) -> Report:
     """Write report.md, memory.png and (when one mesh is reviewed) feasibility.png into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
     candidates = compare(model, [(m, lay) for m in meshes for lay in layouts], max_length=max_length,
                          max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype)
+    out.mkdir(parents=True, exist_ok=True)  # after compare(): bad input leaves no empty folder behind
     bars = memory_bars(candidates, out / "memory.png")
     heat = None
     if len(meshes) == 1:
@@ -119,11 +115,11 @@ def write_report(model: str, meshes: Sequence[str], layouts: Sequence[str | None
                        kv_cache_dtypes=[kv_cache_dtype])
         heat = feasibility_heatmap(result, out / "feasibility.png")
     md = out / "report.md"
-    md.write_text(_markdown(candidates, bars, heat, max_length, command), encoding="utf-8")
+    md.write_text(_markdown(candidates, bars, heat, command), encoding="utf-8")
     return Report(out, md, bars, heat, tuple(candidates))
 
 
-def _markdown(candidates: Sequence[Candidate], bars: Path, heat: Path | None, length: int | None,
+def _markdown(candidates: Sequence[Candidate], bars: Path, heat: Path | None,
               command: Sequence[str] | None) -> str:
     head = candidates[0].plan
     lines = [f"# Sharding design review: {head.model}", "",
@@ -131,7 +127,7 @@ def _markdown(candidates: Sequence[Candidate], bars: Path, heat: Path | None, le
              f"utilization {head.device_memory_utilization}. Per-device figures are the tightest device's.", "",
              "| | " + " | ".join(c.label for c in candidates) + " |",
              "|---|" + "---|" * len(candidates)]
-    lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in comparison_rows(candidates, length)]
+    lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in comparison_rows(candidates)]
     lines += ["", f"![memory per device]({bars.name})", ""]
     if heat is not None:
         lines += [f"![feasible batch × length]({heat.name})", ""]

@@ -58,9 +58,12 @@ def tightest_row(p: MemoryPlan) -> Any:
     return next(r for r in p.devices if r.device == p.tightest_device)
 
 
-def comparison_rows(candidates: Sequence[Candidate], length: int | None = None) -> list[tuple[str, list[str]]]:
-    """(metric, one value per candidate) rows for a side-by-side table; bytes in GiB."""
+def comparison_rows(candidates: Sequence[Candidate]) -> list[tuple[str, list[str]]]:
+    """(metric, one value per candidate) rows for a side-by-side table; bytes in GiB. The batch row
+    is at each plan's own planned length (named in the label when all candidates share it)."""
     gib = 1024**3
+    lengths = {c.plan.planned_max_length for c in candidates}
+    at = f"{next(iter(lengths)):,} tokens" if len(lengths) == 1 else "each planned length"
 
     def per_device(attr: str) -> list[str]:
         return [f"{getattr(tightest_row(c.plan), attr) / gib:,.2f}" for c in candidates]
@@ -75,8 +78,8 @@ def comparison_rows(candidates: Sequence[Candidate], length: int | None = None) 
             ("pages per replica", [f"{c.plan.pages_per_replica:,}" for c in candidates]),
             ("replicas", [str(c.plan.num_replicas) for c in candidates]),
             ("max sequence length", [f"{c.plan.max_supported_sequence_length:,}" for c in candidates]),
-            (f"max batch at {length or 'planned length'}",
-             [f"{c.plan.max_batch_size:,}" for c in candidates]),
+            (f"max batch at {at}", [f"{c.plan.max_batch_size:,}" + ("" if len(lengths) == 1 else
+                                     f" at {c.plan.planned_max_length:,}") for c in candidates]),
             ("replicated KV / device (GiB)", [f"{c.plan.waste_bytes / gib:,.2f}" for c in candidates]),
             ("fits", ["yes" if c.plan.fits else "no" for c in candidates])]
     return rows
@@ -126,6 +129,9 @@ def layouts_for(devices: int, model: ModelSpec, per_host: int | None = None) -> 
             if pp > 1 and tp * pp > devices:
                 continue
             out.append(Layout(data=rest // pp, tensor=tp, pipeline=pp))
+            experts = (rest // pp) * tp  # MoE: experts over the data × tensor devices of a stage
+            if model.is_moe and experts > 1 and model.num_experts % experts == 0:
+                out.append(Layout(data=rest // pp, tensor=tp, pipeline=pp, expert=experts))
     return out
 
 
@@ -193,6 +199,9 @@ def _longest(spec: ModelSpec, mesh: DeviceMesh, layout: Layout | str | None, bat
     return lo or None
 
 
+MAX_FIT_DEVICES = 256  # 8 sizes of one host + 31 multi-host sizes, every layout of each: ~2 s worst case
+
+
 @dataclass(frozen=True)
 class FitOption:
     """A mesh size and layout that reaches the target, with its headroom."""
@@ -228,8 +237,9 @@ def fit(model: ModelSpec | str, *, target_length: int, target_concurrency: int,
     kind = device_spec(device)
     target_length = check_int("target_length", target_length)
     target_concurrency = check_int("target_concurrency", target_concurrency)
-    max_devices = check_int("max_devices", max_devices, maximum=4096)
-    sizes = sorted(set(sizes or [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= max_devices]))
+    max_devices = check_int("max_devices", max_devices, maximum=MAX_FIT_DEVICES)
+    # every size of one host, then whole hosts (3 devices may serve what 4 do)
+    sizes = sorted(set(sizes or [n for n in range(1, max_devices + 1) if n <= per_host or n % per_host == 0]))
     found: list[FitOption] = []
     for n in sizes:
         hosts, local = (n // per_host, per_host) if n > per_host else (1, n)

@@ -58,3 +58,50 @@ def test_installed_console_script():
     done = subprocess.run([exe, "plan", "--json"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["pages_per_replica"] > 0
+
+
+def _hand_pages(row: dict) -> int:
+    """Pages of a device row, by hand: what is left of the budget over the page bytes."""
+    left = row["budget_bytes"] - row["weights_bytes"] - row["activation_bytes"] - row["signal_bytes"]
+    return left // row["page_bytes"]
+
+
+def test_explain_puts_both_activation_models_side_by_side():
+    r = runner.invoke(app, ["plan", "--explain", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    analytic, xla = d["activation_models"]["analytic"], d["activation_models"]["xla"]
+    row = d["devices"][0]
+    assert row["page_bytes"] == 2 * 32 * 8 * 128 * 2 * 128  # llama-3.1-8b, bf16, page 128: 16 MiB
+    assert analytic["activation_bytes"] == row["activation_bytes"]
+    assert analytic["pages_per_replica"] == _hand_pages(row) == d["pages_per_replica"]
+    # a GPU mesh is never compiled on this CPU host without --allow-cpu-proxy, and says why
+    assert xla["available"] is False and "gpu" in xla["reason"] and "allow_cpu_proxy" in xla["reason"]
+
+
+@pytest.mark.slow
+def test_explain_with_a_cpu_proxy_compiles_the_mesh():
+    # a subprocess: the CLI asks XLA for one CPU device per mesh device before JAX starts
+    kvfit = shutil.which("kvfit")
+    if kvfit is None:
+        pytest.skip("the kvfit console script is not installed")
+    out = subprocess.run([kvfit, "plan", "--model", "llama-3.1-8b", "--mesh", "2xH100-80GB", "--explain",
+                          "--allow-cpu-proxy", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    xla = d["activation_models"]["xla"]
+    assert xla["available"] and xla["cpu_proxy"] and xla["activation_bytes"] > 0
+    row = dict(d["devices"][0], activation_bytes=xla["activation_bytes"])
+    assert xla["pages_per_replica"] == _hand_pages(row)
+
+
+def test_allow_cpu_proxy_needs_xla_or_explain():
+    r = runner.invoke(app, ["plan", "--allow-cpu-proxy"])
+    assert r.exit_code == 2 and "--allow-cpu-proxy" in r.output
+
+
+def test_a_length_past_the_context_limit_is_planned_with_a_warning():
+    r = runner.invoke(app, ["plan", "--model", "llama-3.1-8b", "--max-model-len", "262144", "--json"])
+    assert r.exit_code == 0, r.output
+    warnings = json.loads(r.stdout)["warnings"]
+    assert any("context limit" in w and "131,072" in w for w in warnings)
