@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Every test runs on the CPU; with the tpu extra (libtpu) installed JAX would otherwise also start the
+# TPU plugin in this process and hold libtpu's lockfile against tests/test_xla_tpu.py's subprocesses.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 SHARED_CONFIGS = Path(os.environ.get("KVFIT_MODEL_CONFIGS",
                                      Path(__file__).resolve().parents[2] / "shared" / "model_configs"))
 

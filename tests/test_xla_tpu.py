@@ -57,7 +57,8 @@ SCRIPT = textwrap.dedent("""
 @needs_libtpu
 def test_deviceless_tpu_compiles_give_exact_per_chip_arguments():
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, TPU_SKIP_MDS_QUERY="1")
+    env = dict(os.environ, TPU_SKIP_MDS_QUERY="1", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+    env.pop("JAX_PLATFORMS", None)  # conftest pins this session to the CPU; the topology needs libtpu
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, cwd=root,
                          env=env, timeout=300)
     assert out.returncode == 0 and "TPU-OK" in out.stdout, out.stdout + out.stderr[-5000:]
