@@ -86,8 +86,8 @@ def compile_seconds(mode: str, n_batch: int, n_length: int, chunk_cells: int) ->
     import jax
     import numpy as np
 
-    from estimator import sweep as sw
     from estimator import sweep_kernel as k
+    from estimator import sweeps as sw
 
     c, b, length = sw.chunk_shape(len(LAYOUTS), n_batch, n_length, chunk_cells)
     wide = mode == "full"
@@ -111,7 +111,7 @@ def setup_and_kernel(mode: str, batches: list[int], lengths: list[int], chunk_ce
                      repeats: int) -> tuple[float, float]:
     """(setup s, chunked kernel s): the exact per-config constants (Python, once per call) and
     the jitted chunks alone (median of ``repeats`` after a warm-up), as sweep() runs them."""
-    from estimator import sweep as sw
+    from estimator import sweeps as sw
 
     t0 = time.perf_counter()
     grid = sw._prepare(MODEL, MESH, LAYOUTS, batches, lengths, (None,), (128,), (0.9,), 8192, {})
@@ -121,7 +121,7 @@ def setup_and_kernel(mode: str, batches: list[int], lengths: list[int], chunk_ce
 
 
 def grid_benchmark(n_batch: int, n_length: int, repeats: int, chunk_cells: int) -> list[dict]:
-    from estimator import sweep as sw
+    from estimator import sweeps as sw
 
     batches, lengths = _grid(n_batch, n_length)
     cells = len(LAYOUTS) * n_batch * n_length
@@ -144,13 +144,14 @@ def grid_benchmark(n_batch: int, n_length: int, repeats: int, chunk_cells: int) 
 def scaling_child(cells: float, chunk_cells: int) -> dict:
     """One aggregate sweep of ~``cells`` cells (run in a fresh process)."""
     import jax
+    import jax.numpy as jnp
 
     from estimator.sweeps import sweep_frontier
 
     n_length = 4096
     n_batch = max(1, round(cells / (len(LAYOUTS) * n_length)))
     batches, lengths = _grid(n_batch, n_length)
-    jax.numpy.zeros(1).block_until_ready()
+    jnp.zeros(1).block_until_ready()
     base = _peak_rss_mib()
     kw = dict(layouts=LAYOUTS, batch_sizes=batches, lengths=lengths, chunk_cells=chunk_cells)
     first, steady, f = _time(lambda: sweep_frontier(MODEL, MESH, **kw), 1)
@@ -170,7 +171,9 @@ def scaling(sizes: list[float], chunk_cells: int | None) -> list[dict]:
         cmd = [sys.executable, __file__, "--child", str(cells)]
         if chunk_cells:
             cmd += ["--chunk-cells", str(chunk_cells)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
+        if proc.returncode:
+            sys.exit(f"scaling child for {cells:.0e} cells failed:\n{proc.stderr[-4000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return rows
 
