@@ -16,6 +16,7 @@ from rich.table import Table
 
 from estimator.cli_options import (
     BatchOpt,
+    CsvOpt,
     DpOpt,
     DtypeOpt,
     EpOpt,
@@ -27,11 +28,13 @@ from estimator.cli_options import (
     PpOpt,
     TpOpt,
     UtilOpt,
+    check_one_format,
     err,
     fail_input,
     gib,
     layout_text,
     out,
+    print_table,
 )
 from estimator.plan import MemoryPlan, plan
 from estimator.presets import DEFAULT_MESH, DEFAULT_MODEL
@@ -193,11 +196,15 @@ def exit_on_verdict(fits: bool, suggestions: Any) -> None:
 
 
 @app.command("models")
-def models_command(as_json: JsonOpt = False) -> None:
+def models_command(as_json: JsonOpt = False, as_csv: CsvOpt = False) -> None:
     """List the embedded model presets.
 
     Example: kvfit models --json
     """
+    try:
+        check_one_format(as_json, as_csv)
+    except InputError as e:
+        fail_input(e)
     from estimator.models import load_preset
     from estimator.presets import PRESETS
     from estimator.weights import parameter_count
@@ -213,7 +220,7 @@ def models_command(as_json: JsonOpt = False) -> None:
         table.add_row(s.name, s.model_type, str(s.num_layers), str(s.hidden_size),
                       str(s.num_attention_heads), str(s.num_kv_heads), str(s.head_dim),
                       f"{parameter_count(s) / 1e9:.2f}", f"{s.max_position_embeddings:,}")
-    out.print(table)
+    print_table(table, as_csv)
 
 
 def _register() -> None:

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from estimator.cli_options import (
+    CsvOpt,
     DpOpt,
     JsonOpt,
     LayoutOpt,
@@ -21,11 +22,13 @@ from estimator.cli_options import (
     ModelOpt,
     PpOpt,
     TpOpt,
+    check_one_format,
     err,
     fail_input,
     gib,
     layout_text,
     out,
+    print_table,
 )
 from estimator.engines import CONCEPTS, EnginePlan, engine_plan, engines_for, profile, translate
 from estimator.presets import DEFAULT_MESH, DEFAULT_MODEL
@@ -123,6 +126,7 @@ def engines_command(
         "the mesh's devices.")] = None,
     knob: SetOpt = None,
     as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
 ) -> None:
     """The KV cache each serving engine would allocate, side by side, with the lines it would log.
 
@@ -130,6 +134,7 @@ def engines_command(
     --set vllm.gpu_memory_utilization=0.9 --set sglang.mem_fraction_static=0.88
     """
     try:
+        check_one_format(as_json, as_csv)
         text = layout_text(layout, tensor_parallel_size, data_parallel_size, pipeline_parallel_size)
         names = (tuple(profile(e.strip()).NAME for e in engines.split(",") if e.strip()) if engines
                  else engines_for(mesh))
@@ -142,6 +147,8 @@ def engines_command(
         fail_input(e)
     if as_json:
         out.print_json(json.dumps([p.to_dict() for p in plans]))
+    elif as_csv:
+        print_table(engines_table(plans), as_csv=True)
     else:
         out.print(engines_table(plans))
         for p in plans:

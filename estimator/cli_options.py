@@ -7,12 +7,16 @@ Flag names follow the engines users know: ``--max-model-len`` beside ``--max-len
 
 from __future__ import annotations
 
+import csv
+import re
 import shutil
 import sys
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from meshes.validation import InputError
 
@@ -46,6 +50,30 @@ def fail_input(error: InputError) -> NoReturn:
     """Bad input: one unwrapped line on stderr, exit code 2."""
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(2)
+
+
+_NUMBER = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
+
+
+def print_table(table: Table, as_csv: bool = False) -> None:
+    """The table for people, or its cells as CSV (markup stripped, thousands separators dropped)."""
+    if not as_csv:
+        out.print(table)
+        return
+
+    def plain(cell: object) -> str:
+        text = Text.from_markup(cell).plain if isinstance(cell, str) else str(cell)
+        return text.replace(",", "") if _NUMBER.fullmatch(text) else text
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow([plain(c.header) for c in table.columns])
+    for row in zip(*(list(c.cells) for c in table.columns), strict=True):
+        writer.writerow([plain(cell) for cell in row])
+
+
+def check_one_format(as_json: bool, as_csv: bool) -> None:
+    if as_json and as_csv:
+        raise InputError("--csv", True, "either --json or --csv, not both")
 
 
 def gib(n: int) -> str:

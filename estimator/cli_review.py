@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from estimator.cli_options import JsonOpt, ModelOpt, err, fail_input, gib, out
+from estimator.cli_options import (
+    BatchOpt,
+    CsvOpt,
+    DtypeOpt,
+    JsonOpt,
+    LengthOpt,
+    ModelOpt,
+    UtilOpt,
+    check_one_format,
+    err,
+    fail_input,
+    gib,
+    out,
+    print_table,
+)
 from estimator.review import compare, comparison_rows, explain, fit
 from meshes.validation import InputError
 
@@ -27,21 +39,19 @@ def compare_command(
     model: ModelOpt = "llama-3.1-70b",
     mesh: Annotated[str, typer.Option(help="One or more mesh presets, comma-separated.")] = "8xH100-80GB",
     layouts: Annotated[str | None, typer.Option(help="Layouts, comma-separated (tp8,dp2xtp4,...).")] = None,
-    max_length: Annotated[int | None, typer.Option("--max-length", "--max-model-len")] = None,
-    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size", "--max-num-seqs")] = None,
-    kv_cache_dtype: Annotated[str | None, typer.Option()] = None,
-    device_memory_utilization: Annotated[float, typer.Option(
-        "--device-memory-utilization", "--gpu-memory-utilization")] = 0.9,
+    max_length: LengthOpt = None,
+    max_batch_size: BatchOpt = None,
+    kv_cache_dtype: DtypeOpt = None,
+    device_memory_utilization: UtilOpt = 0.9,
     as_json: JsonOpt = False,
-    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    as_csv: CsvOpt = False,
 ) -> None:
     """Layouts or meshes side by side: per-device memory, pages, lengths, batches, waste.
 
     Example: kvfit compare --model llama-3.1-70b --mesh 8xH100-80GB --layouts tp8,dp2xtp4,tp4xpp2
     """
     try:
-        if as_json and as_csv:
-            raise InputError("--csv", True, "either --json or --csv, not both")
+        check_one_format(as_json, as_csv)
         cands = compare(model, _candidates(mesh, layouts), max_length=max_length,
                         max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
                         device_memory_utilization=device_memory_utilization)
@@ -51,18 +61,12 @@ def compare_command(
         # the plan's own "mesh" (a description) would hide the preset: keep the preset under its own key
         out.print_json(json.dumps([{"candidate": c.label, "mesh_preset": c.mesh, **c.plan.to_dict()}
                                    for c in cands]))
-    elif as_csv:  # csv quotes a metric name with a comma in it ("max batch at 32,768 tokens")
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["metric", *[c.label for c in cands]])
-        writer.writerows([name, *[v.replace(",", "") for v in values]] for name, values in comparison_rows(cands))
-        typer.echo(buffer.getvalue(), nl=False)
-    else:
-        table = Table("", *[c.label for c in cands], title=f"{cands[0].plan.model}: candidates",
+    else:  # as CSV, a metric name with a comma in it ("max batch at 32,768 tokens") is quoted
+        table = Table("metric", *[c.label for c in cands], title=f"{cands[0].plan.model}: candidates",
                       title_justify="left")
         for name, values in comparison_rows(cands):
             table.add_row(name, *values)
-        out.print(table)
+        print_table(table, as_csv)
     if not any(c.plan.fits for c in cands):  # exit 1 as kvfit report does
         typer.echo("no candidate fits", err=True)
         raise typer.Exit(1)
@@ -72,9 +76,9 @@ def explain_command(
     model: ModelOpt = "llama-3.1-70b",
     mesh: Annotated[str, typer.Option(help="Mesh preset.")] = "8xH100-80GB",
     layout: Annotated[str | None, typer.Option(help="Layout such as tp8.")] = None,
-    max_length: Annotated[int | None, typer.Option("--max-length", "--max-model-len")] = None,
-    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size", "--max-num-seqs")] = None,
-    kv_cache_dtype: Annotated[str | None, typer.Option()] = None,
+    max_length: LengthOpt = None,
+    max_batch_size: BatchOpt = None,
+    kv_cache_dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Why a configuration does not fit, and the nearest ones that do.
@@ -112,14 +116,16 @@ def fit_command(
     target_concurrency: Annotated[int, typer.Option(help="Requests at once.")] = 64,
     device: Annotated[str, typer.Option(help="Device kind (kvfit devices).")] = "H100-80GB",
     max_devices: Annotated[int, typer.Option(help="Largest mesh to try.")] = 64,
-    kv_cache_dtype: Annotated[str | None, typer.Option()] = None,
+    kv_cache_dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
 ) -> None:
     """The fewest devices and the layouts that serve a target length and concurrency, ranked.
 
     Example: kvfit fit --model llama-3.1-70b --target-length 32768 --target-concurrency 64 --device H100-80GB
     """
     try:
+        check_one_format(as_json, as_csv)
         options = fit(model, target_length=target_length, target_concurrency=target_concurrency,
                       device=device, max_devices=max_devices, kv_cache_dtype=kv_cache_dtype)
     except InputError as e:
@@ -133,7 +139,7 @@ def fit_command(
                       title=f"{target_concurrency} × {target_length:,} tokens on {device}", title_justify="left")
         for o in options:
             table.add_row(str(o.devices), o.layout, gib(o.headroom_bytes), f"{o.plan.max_batch_size:,}")
-        out.print(table)
+        print_table(table, as_csv)
     if not options:
         err.print(f"nothing up to {max_devices} × {device} serves that target", highlight=False)
         raise typer.Exit(1)
@@ -142,11 +148,16 @@ def fit_command(
 def devices_command(
     live: Annotated[bool, typer.Option("--live", help="Also list this machine's JAX devices.")] = False,
     as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
 ) -> None:
     """The device catalog (and, with --live, the local JAX devices and their memory stats).
 
     Example: kvfit devices --live
     """
+    try:
+        check_one_format(as_json, as_csv)
+    except InputError as e:
+        fail_input(e)
     from meshes.catalog import CATALOG
 
     specs = list(CATALOG.values())
@@ -166,7 +177,9 @@ def devices_command(
     for s in specs:
         table.add_row(s.name, s.platform, gib(s.memory_bytes), gib(s.usable_bytes), f"{s.hbm_bandwidth / 1e12:.2f}",
                       f"{s.peak_bf16_flops / 1e12:,.0f}", ", ".join(s.aliases))
-    out.print(table)
+    print_table(table, as_csv)
+    if as_csv:
+        return
     for row in live_rows:
         stats = row["memory_stats"]
         text = ("no memory stats (pass a mesh preset or capacity_bytes)" if stats is None else

@@ -471,3 +471,47 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, command, kind, args, fi
 def test_bad_input_as_a_subprocess(args, field):
     done = kvfit(*args)
     assert_one_error_line(done.returncode, done.stdout, done.stderr, field)
+
+
+# ----------------------------------------------------------------------------- --csv on every table
+def _csv(*args: str) -> list[list[str]]:
+    r = runner.invoke(app, [*args, "--csv"])
+    assert r.exit_code == 0, r.output
+    return list(csv.reader(io.StringIO(r.stdout)))
+
+
+def test_models_csv_has_plain_numbers():
+    rows = _csv("models")
+    assert rows[0][:3] == ["preset", "type", "layers"]
+    llama = next(r for r in rows if r[0] == "llama-3.1-8b")
+    # per layer: q, o (2·h²), k, v (2·h·kv), gate/up/down (3·h·ffn), two norms (2·h);
+    # then the untied embedding and LM head, and the final norm
+    h, kv, ffn, vocab = 4096, 1024, 14336, 128256
+    params = 32 * (2 * h * h + 2 * h * kv + 3 * h * ffn + 2 * h) + 2 * vocab * h + h
+    assert llama[2] == "32" and llama[7] == f"{params / 1e9:.2f}" and llama[8] == "131072"
+
+
+def test_fit_csv_rows_are_the_json_options():
+    args = ("fit", "--model", "llama-3.1-8b", "--target-length", "131072", "--target-concurrency", "16")
+    rows = _csv(*args)
+    options = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert rows[0][:2] == ["devices", "layout"]
+    assert [(int(r[0]), r[1]) for r in rows[1:]] == [(o["devices"], o["layout"]) for o in options]
+
+
+def test_engines_and_devices_csv():
+    engines = _csv("engines", "--engines", "vllm,sglang", "--max-model-len", "8192")
+    assert engines[0] == ["", "vllm 0.33", "sglang 0.5.23"]
+    tokens = next(r for r in engines if r[0] == "KV tokens (as logged)")
+    plans = json.loads(runner.invoke(app, ["engines", "--engines", "vllm,sglang", "--max-model-len", "8192",
+                                           "--json"]).stdout)
+    assert [int(t) for t in tokens[1:]] == [p["kv_tokens"] for p in plans]
+    devices = _csv("devices")
+    h100 = next(r for r in devices if r[0] == "H100-80GB")
+    assert h100[1] == "gpu" and float(h100[2]) == pytest.approx(81559 / 1024, abs=0.005)
+
+
+@pytest.mark.parametrize("command", [["models"], ["devices"], ["fit"], ["engines"], ["compare"]])
+def test_json_and_csv_together_is_bad_input(command):
+    r = runner.invoke(app, [*command, "--json", "--csv"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: --csv=")
