@@ -35,6 +35,7 @@ from estimator.cli_options import (
     layout_text,
     out,
     print_table,
+    slow_work,
 )
 from estimator.plan import MemoryPlan, plan
 from estimator.presets import DEFAULT_MESH, DEFAULT_MODEL
@@ -111,14 +112,15 @@ def plan_command(
                            expert_parallel_size)
         if allow_cpu_proxy:
             _simulate_cpu_devices(mesh)
-        p = plan(model, mesh, text, kv_cache_dtype=kv_cache_dtype, page_size=page_size,
-                 device_memory_utilization=device_memory_utilization, max_length=max_length,
-                 max_batch_size=max_batch_size, weights=weights, activations=activations,
-                 xla_options={"allow_cpu_proxy": True} if allow_cpu_proxy and activations == "xla" else None)
-        both = activation_models(model, mesh, text, p, activations, allow_cpu_proxy, kv_cache_dtype=kv_cache_dtype,
-                                 page_size=page_size, device_memory_utilization=device_memory_utilization,
-                                 max_length=max_length, max_batch_size=max_batch_size,
-                                 weights=weights) if explain else None
+        with slow_work("planning"):
+            p = plan(model, mesh, text, kv_cache_dtype=kv_cache_dtype, page_size=page_size,
+                     device_memory_utilization=device_memory_utilization, max_length=max_length,
+                     max_batch_size=max_batch_size, weights=weights, activations=activations,
+                     xla_options={"allow_cpu_proxy": True} if allow_cpu_proxy and activations == "xla" else None)
+            both = activation_models(model, mesh, text, p, activations, allow_cpu_proxy,
+                                     kv_cache_dtype=kv_cache_dtype, page_size=page_size,
+                                     device_memory_utilization=device_memory_utilization, max_length=max_length,
+                                     max_batch_size=max_batch_size, weights=weights) if explain else None
     except InputError as e:
         fail_input(e)
     if as_json:

@@ -11,6 +11,9 @@ import csv
 import re
 import shutil
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, NoReturn
 
 import typer
@@ -69,6 +72,20 @@ def print_table(table: Table, as_csv: bool = False) -> None:
     writer.writerow([plain(c.header) for c in table.columns])
     for row in zip(*(list(c.cells) for c in table.columns), strict=True):
         writer.writerow([plain(cell) for cell in row])
+
+
+@contextmanager
+def slow_work(label: str, delay: float = 1.0) -> Iterator[None]:
+    """A transient spinner on stderr, shown only once the work has run for ``delay`` seconds."""
+    status = err.status(label, spinner="dots")
+    timer = threading.Timer(delay, status.start)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        status.stop()
 
 
 def check_one_format(as_json: bool, as_csv: bool) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from estimator.cli_options import BatchOpt, DtypeOpt, LengthOpt, ModelOpt, fail_input, out
+from estimator.cli_options import BatchOpt, DtypeOpt, LengthOpt, ModelOpt, fail_input, out, slow_work
 from meshes.validation import InputError
 
 
@@ -45,10 +45,11 @@ def report_command(
         if taken and not overwrite:
             raise InputError("--out", str(out_dir), f"a folder without an earlier report ({', '.join(taken)} "
                              "exist); pass --overwrite to replace them")
-        report = write_report(model, meshes, layout_list, out_dir, max_length=max_length,
-                              max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
-                              command=_command(model, mesh, layouts, max_length, max_batch_size, kv_cache_dtype,
-                                               out_dir))
+        with slow_work("writing the report"):
+            report = write_report(model, meshes, layout_list, out_dir, max_length=max_length,
+                                  max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
+                                  command=_command(model, mesh, layouts, max_length, max_batch_size, kv_cache_dtype,
+                                                   out_dir))
     except InputError as e:
         fail_input(e)
     written = [report.markdown, report.memory_png] + ([report.heatmap_png] if report.heatmap_png else [])

@@ -22,6 +22,7 @@ from estimator.cli_options import (
     gib,
     out,
     print_table,
+    slow_work,
 )
 from estimator.review import compare, comparison_rows, explain, fit
 from meshes.validation import InputError
@@ -86,8 +87,9 @@ def explain_command(
     Example: kvfit explain --model llama-3.1-70b --mesh 8xH100-80GB --max-length 131072 --max-batch-size 64
     """
     try:
-        e = explain(model, mesh, layout, max_length=max_length, max_batch_size=max_batch_size,
-                    kv_cache_dtype=kv_cache_dtype)
+        with slow_work("trying the nearest configurations that fit"):
+            e = explain(model, mesh, layout, max_length=max_length, max_batch_size=max_batch_size,
+                        kv_cache_dtype=kv_cache_dtype)
     except InputError as error:
         fail_input(error)
     if as_json:
@@ -126,8 +128,9 @@ def fit_command(
     """
     try:
         check_one_format(as_json, as_csv)
-        options = fit(model, target_length=target_length, target_concurrency=target_concurrency,
-                      device=device, max_devices=max_devices, kv_cache_dtype=kv_cache_dtype)
+        with slow_work("planning every mesh size and layout"):
+            options = fit(model, target_length=target_length, target_concurrency=target_concurrency,
+                          device=device, max_devices=max_devices, kv_cache_dtype=kv_cache_dtype)
     except InputError as e:
         fail_input(e)
     if as_json:

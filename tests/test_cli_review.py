@@ -515,3 +515,27 @@ def test_engines_and_devices_csv():
 def test_json_and_csv_together_is_bad_input(command):
     r = runner.invoke(app, [*command, "--json", "--csv"])
     assert r.exit_code == 2 and r.stderr.startswith("error: --csv=")
+
+
+def test_the_spinner_appears_only_for_slow_work(monkeypatch):
+    import time
+
+    from estimator import cli_options
+
+    events: list[str] = []
+
+    class FakeStatus:
+        def start(self) -> None:
+            events.append("start")
+
+        def stop(self) -> None:
+            events.append("stop")
+
+    monkeypatch.setattr(cli_options.err, "status", lambda *a, **k: FakeStatus())
+    with cli_options.slow_work("quick", delay=5.0):
+        pass
+    assert events == ["stop"]  # never started
+    events.clear()
+    with cli_options.slow_work("slow", delay=0.01):
+        time.sleep(0.2)
+    assert events == ["start", "stop"]
