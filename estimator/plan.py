@@ -268,9 +268,16 @@ def _conclude(model: ModelSpec, mesh: DeviceMesh, layout: Layout, geom: Geometry
         worst = rows[tight]
         warnings.append(f"no KV page fits on {worst.device}: budget {worst.budget_bytes:,} B "
                         f"leaves {worst.kv_budget_bytes:,} B for pages of {worst.page_bytes:,} B")
+        short = (reserved + 1) * worst.page_bytes - worst.kv_budget_bytes
+        suggestions.append(
+            f"{worst.device} is {short:,} B short of its weights ({worst.weights_bytes:,} B), activations, "
+            f"signal buffers and {reserved + 1} page(s): spread the weights over more devices (a larger "
+            f"--tensor-parallel-size or --pipeline-parallel-size, or more devices: kvfit fit --model "
+            f"{model.name}), quantise them, or raise --device-memory-utilization")
     if max_length is not None and max_length > cap:
         fits = False
-        suggestions.append(f"reduce --max-length to {cap} (the longest one request can be)")
+        if cap > 0:
+            suggestions.append(f"reduce --max-length to {cap} (the longest one request can be)")
     elif max_length is None and wanted > cap and cap > 0:
         warnings.append(f"max_length clamped from {wanted} to {cap} by KV-cache capacity")
     if max_length is not None and max_length > model.max_position_embeddings:

@@ -159,3 +159,14 @@ def test_pages_fill_the_tightest_budget_exactly(capacity, in_use_frac, util, tp,
     bigger = plan(TINY, DeviceMesh.from_devices(more), Layout(tensor=tp), activation_bytes=act,
                   signal_bytes=0, device_memory_utilization=util)
     assert bigger.pages_per_replica >= p.pages_per_replica
+
+
+def test_weights_that_do_not_fit_get_a_useful_suggestion():
+    p = plan("llama-3.1-70b", "1xH100-80GB", max_length=131072, max_batch_size=64)
+    row = p.devices[0]
+    page = 2 * 80 * 8 * 128 * 2 * 128  # 70B, bf16, page 128, whole model on one device
+    assert row.page_bytes == page and not p.fits
+    left = row.budget_bytes - row.weights_bytes - row.activation_bytes - row.signal_bytes
+    short = 2 * page - left  # the null page and one page for a request
+    assert len(p.suggestions) == 1 and f"{short:,} B short" in p.suggestions[0]
+    assert "--tensor-parallel-size" in p.suggestions[0] and "to 0" not in p.suggestions[0]
