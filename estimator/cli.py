@@ -20,6 +20,7 @@ from estimator.cli_options import (
     DpOpt,
     DtypeOpt,
     EpOpt,
+    GiB,
     JsonOpt,
     LayoutOpt,
     LengthOpt,
@@ -47,17 +48,24 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "Example: kvfit plan --model llama-3.1-70b --mesh 8xH100-80GB --tp 8 --max-model-len 32768")
 
 
-def plan_table(p: MemoryPlan) -> Table:
-    """Per-device rows of a plan, in GiB."""
+def plan_table(p: MemoryPlan, unit: int = GiB) -> Table:
+    """Per-device rows of a plan, in GiB (``unit=1``: exact bytes)."""
     table = Table(title=f"{p.model} on {p.mesh} — {p.layout}, KV {p.kv_cache_dtype}, "
                         f"page {p.page_size}", title_justify="left")
-    for col in ("device", "stage", "limit GiB", "in use GiB", "weights GiB", "activ. GiB",
-                "signal GiB", "KV pool GiB", "page MiB", "free GiB"):
+    name = {GiB: "GiB", 1: "bytes"}[unit]
+    columns = ("device", "stage", f"limit {name}", f"in use {name}", f"weights {name}", f"activ. {name}",
+               f"signal {name}", f"KV pool {name}", "page MiB" if unit == GiB else "page bytes", f"free {name}")
+    for col in columns:
         table.add_column(col, justify="left" if col == "device" else "right")
+
+    def show(n: int) -> str:
+        return gib(n) if unit == GiB else str(n)
+
     for r in p.devices:
-        table.add_row(r.device, str(r.stage), gib(r.bytes_limit), gib(r.bytes_in_use),
-                      gib(r.weights_bytes), gib(r.activation_bytes), gib(r.signal_bytes),
-                      gib(r.kv_pool_bytes), f"{r.page_bytes / 2**20:,.2f}", gib(r.free_bytes))
+        table.add_row(r.device, str(r.stage), show(r.bytes_limit), show(r.bytes_in_use),
+                      show(r.weights_bytes), show(r.activation_bytes), show(r.signal_bytes),
+                      show(r.kv_pool_bytes), f"{r.page_bytes / 2**20:,.2f}" if unit == GiB else str(r.page_bytes),
+                      show(r.free_bytes))
     return table
 
 
@@ -100,12 +108,14 @@ def plan_command(
         "--explain", help="Also plan with the other activation model (analytic and XLA side by side) "
         "and say where each device's memory goes.")] = False,
     as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
 ) -> None:
     """Plan the KV-cache pool device by device.
 
     Example: kvfit plan --model llama-3.1-70b --mesh 8xH100-80GB --tp 8 --max-model-len 32768
     """
     try:
+        check_one_format(as_json, as_csv)
         if allow_cpu_proxy and activations != "xla" and not explain:
             raise InputError("--allow-cpu-proxy", True, "only with --activations xla or --explain")
         text = layout_text(layout, tensor_parallel_size, data_parallel_size, pipeline_parallel_size,
@@ -125,6 +135,8 @@ def plan_command(
         fail_input(e)
     if as_json:
         out.print_json(json.dumps({**p.to_dict(), **({"activation_models": both} if both else {})}))
+    elif as_csv:  # the per-device rows in bytes
+        print_table(plan_table(p, unit=1), as_csv=True)
     else:
         print_plan(p)
         if both:
@@ -239,10 +251,37 @@ def _register() -> None:
 _register()
 
 
+# Spellings of one option (the engines' names beside kvfit's): giving two of them is ambiguous.
+SAME_OPTION = (("--max-length", "--max-model-len"), ("--max-batch-size", "--max-num-seqs"),
+               ("--device-memory-utilization", "--gpu-memory-utilization", "--utilizations"),
+               ("--tensor-parallel-size", "--tp"), ("--data-parallel-size", "--dp"),
+               ("--pipeline-parallel-size", "--pp"), ("--expert-parallel-size", "--ep"),
+               ("--page-size", "--block-size"), ("--model", "-m"), ("--mesh",), ("--layout",), ("--layouts",))
+
+
+def check_repeated_options(argv: list[str]) -> None:
+    """Refuse an option given twice, under one name or two (typer would silently keep the last)."""
+    flags = [a.split("=", 1)[0] for a in argv if a.startswith("-")]
+    for group in SAME_OPTION:
+        given = [f for f in flags if f in group]
+        if len(given) > 1:
+            raise InputError(group[0], " ".join(given), f"one value: {', '.join(group)} name the same option")
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: exit 0 fits, 1 does not fit, 2 bad input — always one line of error."""
+    argv = sys.argv[1:] or ["--help"]
     try:
-        app()
+        check_repeated_options(argv)
+        code = app(args=argv, prog_name="kvfit", standalone_mode=False)
     except InputError as e:  # a bad value caught outside a command's own handler
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except typer.Abort:  # Ctrl-C
+        sys.exit(130)
+    except Exception as e:  # typer's own usage errors (a misspelt option, "nan" for an integer): exit code 2
+        if getattr(e, "exit_code", None) != 2 or not callable(getattr(e, "format_message", None)):
+            raise
+        print(f"error: {e.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

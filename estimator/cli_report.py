@@ -5,12 +5,23 @@ Registered on the app by estimator.cli. matplotlib and jax load only when the co
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from estimator.cli_options import BatchOpt, DtypeOpt, LengthOpt, ModelOpt, fail_input, out, slow_work
+from estimator.cli_options import (
+    BatchOpt,
+    DtypeOpt,
+    JsonOpt,
+    LengthOpt,
+    ModelOpt,
+    UtilOpt,
+    fail_input,
+    out,
+    slow_work,
+)
 from meshes.validation import InputError
 
 
@@ -24,8 +35,10 @@ def report_command(
                                                 "default: each mesh's default.")] = None,
     max_length: LengthOpt = None,
     max_batch_size: BatchOpt = None,
+    device_memory_utilization: UtilOpt = 0.9,
     kv_cache_dtype: DtypeOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier report in --out.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write a sharding design review: comparison table, waste, warnings, memory bars, heatmap.
 
@@ -48,21 +61,28 @@ def report_command(
         with slow_work("writing the report"):
             report = write_report(model, meshes, layout_list, out_dir, max_length=max_length,
                                   max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
+                                  device_memory_utilization=device_memory_utilization,
                                   command=_command(model, mesh, layouts, max_length, max_batch_size, kv_cache_dtype,
-                                                   out_dir))
+                                                   device_memory_utilization, out_dir))
     except InputError as e:
         fail_input(e)
     written = [report.markdown, report.memory_png] + ([report.heatmap_png] if report.heatmap_png else [])
-    for path in written:
-        out.print(str(path), highlight=False)
+    if as_json:
+        out.print_json(json.dumps({"files": [str(p) for p in written],
+                                   "candidates": [{"candidate": c.label, "mesh_preset": c.mesh, **c.plan.to_dict()}
+                                                  for c in report.candidates]}))
+    else:
+        for path in written:
+            out.print(str(path), highlight=False)
     if not any(c.plan.fits for c in report.candidates):
         typer.echo("no candidate fits", err=True)
         raise typer.Exit(1)
 
 
 def _command(model: str, mesh: str, layouts: str | None, max_length: int | None, max_batch_size: int | None,
-             kv_cache_dtype: str | None, out_dir: Path) -> list[str]:
+             kv_cache_dtype: str | None, utilization: float, out_dir: Path) -> list[str]:
     """The command line that reproduces this report (for its "Reproduce" section)."""
     flags = {"--model": model, "--mesh": mesh, "--layouts": layouts, "--max-model-len": max_length,
-             "--max-batch-size": max_batch_size, "--kv-cache-dtype": kv_cache_dtype, "--out": out_dir}
+             "--max-batch-size": max_batch_size, "--kv-cache-dtype": kv_cache_dtype,
+             "--device-memory-utilization": None if utilization == 0.9 else utilization, "--out": out_dir}
     return ["kvfit", "report", *[str(x) for k, v in flags.items() if v is not None for x in (k, v)]]

@@ -11,15 +11,21 @@ from rich.table import Table
 from estimator.cli_options import (
     BatchOpt,
     CsvOpt,
+    DpOpt,
     DtypeOpt,
+    EpOpt,
     JsonOpt,
+    LayoutOpt,
     LengthOpt,
     ModelOpt,
+    PpOpt,
+    TpOpt,
     UtilOpt,
     check_one_format,
     err,
     fail_input,
     gib,
+    layout_text,
     out,
     print_table,
     slow_work,
@@ -76,20 +82,29 @@ def compare_command(
 def explain_command(
     model: ModelOpt = "llama-3.1-70b",
     mesh: Annotated[str, typer.Option(help="Mesh preset.")] = "8xH100-80GB",
-    layout: Annotated[str | None, typer.Option(help="Layout such as tp8.")] = None,
+    layout: LayoutOpt = None,
+    tensor_parallel_size: TpOpt = None,
+    data_parallel_size: DpOpt = None,
+    pipeline_parallel_size: PpOpt = None,
+    expert_parallel_size: EpOpt = None,
     max_length: LengthOpt = None,
     max_batch_size: BatchOpt = None,
+    device_memory_utilization: UtilOpt = 0.9,
     kv_cache_dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
 ) -> None:
     """Why a configuration does not fit, and the nearest ones that do.
 
-    Example: kvfit explain --model llama-3.1-70b --mesh 8xH100-80GB --max-length 131072 --max-batch-size 64
+    Example: kvfit explain --model llama-3.1-70b --mesh 8xH100-80GB --max-model-len 131072 --max-num-seqs 64
     """
     try:
+        check_one_format(as_json, as_csv)
+        text = layout_text(layout, tensor_parallel_size, data_parallel_size, pipeline_parallel_size,
+                           expert_parallel_size)
         with slow_work("trying the nearest configurations that fit"):
-            e = explain(model, mesh, layout, max_length=max_length, max_batch_size=max_batch_size,
-                        kv_cache_dtype=kv_cache_dtype)
+            e = explain(model, mesh, text, max_length=max_length, max_batch_size=max_batch_size,
+                        kv_cache_dtype=kv_cache_dtype, device_memory_utilization=device_memory_utilization)
     except InputError as error:
         fail_input(error)
     if as_json:
@@ -97,17 +112,17 @@ def explain_command(
                                    "alternatives": [{"change": a.change, "command": a.command,
                                                      "plan": a.plan.to_dict()} for a in e.alternatives]}))
     else:
-        out.print(f"[bold]{'fits' if e.plan.fits else 'does not fit'}[/]: {e.plan.model} on {e.plan.mesh}, "
-                  f"{e.plan.layout}", highlight=False)
-        for reason in e.reasons:
-            out.print(f"  • {reason}", highlight=False)
-        if e.alternatives:
-            table = Table("change", "length", "max batch", "command", title="nearest that fit",
-                          title_justify="left")
-            for a in e.alternatives:
-                table.add_row(a.change, f"{a.plan.planned_max_length:,}", f"{a.plan.max_batch_size:,}",
-                              a.command)
-            out.print(table)
+        table = Table("change", "length", "max batch", "command", title="nearest that fit",
+                      title_justify="left")
+        for a in e.alternatives:
+            table.add_row(a.change, f"{a.plan.planned_max_length:,}", f"{a.plan.max_batch_size:,}", a.command)
+        if not as_csv:
+            out.print(f"[bold]{'fits' if e.plan.fits else 'does not fit'}[/]: {e.plan.model} on {e.plan.mesh}, "
+                      f"{e.plan.layout}", highlight=False)
+            for reason in e.reasons:
+                out.print(f"  • {reason}", highlight=False, markup=False)
+        if e.alternatives or as_csv:
+            print_table(table, as_csv)
     if not e.plan.fits:
         raise typer.Exit(1)
 
@@ -118,6 +133,7 @@ def fit_command(
     target_concurrency: Annotated[int, typer.Option(help="Requests at once.")] = 64,
     device: Annotated[str, typer.Option(help="Device kind (kvfit devices).")] = "H100-80GB",
     max_devices: Annotated[int, typer.Option(help="Largest mesh to try.")] = 64,
+    device_memory_utilization: UtilOpt = 0.9,
     kv_cache_dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
     as_csv: CsvOpt = False,
@@ -130,7 +146,8 @@ def fit_command(
         check_one_format(as_json, as_csv)
         with slow_work("planning every mesh size and layout"):
             options = fit(model, target_length=target_length, target_concurrency=target_concurrency,
-                          device=device, max_devices=max_devices, kv_cache_dtype=kv_cache_dtype)
+                          device=device, max_devices=max_devices, kv_cache_dtype=kv_cache_dtype,
+                          device_memory_utilization=device_memory_utilization)
     except InputError as e:
         fail_input(e)
     if as_json:

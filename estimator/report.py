@@ -98,11 +98,13 @@ def _tokens(n: int) -> str:
 
 def write_report(model: str, meshes: Sequence[str], layouts: Sequence[str | None], out: Path, *,
                  max_length: int | None = None, max_batch_size: int | None = None,
-                 kv_cache_dtype: str | None = None, batch_sizes: Sequence[int] | None = None,
-                 lengths: Sequence[int] | None = None, command: Sequence[str] | None = None) -> Report:
+                 kv_cache_dtype: str | None = None, device_memory_utilization: float = 0.9,
+                 batch_sizes: Sequence[int] | None = None, lengths: Sequence[int] | None = None,
+                 command: Sequence[str] | None = None) -> Report:
     """Write report.md, memory.png and (when one mesh is reviewed) feasibility.png into ``out``."""
     candidates = compare(model, [(m, lay) for m in meshes for lay in layouts], max_length=max_length,
-                         max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype)
+                         max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
+                         device_memory_utilization=device_memory_utilization)
     out.mkdir(parents=True, exist_ok=True)  # after compare(): bad input leaves no empty folder behind
     bars = memory_bars(candidates, out / "memory.png")
     heat = None
@@ -112,7 +114,7 @@ def write_report(model: str, meshes: Sequence[str], layouts: Sequence[str | None
         result = sweep(model, meshes[0], layouts=[c.layout for c in candidates],
                        batch_sizes=list(batch_sizes or [2**i for i in range(0, 11)]),
                        lengths=list(lengths or [2**i for i in range(10, 18)]),
-                       kv_cache_dtypes=[kv_cache_dtype])
+                       kv_cache_dtypes=[kv_cache_dtype], utilizations=[device_memory_utilization])
         heat = feasibility_heatmap(result, out / "feasibility.png")
     md = out / "report.md"
     md.write_text(_markdown(candidates, bars, heat, command), encoding="utf-8")

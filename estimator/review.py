@@ -175,12 +175,15 @@ def explain(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str
         if other.name != base.layout:
             attempt(f"layout {other.name}", dm, other, max_length, max_batch_size)
     kinds = {getattr(d, "spec", None) for d in dm.devices}
-    if len(kinds) == 1 and None not in kinds and max_length and max_batch_size:
+    if len(kinds) == 1 and None not in kinds:  # more devices: at least one request of one page
         kind = next(iter(kinds)).name
-        more = fit(spec, target_length=max_length, target_concurrency=max_batch_size, device=kind,
-                   max_devices=16 * dm.size, sizes=[dm.size * 2**k for k in range(1, 5)], **plan_kwargs)
-        for option in more[:2]:
-            alts.append(Alternative(f"{option.devices} devices, {option.layout}", option.plan,
+        more = fit(spec, target_length=max_length or base.page_size, target_concurrency=max_batch_size or 1,
+                   device=kind, max_devices=16 * dm.size, sizes=[dm.size * 2**k for k in range(1, 5)],
+                   **plan_kwargs)
+        for option in more[:2]:  # shown as planned for what was asked (the defaults where nothing was)
+            shown = plan(spec, option.mesh, option.layout, max_length=max_length, max_batch_size=max_batch_size,
+                         **plan_kwargs)
+            alts.append(Alternative(f"{option.devices} devices, {option.layout}", shown,
                                     _command(name, option.mesh, option.layout, max_length,
                                              max_batch_size, plan_kwargs.get("kv_cache_dtype"))))
     return Explanation(base, tuple(reasons), tuple(alts))

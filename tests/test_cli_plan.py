@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from estimator.cli import app
+from meshes.validation import InputError
 
 runner = CliRunner()
 
@@ -105,3 +106,29 @@ def test_a_length_past_the_context_limit_is_planned_with_a_warning():
     assert r.exit_code == 0, r.output
     warnings = json.loads(r.stdout)["warnings"]
     assert any("context limit" in w and "131,072" in w for w in warnings)
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (["plan", "--max-length", "1000", "--max-model-len", "2000"], "--max-length"),
+    (["plan", "--gpu-memory-utilization", "0.5", "--device-memory-utilization=0.8"], "--device-memory-utilization"),
+    (["plan", "--tp", "2", "--tp", "4"], "--tensor-parallel-size"),
+    (["plan", "--max-length", "nan"], "--max-length"),
+    (["plan", "--nope"], "--nope"),
+])
+def test_the_installed_kvfit_gives_one_line_for_typer_level_errors(args, field):
+    kvfit = shutil.which("kvfit")
+    if kvfit is None:
+        pytest.skip("the kvfit console script is not installed")
+    out = subprocess.run([kvfit, *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and field in lines[0], out.stderr
+
+
+def test_same_option_under_two_names_is_refused():
+    from estimator.cli import check_repeated_options
+
+    check_repeated_options(["plan", "--max-length", "10", "--tp", "2", "--layouts", "tp8"])  # no repeats: fine
+    with pytest.raises(InputError) as err:
+        check_repeated_options(["plan", "--max-num-seqs", "10", "--max-batch-size=20"])
+    assert err.value.field == "--max-batch-size"

@@ -539,3 +539,14 @@ def test_the_spinner_appears_only_for_slow_work(monkeypatch):
     with cli_options.slow_work("slow", delay=0.01):
         time.sleep(0.2)
     assert events == ["start", "stop"]
+
+
+def test_explain_without_a_target_still_finds_more_devices():
+    # 70B in bf16 is 141 GB of weights: one 80 GB card cannot hold it, two can (70.5 GB each)
+    r = runner.invoke(app, ["explain", "--model", "llama-3.1-70b", "--mesh", "1xH100-80GB", "--json"])
+    assert r.exit_code == 1
+    d = json.loads(r.stdout)
+    assert not d["fits"] and d["alternatives"]
+    first = d["alternatives"][0]
+    assert first["plan"]["fits"] and len(first["plan"]["devices"]) == 2
+    assert "--mesh 2xH100-80GB" in first["command"]
