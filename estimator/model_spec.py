@@ -174,4 +174,16 @@ class ModelSpec:
         from estimator.hf_config import read_config_json
 
         path = Path(path)
-        return cls.from_hf_config(read_config_json(path), name=path.parent.name or path.stem)
+        config = read_config_json(path)
+        return cls.from_hf_config(config, name=config_name(config, path))
+
+
+def config_name(config: dict, path: Path) -> str:
+    """A model's name from its config: ``_name_or_path`` when the config records it, else the file's
+    stem (``deepseek-ai__DeepSeek-V3.json``), else the folder of a plain ``config.json``."""
+    recorded = config.get("_name_or_path")
+    if isinstance(recorded, str) and recorded.strip() and not recorded.startswith(("/", ".")):
+        return recorded.strip()
+    if path.stem != "config":
+        return path.stem
+    return path.resolve().parent.name or path.stem

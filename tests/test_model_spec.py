@@ -130,3 +130,14 @@ def test_bad_architecture_values(field, value):
     with pytest.raises(InputError) as e:
         ModelSpec.from_dict({**load_preset("llama-3.1-8b").to_dict(), field: value})
     assert field in e.value.field
+
+
+def test_a_config_file_names_its_model(tmp_path):
+    from estimator.model_spec import config_name
+
+    assert config_name({}, tmp_path / "deepseek-ai__DeepSeek-V3.json") == "deepseek-ai__DeepSeek-V3"
+    assert config_name({"_name_or_path": "meta-llama/Llama-3.1-8B"}, tmp_path / "config.json") == \
+        "meta-llama/Llama-3.1-8B"
+    folder = tmp_path / "Qwen3-14B"
+    folder.mkdir()
+    assert config_name({"_name_or_path": "/home/me/ckpt"}, folder / "config.json") == "Qwen3-14B"
