@@ -12,6 +12,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from estimator.cli_options import (
@@ -188,7 +189,7 @@ def print_activation_models(p: MemoryPlan, both: dict[str, dict[str, Any]]) -> N
                   f"max batch at {p.planned_max_length:,}", title="activation models", title_justify="left")
     for name, row in both.items():
         if not row["available"]:
-            table.add_row(name, f"not compiled: {row['reason']}", "—", "—", "—")
+            table.add_row(name, escape(f"not compiled: {row['reason']}"), "—", "—", "—")
             continue
         label = name + (" (XLA:CPU proxy)" if row["cpu_proxy"] else "")
         table.add_row(label, gib(row["activation_bytes"]), f"{row['pages_per_replica']:,}",

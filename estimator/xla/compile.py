@@ -104,8 +104,8 @@ def topology_name(device_name: str, chips: int) -> str:
 def _topology_devices(name: str, needed: int) -> list[Any]:
     if not libtpu_available():
         raise InputError("tpu_topology", name, "libtpu installed for deviceless TPU compiles: "
-                         "pip install 'kvfit[tpu]' (libtpu pinned to your jax), or pass "
-                         "allow_cpu_proxy=True to compile on CPU instead (a proxy, not a TPU budget)")
+                         "pip install 'kvfit[tpu]' (libtpu pinned to your jax), or pass allow_cpu_proxy=True "
+                         "(kvfit: --allow-cpu-proxy) to compile on CPU instead (a proxy, not a TPU budget)")
     from jax.experimental import topologies
 
     try:
@@ -155,8 +155,8 @@ def compile_target(mesh: DeviceMesh, layout: Layout, stage: int, *, allow_cpu_pr
                              f"a mesh whose platform ({target}) this host can compile for; "
                              f"JAX here has {_platforms()}. CPU temp bytes are not a {target} "
                              "budget: run on a {0} host, use a TPU topology (kvfit[tpu]) for TPU "
-                             "meshes, or pass allow_cpu_proxy=True to get CPU numbers marked as "
-                             "a proxy".format(target))
+                             "meshes, or pass allow_cpu_proxy=True (kvfit: --allow-cpu-proxy) to get CPU "
+                             "numbers marked as a proxy".format(target))
         local, proxy = _local_devices("cpu"), True
         warnings.warn(f"compiling a {target} mesh ({mesh.describe()}) on XLA:CPU: temp bytes are a "
                       f"CPU proxy, not a {target} budget (allow_cpu_proxy=True)",
