@@ -155,10 +155,10 @@ def fit_command(
                                     "headroom_bytes": o.headroom_bytes, "max_batch_size": o.plan.max_batch_size}
                                    for o in options]))
     else:
-        table = Table("devices", "layout", "headroom / device (GiB)", "max batch at target",
+        table = Table("devices", "mesh", "layout", "headroom / device (GiB)", "max batch at target",
                       title=f"{target_concurrency} × {target_length:,} tokens on {device}", title_justify="left")
         for o in options:
-            table.add_row(str(o.devices), o.layout, gib(o.headroom_bytes), f"{o.plan.max_batch_size:,}")
+            table.add_row(str(o.devices), o.mesh, o.layout, gib(o.headroom_bytes), f"{o.plan.max_batch_size:,}")
         print_table(table, as_csv)
     if not options:
         err.print(f"nothing up to {max_devices} × {device} serves that target", highlight=False)

@@ -122,7 +122,7 @@ def layouts_for(devices: int, model: ModelSpec, per_host: int | None = None) -> 
         if model.num_attention_heads % tp or (model.num_kv_heads % tp and tp % model.num_kv_heads
                                               and not model.is_mla):
             continue
-        if per_host and tp > per_host:
+        if per_host and tp > per_host:  # a tensor group stays inside one host
             continue
         rest = devices // tp
         for pp in (p for p in range(1, rest + 1) if rest % p == 0 and p <= model.num_layers):
@@ -241,14 +241,16 @@ def fit(model: ModelSpec | str, *, target_length: int, target_concurrency: int,
     target_length = check_int("target_length", target_length)
     target_concurrency = check_int("target_concurrency", target_concurrency)
     max_devices = check_int("max_devices", max_devices, maximum=MAX_FIT_DEVICES)
-    # every size of one host, then whole hosts (3 devices may serve what 4 do)
-    sizes = sorted(set(sizes or [n for n in range(1, max_devices + 1) if n <= per_host or n % per_host == 0]))
+    # every size: 3 devices may serve what 4 do, 12 (3 hosts of 4) what 16 do
+    sizes = sorted(set(sizes or range(1, max_devices + 1)))
     found: list[FitOption] = []
+    meshes: dict[str, DeviceMesh] = {}
     for n in sizes:
-        hosts, local = (n // per_host, per_host) if n > per_host else (1, n)
-        preset = f"{hosts}x{local}x{kind.name}" if hosts > 1 else f"{local}x{kind.name}"
-        mesh = DeviceMesh.from_preset(preset)
         for layout in layouts_for(n, spec, per_host):
+            # the fullest hosts whose size the tensor group divides (a tensor group stays in one host)
+            local = max(d for d in range(1, min(n, per_host) + 1) if n % d == 0 and d % layout.tensor == 0)
+            preset = f"{n // local}x{local}x{kind.name}" if n > local else f"{local}x{kind.name}"
+            mesh = meshes.setdefault(preset, DeviceMesh.from_preset(preset))
             try:
                 p = plan(spec, mesh, layout, max_length=target_length, max_batch_size=target_concurrency,
                          **plan_kwargs)

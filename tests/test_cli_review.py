@@ -271,13 +271,16 @@ def test_fit_fewest_devices_none_smaller_fits_and_headroom_by_hand(length, batch
                                           for row in p.devices)
 
 
-def test_fit_default_target_needs_two_hosts_and_no_single_host_fits():
-    # fit tries every size of one host (1 to 8 devices), then whole hosts of 8 (16, 24, ...)
+def test_fit_default_target_fewest_devices_span_hosts():
+    # fit tries every size; a tensor group stays inside one host (hosts of at most 8)
     r = invoke("fit", "--json")
     assert r.exit_code == 0, r.output
     options = json.loads(r.stdout)
-    assert {o["devices"] for o in options} == {16} and {o["mesh"] for o in options} == {"2x8xH100-80GB"}
-    assert not any(fits_on(n, 32768, 64) for n in range(1, 9))
+    assert {o["devices"] for o in options} == {12}
+    assert not any(fits_on(n, 32768, 64) for n in range(1, 12))
+    best = options[0]
+    assert best["layout"] == "tp4xpp3" and best["mesh"] == "3x4xH100-80GB"  # tp4 fits 3 hosts of 4, not 2 of 6
+    assert {o["layout"] for o in options} == {lay for lay in all_layouts(12) if fits(lay, 12, 32768, 64)}
     # by hand: 64 requests × 32768 tokens × 320 KiB a token = 640 GiB of KV, plus 131 GiB of weights
     kv = 64 * 32768 * 2 * 80 * 8 * 128 * 2
     assert kv + weights_bytes(1) > 8 * H100_BUDGET
@@ -495,8 +498,8 @@ def test_fit_csv_rows_are_the_json_options():
     args = ("fit", "--model", "llama-3.1-8b", "--target-length", "131072", "--target-concurrency", "16")
     rows = _csv(*args)
     options = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
-    assert rows[0][:2] == ["devices", "layout"]
-    assert [(int(r[0]), r[1]) for r in rows[1:]] == [(o["devices"], o["layout"]) for o in options]
+    assert rows[0][:3] == ["devices", "mesh", "layout"]
+    assert [(int(r[0]), r[1], r[2]) for r in rows[1:]] == [(o["devices"], o["mesh"], o["layout"]) for o in options]
 
 
 def test_engines_and_devices_csv():

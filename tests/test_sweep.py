@@ -381,3 +381,18 @@ def test_import_estimator_stays_light():
     code = ("import sys, estimator; bad = [m for m in ('jax', 'estimator.sweeps', 'typer', "
             "'rich', 'matplotlib') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_to_xarray_has_named_dims_and_each_cell_is_plans_verdict(two_layouts):
+    pytest.importorskip("xarray")
+    ds = two_layouts.to_xarray()
+    assert ds["feasible"].dims == ("layout", "kv_dtype", "page_size", "utilization", "batch", "length")
+    for layout in ("tp2", "dp2"):
+        for batch in (8, 512):
+            for length in (8192, 131072):
+                cell = ds.sel(layout=layout, batch=batch, length=length).isel(kv_dtype=0, page_size=0,
+                                                                            utilization=0)
+                expected = plan("llama-3.1-8b", "2xH100-80GB", layout, max_length=length,
+                                max_batch_size=batch).fits
+                assert bool(cell["feasible"]) is expected
+    assert ds.attrs["model"] == "llama-3.1-8b"
