@@ -135,6 +135,7 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
     if max_batch_size is not None:
         max_batch_size = check_int("max_batch_size", max_batch_size, maximum=2**31 - 1)
     mtp = include_mtp if include_mtp is not None else (speculative_method == "mtp" and num_draft_tokens > 0)
+    check_page_size(page_size, mesh.platform)
     geom = geometry(model, layout, kv_cache_dtype=kv_cache_dtype, page_size=page_size,
                     kv_scale_block=kv_scale_block, include_mtp=mtp)
     stage_weights, weight_notes = _stage_weights(weights, model, layout, geom)
@@ -321,6 +322,17 @@ def _conclude(model: ModelSpec, mesh: DeviceMesh, layout: Layout, geom: Geometry
         planned_max_length=planned, max_batch_size=total_batch,
         requested_max_batch_size=max_batch_size, fits=fits, tightest_device=rows[tight].device,
         waste_bytes=waste, warnings=tuple(warnings), suggestions=tuple(suggestions))
+
+
+def check_page_size(page_size: object, platform: str) -> int:
+    """Tokens per page as the mesh's attention kernels take them: any positive count on GPUs (vLLM
+    16, SGLang 1, TRT-LLM 32, MAX multiples of 128 — the engine profiles check their own), a power
+    of two on TPUs (tpu-inference's Pallas kernels: 16 … 256, MLA 1024; reference/engines.md §3)."""
+    size = check_int("page_size", page_size, maximum=2**24)
+    if platform == "tpu" and size & (size - 1):
+        raise InputError("page_size", page_size, "a power of two on a TPU mesh (16, 32, 64, 128, 256; "
+                         "1024 for MLA): TPU paged-attention kernels take no other page size")
+    return size
 
 
 def pages_needed(batch: int, length: int, page_size: int, slack: int = 0) -> int:

@@ -170,3 +170,16 @@ def test_weights_that_do_not_fit_get_a_useful_suggestion():
     short = 2 * page - left  # the null page and one page for a request
     assert len(p.suggestions) == 1 and f"{short:,} B short" in p.suggestions[0]
     assert "--tensor-parallel-size" in p.suggestions[0] and "to 0" not in p.suggestions[0]
+
+
+@pytest.mark.parametrize(("mesh", "page_size", "ok"), [
+    ("v5e-8", 7, False), ("v5e-8", 100, False), ("v5e-8", 64, True), ("v5e-8", 256, True),
+    ("1xH100-80GB", 100, True), ("1xH100-80GB", 1, True), ("1xH100-80GB", 0, False),
+])
+def test_page_size_is_what_the_mesh_kernels_take(mesh, page_size, ok):
+    if ok:
+        assert plan("llama-3.1-8b", mesh, page_size=page_size).page_size == page_size
+    else:
+        with pytest.raises(InputError) as err:
+            plan("llama-3.1-8b", mesh, page_size=page_size)
+        assert err.value.field == "page_size" and err.value.value == page_size
