@@ -8,8 +8,9 @@ For each case (a model and a layout over the first N visible GPUs), in a fresh p
    model, so nothing but weights and the pool is ever allocated; charging the analytic
    activation peak or MAX's allreduce signal buffers would leave that memory free and the
    "+2 % pages" check below would pass for the wrong reason — and a small explicit
-   ``runtime_reserve_bytes`` (``--slack-mib``, default 64 MiB) for allocator slack (BFC rounds every
-   buffer up to 256 B; the runtime may keep a few small buffers);
+   ``runtime_reserve_bytes`` (``--slack-mib``, default 256 MiB) for allocator slack (BFC rounds every
+   buffer up to 256 B, and does not split a free chunk whose remainder would be under 128 MiB: with
+   less left free, the last buffer takes the whole tail and bytes_in_use reads bytes_limit);
 3. allocate placeholder weights (``allocate_weights_like``) and the pool (``allocate_kv_pool``),
    both by jitted zeros constructors with ``out_shardings``, and check:
    * the allocation succeeds, and every device's shards (``addressable_shards[i].data.nbytes``)
@@ -373,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="XLA_CLIENT_MEM_FRACTION for each case ('env': keep the environment's)")
     ap.add_argument("--page-size", type=int, default=128)
     ap.add_argument("--kv-dtype", default=None, help="KV cache dtype (default: the model's)")
-    ap.add_argument("--slack-mib", type=int, default=64, help="runtime_reserve_bytes, in MiB")
+    ap.add_argument("--slack-mib", type=int, default=256,
+                    help="runtime_reserve_bytes, in MiB (above BFC's 128 MiB split threshold)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per case")
     ap.add_argument("--cpu-smoke", action="store_true", help="run the machinery on 8 simulated CPU devices")
     ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
