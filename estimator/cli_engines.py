@@ -23,6 +23,7 @@ from estimator.cli_options import (
     PpOpt,
     TpOpt,
     check_one_format,
+    comma_list,
     err,
     fail_input,
     gib,
@@ -136,8 +137,7 @@ def engines_command(
     try:
         check_one_format(as_json, as_csv)
         text = layout_text(layout, tensor_parallel_size, data_parallel_size, pipeline_parallel_size)
-        names = (tuple(profile(e.strip()).NAME for e in engines.split(",") if e.strip()) if engines
-                 else engines_for(mesh))
+        names = tuple(profile(e).NAME for e in comma_list(engines)) if engines else engines_for(mesh)
         if not names:
             raise InputError("--engines", engines, "at least one engine")
         sets = parse_sets(knob, names)

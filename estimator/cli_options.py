@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from meshes.catalog import GiB
 from meshes.validation import InputError
 
 # Piped output (CI logs, `| less`, subprocess tests) gets wide tables rather than 80 columns.
@@ -28,7 +29,6 @@ _WIDTH = None if sys.stdout.isatty() else max(160, shutil.get_terminal_size((160
 out = Console(width=_WIDTH)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-GiB = 1024**3
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Preset name (kvfit models) or path to an HF "
                                        "config.json.")]
@@ -91,6 +91,11 @@ def slow_work(label: str, delay: float = 1.0) -> Iterator[None]:
 def check_one_format(as_json: bool, as_csv: bool) -> None:
     if as_json and as_csv:
         raise InputError("--csv", True, "either --json or --csv, not both")
+
+
+def comma_list(text: str | None) -> list[str]:
+    """The items of a comma-separated option, stripped, empty ones dropped."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
 def gib(n: int) -> str:

@@ -18,6 +18,7 @@ from estimator.cli_options import (
     LengthOpt,
     ModelOpt,
     UtilOpt,
+    comma_list,
     fail_input,
     out,
     slow_work,
@@ -48,8 +49,8 @@ def report_command(
     from estimator.report import REPORT_FILES, write_report
 
     try:
-        meshes = [m.strip() for m in mesh.split(",") if m.strip()]
-        layout_list = [x.strip() for x in (layouts or "").split(",") if x.strip()] or [None]
+        meshes = comma_list(mesh)
+        layout_list = comma_list(layouts) or [None]
         if not meshes:
             raise InputError("--mesh", mesh, "one or more mesh presets, comma-separated")
         if out_dir.exists() and not out_dir.is_dir():

@@ -22,6 +22,7 @@ from estimator.cli_options import (
     TpOpt,
     UtilOpt,
     check_one_format,
+    comma_list,
     err,
     fail_input,
     gib,
@@ -35,8 +36,8 @@ from meshes.validation import InputError
 
 
 def _candidates(meshes: str, layouts: str | None) -> list[tuple[str, str | None]]:
-    mesh_list = [m.strip() for m in meshes.split(",") if m.strip()]
-    layout_list = [x.strip() for x in (layouts or "").split(",") if x.strip()] or [None]
+    mesh_list = comma_list(meshes)
+    layout_list = comma_list(layouts) or [None]
     if not mesh_list:
         raise InputError("--mesh", meshes, "one or more mesh presets, comma-separated")
     return [(m, lay) for m in mesh_list for lay in layout_list]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from estimator.activations import analytic_activation_bytes
-from estimator.geometry import Geometry, geometry
+from estimator.geometry import Geometry, StageGeometry, geometry
 from estimator.layout import Layout
 from estimator.model_spec import ModelSpec
 from estimator.models import resolve_model
@@ -134,7 +134,7 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
         max_length = check_int("max_length", max_length, maximum=2**40)
     if max_batch_size is not None:
         max_batch_size = check_int("max_batch_size", max_batch_size, maximum=2**31 - 1)
-    mtp = include_mtp if include_mtp is not None else (speculative_method == "mtp" and num_draft_tokens > 0)
+    mtp = loads_mtp_layers(include_mtp, speculative_method, num_draft_tokens)
     check_page_size(page_size, mesh.platform)
     geom = geometry(model, layout, kv_cache_dtype=kv_cache_dtype, page_size=page_size,
                     kv_scale_block=kv_scale_block, include_mtp=mtp)
@@ -227,10 +227,22 @@ def _stage_weights(weights: str | os.PathLike[str] | Mapping[int, int] | None, m
     return got, notes
 
 
-def _stage_limits(geom: Geometry, usable: int, slack: int) -> list[int | None]:
+def loads_mtp_layers(include_mtp: bool | None, speculative_method: str, num_draft_tokens: int) -> bool:
+    """Whether the MTP layers are loaded: as asked, else when speculating with ``mtp``."""
+    return include_mtp if include_mtp is not None else (speculative_method == "mtp" and num_draft_tokens > 0)
+
+
+def length_cap(stages: Iterable[StageGeometry], usable: int, slack: int, max_position_embeddings: int) -> int:
+    """max_supported_sequence_length at ``usable`` pages per replica: the tightest stage's longest
+    single request, or the model's context limit where no stage limits the length (and a page fits)."""
+    caps = [c for c in _stage_limits(stages, usable, slack) if c is not None]
+    return min(caps) if caps else (max_position_embeddings if usable else 0)
+
+
+def _stage_limits(stages: Iterable[StageGeometry], usable: int, slack: int) -> list[int | None]:
     """Longest single request each stage's pool allows (None: no length limit)."""
     caps = []
-    for stage in geom.stages:
+    for stage in stages:
         if not stage.page_bytes:
             caps.append(None)
             continue
@@ -248,7 +260,7 @@ def _batch_at(geom: Geometry, usable: int, length: int, slack: int) -> int:
 
 def _longest_at(geom: Geometry, usable: int, batch: int, slack: int, ceiling: int) -> int:
     """Longest length such that ``batch`` requests fit in one replica's ``usable`` pages."""
-    caps = [c for c in _stage_limits(geom, usable // batch, slack) if c is not None]
+    caps = [c for c in _stage_limits(geom.stages, usable // batch, slack) if c is not None]
     return min([*caps, ceiling])
 
 
@@ -257,8 +269,7 @@ def _conclude(model: ModelSpec, mesh: DeviceMesh, layout: Layout, geom: Geometry
               max_batch_size: int | None, slack: int, reserved: int) -> MemoryPlan:
     """Turn per-device page counts into lengths, batches, a verdict, warnings and suggestions."""
     usable = max(pages - reserved, 0)
-    caps = [c for c in _stage_limits(geom, usable, slack) if c is not None]
-    cap = min(caps) if caps else (model.max_position_embeddings if usable else 0)
+    cap = length_cap(geom.stages, usable, slack, model.max_position_embeddings)
     wanted = max_length if max_length is not None else model.max_position_embeddings
     planned = min(wanted, cap)
     per_replica = _batch_at(geom, usable, planned, slack) if planned else 0

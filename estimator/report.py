@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from estimator.review import Candidate, compare, comparison_rows, tightest_row
+from meshes.catalog import GiB
 
-GiB = 1024**3
 REPORT_FILES = ("report.md", "memory.png", "feasibility.png")
 SEGMENTS = (("weights", "weights_bytes", "#4C72B0"), ("activations", "activation_bytes", "#DD8452"),
             ("signal buffers", "signal_bytes", "#8172B3"), ("runtime reserve", "reserve_bytes", "#937860"),

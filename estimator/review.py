@@ -15,7 +15,7 @@ from estimator.layout import Layout
 from estimator.model_spec import ModelSpec
 from estimator.models import resolve_model
 from estimator.plan import MemoryPlan, plan
-from meshes.catalog import device_spec
+from meshes.catalog import GiB, MiB, device_spec
 from meshes.mesh import DeviceMesh
 from meshes.validation import InputError, check_int
 
@@ -61,12 +61,11 @@ def tightest_row(p: MemoryPlan) -> Any:
 def comparison_rows(candidates: Sequence[Candidate]) -> list[tuple[str, list[str]]]:
     """(metric, one value per candidate) rows for a side-by-side table; bytes in GiB. The batch row
     is at each plan's own planned length (named in the label when all candidates share it)."""
-    gib = 1024**3
     lengths = {c.plan.planned_max_length for c in candidates}
     at = f"{next(iter(lengths)):,} tokens" if len(lengths) == 1 else "each planned length"
 
     def per_device(attr: str) -> list[str]:
-        return [f"{getattr(tightest_row(c.plan), attr) / gib:,.2f}" for c in candidates]
+        return [f"{getattr(tightest_row(c.plan), attr) / GiB:,.2f}" for c in candidates]
 
     rows = [("devices", [str(len(c.plan.devices)) for c in candidates]),
             ("weights / device (GiB)", per_device("weights_bytes")),
@@ -74,13 +73,13 @@ def comparison_rows(candidates: Sequence[Candidate]) -> list[tuple[str, list[str
             ("signal buffers / device (GiB)", per_device("signal_bytes")),
             ("KV pool / device (GiB)", per_device("kv_pool_bytes")),
             ("free left / device (GiB)", per_device("free_bytes")),
-            ("page / device (MiB)", [f"{tightest_row(c.plan).page_bytes / 2**20:,.2f}" for c in candidates]),
+            ("page / device (MiB)", [f"{tightest_row(c.plan).page_bytes / MiB:,.2f}" for c in candidates]),
             ("pages per replica", [f"{c.plan.pages_per_replica:,}" for c in candidates]),
             ("replicas", [str(c.plan.num_replicas) for c in candidates]),
             ("max sequence length", [f"{c.plan.max_supported_sequence_length:,}" for c in candidates]),
             (f"max batch at {at}", [f"{c.plan.max_batch_size:,}" + ("" if len(lengths) == 1 else
                                      f" at {c.plan.planned_max_length:,}") for c in candidates]),
-            ("replicated KV / device (GiB)", [f"{c.plan.waste_bytes / gib:,.2f}" for c in candidates]),
+            ("replicated KV / device (GiB)", [f"{c.plan.waste_bytes / GiB:,.2f}" for c in candidates]),
             ("fits", ["yes" if c.plan.fits else "no" for c in candidates])]
     return rows
 

@@ -64,7 +64,7 @@ from estimator.layout import Layout
 from estimator.model_spec import ModelSpec
 from estimator.models import resolve_model
 from estimator.paging import pages_that_fit
-from estimator.plan import DEFAULT_MAX_BATCH_INPUT_TOKENS, MemoryPlan, plan
+from estimator.plan import DEFAULT_MAX_BATCH_INPUT_TOKENS, MemoryPlan, length_cap, loads_mtp_layers, plan
 from estimator.sweep_kernel import (
     INT32_MAX,
     INT64_MAX,
@@ -136,7 +136,7 @@ def config_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
             fit, kvb, pb = best or (0, first.kv_budget_bytes + first.activation_bytes - act, 0)
             usable = max(fit - reserved, 0)
             if usable not in caps:
-                caps[usable] = _length_cap(holding, usable, slack, model)
+                caps[usable] = length_cap(holding, usable, slack, model.max_position_embeddings)
             by_act[act] = (usable, caps[usable], max(kvb, INT64_MIN), pb)
         per_key.append(by_act[act])
     table = np.asarray(per_key, dtype=np.int64).reshape(-1, 4)[inverse.reshape(-1)]
@@ -147,10 +147,8 @@ def config_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
 def _plan_geometry(model: ModelSpec, layout: Layout, ref: MemoryPlan,
                    kwargs: dict[str, Any]) -> Geometry:
     """The geometry plan() used (same KV dtype, page, scales and MTP layers), checked against it."""
-    include_mtp = kwargs.get("include_mtp")
-    if include_mtp is None:
-        include_mtp = (kwargs.get("speculative_method", "eagle") == "mtp"
-                       and kwargs.get("num_draft_tokens", 0) > 0)
+    include_mtp = loads_mtp_layers(kwargs.get("include_mtp"), kwargs.get("speculative_method", "eagle"),
+                                   kwargs.get("num_draft_tokens", 0))
     geom = geometry(model, layout, kv_cache_dtype=kwargs["kv_cache_dtype"],
                     page_size=kwargs["page_size"], kv_scale_block=kwargs.get("kv_scale_block"),
                     include_mtp=include_mtp)
@@ -158,13 +156,6 @@ def _plan_geometry(model: ModelSpec, layout: Layout, ref: MemoryPlan,
     if stage_pages != [r.page_bytes for r in ref.devices]:  # never silent: a changed plan()
         raise RuntimeError("estimator.sweeps is out of step with plan(): page bytes differ")
     return geom
-
-
-def _length_cap(holding: list[StageGeometry], usable: int, slack: int, model: ModelSpec) -> int:
-    """plan()'s max_supported_sequence_length at ``usable`` pages per replica."""
-    caps = [max(most - slack, 0) for s in holding
-            if (most := s.request.max_tokens(usable)) is not None]
-    return min(caps) if caps else (model.max_position_embeddings if usable else 0)
 
 
 def _request_pages(holding: list[StageGeometry], lengths: np.ndarray, slack: int) -> np.ndarray:

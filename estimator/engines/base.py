@@ -20,10 +20,10 @@ from estimator.engines.non_kv import Band, NonKV
 from estimator.layout import Layout
 from estimator.model_spec import ModelSpec
 from estimator.models import resolve_model
+from meshes.catalog import GiB
 from meshes.mesh import DeviceMesh
 from meshes.validation import InputError, check_int
 
-GiB = 1 << 30
 ENGINE_NAMES = ("max", "vllm", "sglang", "trtllm", "tpu")
 
 # The same idea under each engine's own name: used to say "sglang calls this mem_fraction_static".

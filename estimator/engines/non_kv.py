@@ -41,9 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from estimator.model_spec import ModelSpec
-
-GiB = 1 << 30
-MiB = 1 << 20
+from meshes.catalog import GiB
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,12 @@ from estimator.engines.non_kv import (
 )
 from estimator.geometry import geometry
 from estimator.kv_spec import MLA, RECURRENT, SLIDING, layer_kv
+from meshes.catalog import MiB
 from meshes.validation import InputError
 
 NAME = "sglang"
 VERSIONS = ("0.5.23",)
 MEASURED = ("weights_bytes", "non_torch_bytes", "context_bytes")
-MiB = 1 << 20
 KV_DTYPES = {"auto": None, "bf16": "bfloat16", "bfloat16": "bfloat16", "fp8_e4m3": "float8_e4m3fn",
              "fp8_e5m2": "float8_e5m2"}
 DEFAULT_MAX_PREFILL_TOKENS = 16384

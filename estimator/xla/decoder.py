@@ -497,14 +497,7 @@ def _flash_prefill(q, k, v, segments, sinks, block: int = ATTENTION_BLOCK):
             kj, vj, sk, pk = kv_args
             s = jnp.einsum("qkgd,pkd->kgqp", qi, kj, preferred_element_type=jnp.float32) * scale
             mask = (sq[:, None] == sk[None, :]) & (pk[None, :] <= pq[:, None])
-            s = jnp.where(mask, s, NEG_INF)
-            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-            w = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
-            alpha = jnp.exp(m - m_new)
-            den = den * alpha + jnp.sum(w, axis=-1)
-            acc = acc * alpha[..., None] + jnp.einsum("kgqp,pkd->kgqd", w.astype(vj.dtype), vj,
-                                                      preferred_element_type=jnp.float32)
-            return (m_new, den, acc), None
+            return _online_softmax_step(m, den, acc, s, mask, vj, "kgqp,pkd->kgqd"), None
 
         m0, l0 = _softmax_init(sinks, (kv, g, blk))
         acc0 = jnp.zeros((kv, g, blk, d), jnp.float32)
@@ -514,6 +507,19 @@ def _flash_prefill(q, k, v, segments, sinks, block: int = ATTENTION_BLOCK):
 
     out = jax.lax.map(q_block, (q.reshape(n, blk, kv, g, d), seg, pos))
     return out.reshape(n * blk, kv, g, d)[:t]
+
+
+def _online_softmax_step(m, den, acc, s, mask, v, weights_times_values: str):
+    """Fold one block of scores ``s`` (masked by ``mask``) and values ``v`` into the running max
+    ``m``, denominator ``den`` and accumulator ``acc`` (flash-attention's online softmax)."""
+    s = jnp.where(mask, s, NEG_INF)
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    w = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+    alpha = jnp.exp(m - m_new)
+    den = den * alpha + jnp.sum(w, axis=-1)
+    acc = acc * alpha[..., None] + jnp.einsum(weights_times_values, w.astype(v.dtype), v,
+                                              preferred_element_type=jnp.float32)
+    return m_new, den, acc
 
 
 def _paged_decode(q, pool, layer, page_table, context, page_size: int, sinks, load):
@@ -531,15 +537,7 @@ def _paged_decode(q, pool, layer, page_table, context, page_size: int, sinks, lo
         vj = load(pool[1, layer, pages], q.dtype)
         s = jnp.einsum("bkgd,bpkd->bkgp", q, kj, preferred_element_type=jnp.float32) * scale
         valid = (j * page_size + jnp.arange(page_size))[None, :] < context[:, None]  # [B, page]
-        mask = valid[:, None, None, :]
-        s = jnp.where(mask, s, NEG_INF)
-        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-        w = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
-        alpha = jnp.exp(m - m_new)
-        den = den * alpha + jnp.sum(w, axis=-1)
-        acc = acc * alpha[..., None] + jnp.einsum("bkgp,bpkd->bkgd", w.astype(vj.dtype), vj,
-                                                  preferred_element_type=jnp.float32)
-        return (m_new, den, acc), None
+        return _online_softmax_step(m, den, acc, s, valid[:, None, None, :], vj, "bkgp,bpkd->bkgd"), None
 
     m0, l0 = _softmax_init(sinks, (b, kv, g, 1))
     m0, l0 = m0[..., 0], l0[..., 0]
