@@ -92,7 +92,7 @@ def test_more_memory_never_removes_a_feasible_cell(batches, lengths, in_use, ext
     assert np.array_equal(more.frontier_max_batch() > 0, f.any(axis=4))
 
 
-# Real HF configs (../shared/model_configs) whose layers mix KV kinds: sliding windows (Gemma 2/3,
+# Real HF configs (vendored under tests/model_configs) whose layers mix KV kinds: sliding windows (Gemma 2/3,
 # gpt-oss, Phi-3 with only windowed layers, Llama 4 chunked attention), recurrent state
 # (Qwen3-Next), MLA (DeepSeek-V3). Mesh and layouts chosen so pages fit and stages differ.
 ARCHS = {

@@ -54,6 +54,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.oracle
 @needs_libtpu
 def test_deviceless_tpu_compiles_give_exact_per_chip_arguments():
     root = Path(__file__).resolve().parents[1]
