@@ -17,6 +17,7 @@ from estimator.weights import parameter_count
 from meshes import DeviceMesh, InputError
 
 _LAZY = {"sweep": "estimator.sweeps", "sweep_frontier": "estimator.sweeps",
+         "engine_plan": "estimator.engines", "EnginePlan": "estimator.engines",
          "SweepResult": "estimator.frontier", "SweepFrontier": "estimator.frontier"}
 
 
@@ -32,6 +33,7 @@ __all__ = [
     "PRESETS",
     "DeviceMesh",
     "DeviceRow",
+    "EnginePlan",
     "Geometry",
     "InputError",
     "Layout",
@@ -40,6 +42,7 @@ __all__ = [
     "ModelSpec",
     "SweepFrontier",
     "SweepResult",
+    "engine_plan",
     "geometry",
     "load_preset",
     "parameter_count",

@@ -1,21 +1,19 @@
 """Per-device geometry: weight bytes and KV pages on every device of a layout.
 
-The one place page bytes are computed; the seed API, plan() and the sweeps all use it. Layers of
-a stage are grouped by KV kind (estimator.kv_spec): every group's page has the same bytes, so one
-pool serves full, sliding-window and MLA layers, and recurrent state takes whole pages per
-request. Byte counts are Python ints (exact at any size).
+The one place page bytes are computed for plans, sweeps and serving: each stage's layers are
+grouped into one page pool by their KV specs (estimator.kv_spec), so one pool serves full,
+sliding-window and MLA layers, and recurrent state takes whole pages per request. Byte counts
+are Python ints (exact at any size).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from estimator.dtypes import canonical_dtype, dtype_bytes
-from estimator.kv_spec import FULL, MLA, RECURRENT, SLIDING, LayerKV, layer_kv
+from estimator.kv_spec import KVSpecs, PoolGroups, kv_specs
 from estimator.layout import Layout, stage_layers
 from estimator.model_spec import ModelSpec
-from estimator.paging import RequestPages
 from estimator.weights import kv_heads_per_shard, shard_shape, tensor_bytes, weight_tensors
 from meshes.validation import InputError, check_int
 
@@ -30,7 +28,7 @@ class StageGeometry:
     page_bytes: int  # bytes of one page of this device's KV pool (0: the stage holds no KV)
     kv_bytes_per_token: int  # KV bytes of one token over this device's token-indexed layers
     state_bytes: int  # recurrent state of one request on this device
-    request: RequestPages  # pages one request holds here
+    pool: PoolGroups  # how the stage's layers share the pool; pages one request holds here
 
 
 @dataclass(frozen=True)
@@ -43,13 +41,14 @@ class Geometry:
     page_size: int
     kv_heads_per_shard: int
     stages: tuple[StageGeometry, ...]
+    kv: KVSpecs  # every layer's KV spec on one device of a tensor group
 
     @property
     def replication(self) -> int:
         """How many devices of a tensor group store each KV head (1 = no waste; MLA: tp)."""
-        if self.model.is_mla:
+        if self.kv.replicated_across_tensor:
             return self.layout.tensor
-        if not any(self.model.is_attention_layer(i) for i in range(self.model.num_layers)):
+        if not self.model.num_kv_heads or not any(s.holds_tokens for s in self.kv):
             return 1
         return self.kv_heads_per_shard * self.layout.tensor // self.model.num_kv_heads
 
@@ -72,25 +71,6 @@ def page_bytes_per_device(*, num_layers: int, kv_heads_per_device: int, head_dim
     return kv_dim * num_layers * page_size * kv_heads_per_device * head_dim * dtype_bytes(dtype)
 
 
-def _stage_kv(kvs: list[LayerKV], page_size: int) -> tuple[int, int, int, RequestPages]:
-    """(page bytes, token bytes, state bytes, request pages) of one stage's layers."""
-    token = [kv for kv in kvs if kv.kind in (FULL, MLA, SLIDING)]
-    state = sum(kv.state_bytes for kv in kvs if kv.kind == RECURRENT)
-    sizes = {kv.token_bytes for kv in token}
-    if len(sizes) > 1:
-        raise InputError("layers", sorted(sizes), "one KV size per token for every attention layer")
-    full = sum(kv.kind != SLIDING for kv in token)
-    sliding = len(token) - full
-    if not token:  # recurrent-only: a page is one request's state
-        return state, 0, state, RequestPages(page_size, 0, 0, 0, 1 if state else 0)
-    group = math.gcd(full, sliding)
-    page = group * sizes.pop() * page_size
-    window = next((kv.window for kv in token if kv.kind == SLIDING), 0)
-    request = RequestPages(page_size, full // group, sliding // group,
-                           -(-window // page_size) + 1 if sliding else 0, -(-state // page))
-    return page, sum(kv.token_bytes for kv in token), state, request
-
-
 def geometry(model: ModelSpec, layout: Layout, *, kv_cache_dtype: str | None = None,
              page_size: int = 128, kv_scale_block: int | None = None,
              include_mtp: bool = False) -> Geometry:
@@ -101,8 +81,9 @@ def geometry(model: ModelSpec, layout: Layout, *, kv_cache_dtype: str | None = N
     if attention and model.num_attention_heads % layout.tensor:
         raise InputError("tensor_parallel_size", layout.tensor,
                          f"a divisor of num_attention_heads={model.num_attention_heads}")
-    heads = 1 if model.is_mla or not attention else kv_heads_per_shard(model.num_kv_heads, layout.tensor)
-    kvs = layer_kv(model, layout.tensor, kv_dtype, kv_scale_block)
+    kv = kv_specs(model, layout.tensor, kv_dtype, kv_scale_block)
+    heads = 1 if kv.replicated_across_tensor or not attention else kv_heads_per_shard(model.num_kv_heads,
+                                                                                      layout.tensor)
     tensors = weight_tensors(model, include_mtp)
     ranges = stage_layers(model.num_layers, layout.pipeline)
     stages = []
@@ -120,6 +101,7 @@ def geometry(model: ModelSpec, layout: Layout, *, kv_cache_dtype: str | None = N
         if model.tie_word_embeddings and last and not first:  # last stage keeps its own LM head
             embed = next(t for t in tensors if t.name == "embed_tokens")
             weights += tensor_bytes(embed, model, shard_shape(embed, model, layout.tensor, layout.expert))
-        page, token, state, request = _stage_kv([kvs[i] for i in layers], page_size)
-        stages.append(StageGeometry(stage, layers, weights, page, token, state, request))
-    return Geometry(model, layout, kv_dtype, page_size, heads, tuple(stages))
+        pool = kv.pool(page_size, layers)
+        stages.append(StageGeometry(stage, layers, weights, pool.page_bytes, kv.token_bytes(layers),
+                                    kv.state_bytes(layers), pool))
+    return Geometry(model, layout, kv_dtype, page_size, heads, tuple(stages), kv)

@@ -130,20 +130,22 @@ def weight_arrays(geom: Geometry) -> tuple[ShardedTensor, ...]:
 def kv_pool_arrays(geom: Geometry, pages_per_replica: int) -> tuple[ShardedTensor, ...]:
     """The paged KV pool, one array per stage; pages split over 'data' (a pool per replica).
 
-    A stage of plain full attention gets the engines' layout [2 (K, V), layers, pages, page,
-    heads, head_dim] with heads over 'tensor' (replicated heads stored explicitly); any other
-    stage (MLA latent, sliding groups, recurrent state) a byte pool [pages, tp, page_bytes].
+    A stage whose layers form one group of dense caches (kv_spec ``dense_shape``) gets the engines'
+    layout [2 (K, V), layers, pages, page, heads, head_dim] with heads over 'tensor' (replicated
+    heads stored explicitly); any other stage (MLA latent, mixed groups, scales, recurrent state) a
+    byte pool [pages, tp, page_bytes].
     """
-    m, layout = geom.model, geom.layout
+    layout = geom.layout
     pages = pages_per_replica * layout.data
-    plain = not m.is_mla and not m.layer_types and not m.kv_shared_layers
     out = []
     for s in geom.stages:
         name = f"kv_pool.stage{s.stage}"
-        if plain and s.request.full_groups == 1 and s.request.state_pages == 0:
+        shapes = {geom.kv[i].dense_shape for i in s.layers}
+        if len(shapes) == 1 and None not in shapes and len(s.pool.groups) == 1 and not s.pool.state_pages:
+            kv_dim, _, head_dim = shapes.pop()
             heads = geom.kv_heads_per_shard * layout.tensor
-            out.append(ShardedTensor(name, s.stage, (2, len(s.layers), pages, geom.page_size, heads,
-                                                     m.head_dim),
+            out.append(ShardedTensor(name, s.stage, (kv_dim, len(s.layers), pages, geom.page_size, heads,
+                                                     head_dim),
                                      (None, None, "data", None, "tensor", None), geom.kv_cache_dtype))
         elif s.page_bytes:
             out.append(ShardedTensor(name, s.stage, (pages, layout.tensor, s.page_bytes),

@@ -8,24 +8,20 @@ replica has room for its slice, so pages per replica is the minimum over devices
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from estimator.activations import analytic_activation_bytes
 from estimator.geometry import Geometry, StageGeometry, geometry
 from estimator.layout import Layout
 from estimator.model_spec import ModelSpec
 from estimator.models import resolve_model
-from estimator.paging import pages_for_tokens, pages_that_fit, scaled_budget, speculative_slack
+from estimator.paging import SPEC_METHODS, pages_that_fit, scaled_budget, speculative_slack
 from estimator.signals import signal_buffer_bytes
 from meshes.mesh import DeviceMesh
 from meshes.validation import InputError, check_choice, check_fraction, check_int
-
-if TYPE_CHECKING:
-    from estimator.engines import EnginePlan
 
 DEFAULT_MAX_BATCH_INPUT_TOKENS = 8192
 
@@ -101,31 +97,35 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
          activation_bytes: int | None = None, signal_bytes: int | None = None,
          runtime_reserve_bytes: int = 0, num_draft_tokens: int = 0,
          speculative_method: str = "eagle", reserve_null_page: bool = True,
-         activations: str = "analytic", kv_scale_block: int | None = None,
+         activations: str | ActivationModel = "analytic", kv_scale_block: int | None = None,
          include_mtp: bool | None = None,
          weights: str | os.PathLike[str] | Mapping[int, int] | None = None,
-         xla_options: Mapping[str, Any] | None = None,
-         engine: str | None = None, **engine_knobs: Any) -> MemoryPlan | EnginePlan:
+         xla_options: Mapping[str, Any] | None = None) -> MemoryPlan:
     """Plan the KV pool of ``model`` on ``mesh`` under ``layout``, device by device.
 
     ``activation_bytes`` / ``signal_bytes`` are per device; left as None they come from the
-    activation model named by ``activations`` ("analytic", or "xla": compile the reference
-    prefill and decode steps on the mesh and read XLA's temp bytes) and from MAX's signal-buffer
-    size (GPU tensor groups only). ``kv_scale_block`` gives 8-bit caches one fp32 scale per that
+    activation model ``activations`` — "analytic", "xla" (compile the reference prefill and
+    decode steps on the mesh and read XLA's temp bytes), or any ActivationModel callable (the
+    extension point: plan() imports no compiler itself) — and from MAX's signal-buffer size (GPU
+    tensor groups only). ``kv_scale_block`` gives 8-bit caches one fp32 scale per that
     many values of each head; ``include_mtp`` loads the MTP layers (default: when speculating
     with ``speculative_method="mtp"``). ``weights``: a safetensors checkpoint (folder, index.json
     or file; headers only are read) whose tensors, split by the default partition rules, are
     charged to each device instead of the analytic weights — or ``{stage: bytes per device}``.
     ``xla_options`` go to estimator.xla.xla_activation_bytes (e.g. ``allow_cpu_proxy=True``).
 
-    ``engine="vllm"`` (or max, sglang, trtllm, tpu) returns instead what that engine would allocate
-    (an estimator.engines.EnginePlan), configured by the engine's own knobs in ``engine_knobs``.
+    What a serving engine would allocate instead is ``estimator.engine_plan(model, mesh, layout,
+    engine="vllm", **its_own_knobs)`` (estimator.engines): a separate function with the engine's
+    own knobs, so plan() always returns a MemoryPlan.
     """
-    if engine is not None or engine_knobs:
-        return _engine_plan(model, mesh, layout, engine, engine_knobs, locals())
     model = resolve_model(model)
+    if not isinstance(mesh, DeviceMesh | str):
+        raise InputError("mesh", mesh, "a DeviceMesh or a mesh preset such as '8xH100-80GB'")
+    if layout is not None and not isinstance(layout, Layout | str):
+        raise InputError("layout", layout, "a Layout or layout text such as 'tp8' or 'dp2xtp4'")
     mesh = DeviceMesh.from_preset(mesh) if isinstance(mesh, str) else mesh
     layout = Layout.resolve(layout, mesh)
+    check_choice("speculative_method", speculative_method, SPEC_METHODS)
     util = check_fraction("device_memory_utilization", device_memory_utilization)
     tokens = check_int("max_batch_input_tokens", max_batch_input_tokens)
     reserve = check_int("runtime_reserve_bytes", runtime_reserve_bytes, minimum=0)
@@ -143,13 +143,12 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
     sampler_rows = min(max_batch_size or 512, tokens)
     if activation_bytes is not None:
         act = check_int("activation_bytes", activation_bytes, minimum=0)
-    elif check_choice("activations", activations, ("analytic", "xla")) == "xla":
-        from estimator.xla import xla_activation_bytes  # compiles: only on request
-
-        act = xla_activation_bytes(geom, mesh, prefill_tokens=tokens,
-                                   decode_batch=max_batch_size or sampler_rows, **(xla_options or {}))
     else:
-        act = analytic_activation_bytes(geom, tokens, sampler_rows)
+        model_fn = activation_model(activations)
+        act = check_int("activations", model_fn(geom, mesh, prefill_tokens=tokens,
+                                                 decode_batch=max_batch_size or sampler_rows,
+                                                 sampler_rows=sampler_rows, **(xla_options or {})),
+                        minimum=0)
     sig = (signal_buffer_bytes(mesh.platform, layout.tensor) if signal_bytes is None
            else check_int("signal_bytes", signal_bytes, minimum=0))
 
@@ -180,26 +179,38 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
     return replace(result, warnings=(*result.warnings, *weight_notes)) if weight_notes else result
 
 
-def _engine_plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | None,
-                 engine: str | None, knobs: dict[str, Any], given: dict[str, Any]) -> EnginePlan:
-    """plan(engine=...): the engine profile, refusing plan()'s own options it would ignore."""
-    from estimator.engines import engine_plan, knob_names
+class ActivationModel(Protocol):
+    """Per-device activation bytes of one prefill chunk and one decode batch under ``geom``."""
 
-    if engine is None:
-        name = next(iter(knobs))
-        raise InputError(name, knobs[name], "plan()'s own options; engine knobs need engine=... "
-                         "(max, vllm, sglang, trtllm, tpu)")
-    defaults = {k: p.default for k, p in inspect.signature(plan).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and k != "engine"}
-    own = knob_names(engine)
-    for name, default in defaults.items():
-        if given[name] is default or given[name] == default:
-            continue
-        if name not in own:  # e.g. page_size: vllm calls it block_size
-            raise InputError(name, given[name], f"the {engine} engine's own knobs when engine= is "
-                             f"given: {', '.join(own)}")
-        knobs = {name: given[name], **knobs}  # a knob both share, e.g. kv_cache_dtype
-    return engine_plan(model, mesh, layout, engine=engine, **knobs)
+    def __call__(self, geom: Geometry, mesh: DeviceMesh, *, prefill_tokens: int, decode_batch: int,
+                 sampler_rows: int, **options: Any) -> int: ...
+
+
+def _analytic(geom: Geometry, mesh: DeviceMesh, *, prefill_tokens: int, decode_batch: int,
+              sampler_rows: int, **options: Any) -> int:
+    """The default: estimator.activations' analytic peak (no options)."""
+    if options:
+        raise InputError("xla_options", dict(options), "empty with activations='analytic'")
+    return analytic_activation_bytes(geom, prefill_tokens, sampler_rows)
+
+
+def _xla(geom: Geometry, mesh: DeviceMesh, *, prefill_tokens: int, decode_batch: int,
+         sampler_rows: int, **options: Any) -> int:
+    """XLA's own figure: compiles kvfit's reference decoder (imports jax and flax on first use)."""
+    from estimator.xla import xla_activation_bytes
+
+    return xla_activation_bytes(geom, mesh, prefill_tokens=prefill_tokens, decode_batch=decode_batch,
+                                **options)
+
+
+ACTIVATION_MODELS: dict[str, ActivationModel] = {"analytic": _analytic, "xla": _xla}
+
+
+def activation_model(activations: str | ActivationModel) -> ActivationModel:
+    """The activation model named ``activations`` (ACTIVATION_MODELS), or the callable given."""
+    if callable(activations):
+        return activations
+    return ACTIVATION_MODELS[check_choice("activations", activations, tuple(ACTIVATION_MODELS))]
 
 
 def _stage_weights(weights: str | os.PathLike[str] | Mapping[int, int] | None, model: ModelSpec,
@@ -246,7 +257,7 @@ def _stage_limits(stages: Iterable[StageGeometry], usable: int, slack: int) -> l
         if not stage.page_bytes:
             caps.append(None)
             continue
-        most = stage.request.max_tokens(usable)
+        most = stage.pool.max_tokens(usable)
         caps.append(None if most is None else max(most - slack, 0))
     return caps
 
@@ -254,7 +265,7 @@ def _stage_limits(stages: Iterable[StageGeometry], usable: int, slack: int) -> l
 def _batch_at(geom: Geometry, usable: int, length: int, slack: int) -> int:
     """Requests of ``length`` tokens one replica holds: the tightest stage decides."""
     fits = [usable // need for s in geom.stages if s.page_bytes
-            and (need := s.request.pages(length + slack)) > 0]
+            and (need := s.pool.pages(length + slack)) > 0]
     return min(fits) if fits else 0
 
 
@@ -346,9 +357,4 @@ def check_page_size(page_size: object, platform: str) -> int:
     return size
 
 
-def pages_needed(batch: int, length: int, page_size: int, slack: int = 0) -> int:
-    """Pages a replica needs for ``batch`` requests of ``length`` tokens."""
-    return batch * pages_for_tokens(length + slack, page_size)
-
-
-__all__ = ["DeviceRow", "MemoryPlan", "pages_needed", "plan"]
+__all__ = ["ACTIVATION_MODELS", "ActivationModel", "DeviceRow", "MemoryPlan", "activation_model", "plan"]

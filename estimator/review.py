@@ -225,7 +225,7 @@ def _headroom(spec: ModelSpec, layout: Layout, p: MemoryPlan, length: int, concu
     for row in p.devices:
         stage = geom.stages[row.stage]
         if stage.page_bytes:
-            need = per_replica * stage.request.pages(length + p.speculative_slack_tokens) + p.reserved_pages
+            need = per_replica * stage.pool.pages(length + p.speculative_slack_tokens) + p.reserved_pages
             left.append(row.kv_budget_bytes - need * stage.page_bytes)
     return min(left) if left else 0
 

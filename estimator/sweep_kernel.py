@@ -7,7 +7,7 @@ counts outside jit, exactly, by estimator.sweeps from plan()'s own numbers:
 * ``cap[c, b]`` — plan()'s ``max_supported_sequence_length`` at those pages;
 * ``q[c, L]`` — pages one request of L (+ speculative slack) tokens holds in the replica's pool:
   ``ceil((L + slack) / page)`` for full attention, the most any pipeline stage needs when layers
-  mix full, sliding-window and recurrent kinds (paging.RequestPages);
+  mix full, sliding-window and recurrent kinds (kv_spec.PoolGroups);
 * ``dp[c]`` — replicas; requests per replica ``r = ceil(b / dp)``.
 
 A batch fits iff ``q ≤ usable // r`` (⇔ ``r · q ≤ usable``): the product is never formed in

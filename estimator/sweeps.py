@@ -9,7 +9,7 @@ Why: plan() answers one question in ~0.5 ms of Python; a notebook wants the whol
    (``min(b, max_batch_input_tokens)``), so the usable pages of a replica, its length cap and
    which device is tightest are worked out per batch value from the plan's rows, and the pool
    pages one request holds per length from the plan's geometry (full, sliding-window, recurrent
-   layers: paging.RequestPages): exactly what ``plan(..., max_batch_size=b)`` would give.
+   layers: the stage's kv_spec.PoolGroups): exactly what ``plan(..., max_batch_size=b)`` would give.
 2. **Per cell, in the jitted kernel** (estimator.sweep_kernel): page and token counts only,
    int32 when every usable page count fits (int64 under ``jax.enable_x64(True)`` otherwise, e.g.
    budgets near 2^63); bytes (headroom) only in int64. ``jit`` over three ``vmap``s for every
@@ -159,16 +159,13 @@ def _plan_geometry(model: ModelSpec, layout: Layout, ref: MemoryPlan,
 
 
 def _request_pages(holding: list[StageGeometry], lengths: np.ndarray, slack: int) -> np.ndarray:
-    """Pool pages one request of each length holds: the most any stage needs (RequestPages:
-    full groups grow with the length, sliding groups stop at their window, recurrent state is
-    fixed). 2^63 − 1 where no stage holds pages (then no batch fits, as in plan())."""
+    """Pool pages one request of each length holds: the most any stage needs (the stage's
+    PoolGroups rule evaluated on the whole length axis at once). 2^63 − 1 where no stage holds
+    pages (then no batch fits, as in plan())."""
     tokens = lengths.astype(np.int64) + slack  # ≤ 2^31 + 2^22: every product below fits int64
     most = np.zeros(tokens.shape, np.int64)
     for stage in holding:
-        rp = stage.request
-        p = -(-tokens // rp.page_size)
-        need = rp.full_groups * p + rp.sliding_groups * np.minimum(p, rp.sliding_cap) + rp.state_pages
-        np.maximum(most, need, out=most)
+        np.maximum(most, stage.pool.pages(tokens), out=most)
     most[most <= 0] = INT64_MAX
     return most
 

@@ -10,7 +10,7 @@ import pytest
 
 from estimator import Layout, ModelSpec, geometry, parameter_count, plan
 from estimator.hf_config import SUPPORTED_MODEL_TYPES, spec_from_hf_config
-from estimator.kv_spec import layer_kv
+from estimator.kv_spec import kv_specs
 from estimator.weights import shard_shape, tensor_bytes, weight_tensors
 from meshes import InputError
 
@@ -80,22 +80,24 @@ def test_fp8_block_weights_by_hand():
 
 def test_gemma2_window_caps_pages_at_window_over_page_plus_one():
     m = spec(GEMMA2_9B)
-    kinds = layer_kv(m, 1)
-    assert [k.kind for k in kinds[:4]] == ["sliding", "full", "sliding", "full"]
+    kinds = kv_specs(m, 1)
+    assert [k.window for k in kinds[:4]] == [4096, 0, 4096, 0]
     assert kinds[0].pages_for(4 * 4096, 128) == 4096 // 128 + 1
     assert kinds[1].pages_for(4 * 4096, 128) == 4 * 4096 // 128
+    # worst-case bytes of one request: 33 pages of one layer's K and V (8 heads × 256, bf16)
+    assert kinds[0].request_bytes(4 * 4096, 128) == 33 * 128 * 2 * 8 * 256 * 2
     g = geometry(m, Layout())
     # 21 sliding + 21 global layers → one group of each, a page is 21 layers' slice
     assert g.stages[0].page_bytes == 21 * 2 * 8 * 256 * 2 * 128
-    assert g.stages[0].request.pages(4 * 4096) == 128 + 33
+    assert g.stages[0].pool.pages(4 * 4096) == 128 + 33
 
 
 def test_gemma3_five_to_one(hf_config):
     m = ModelSpec.from_json_file(hf_config("google/gemma-3-27b-it"))
     g = geometry(m, Layout(tensor=2))
     # 10 global + 52 sliding layers (window 1024): gcd 2 → 5 global and 26 sliding groups
-    assert (g.stages[0].request.full_groups, g.stages[0].request.sliding_groups) == (5, 26)
-    assert g.stages[0].request.pages(4096) == 5 * 32 + 26 * (1024 // 128 + 1)
+    assert sorted((spec.window, n) for spec, n in g.stages[0].pool.groups) == [(0, 5), (1024, 26)]
+    assert g.stages[0].pool.pages(4096) == 5 * 32 + 26 * (1024 // 128 + 1)
     assert g.stages[0].page_bytes == 2 * 2 * 8 * 128 * 2 * 128  # 2 layers, 8 of 16 KV heads per shard
     assert abs(parameter_count(m) - 27.4e9) / 27.4e9 < 0.005  # text + SigLIP tower + projector
 
@@ -116,7 +118,7 @@ def test_mamba2_state_per_request_by_hand():
     g = geometry(m, Layout())
     assert g.stages[0].state_bytes == 64 * (conv + ssm)
     assert g.stages[0].page_bytes == 64 * (conv + ssm)  # a page is one request's state
-    assert g.stages[0].request.pages(10**6) == 1  # length does not matter
+    assert g.stages[0].pool.pages(10**6) == 1  # length does not matter
     g2 = geometry(m, Layout(tensor=2))
     assert g2.stages[0].state_bytes == 64 * (conv + ssm) // 2
 
@@ -128,7 +130,7 @@ def test_jamba_hybrid_state_and_attention_pages_by_hand():
     g = geometry(m, Layout())
     page = 4 * 2 * 8 * 128 * 2 * 128  # 4 attention layers, 8 KV heads × 128, bf16, 128 tokens
     assert g.stages[0].state_bytes == state and g.stages[0].page_bytes == page
-    assert g.stages[0].request.pages(1000) == 8 + -(-state // page)
+    assert g.stages[0].pool.pages(1000) == 8 + -(-state // page)
 
 
 def test_qwen3_next_gated_delta_state(hf_config):

@@ -389,24 +389,21 @@ def test_measured_value_the_engine_does_not_charge_is_refused():
     assert "sglang does not charge cuda_graph_bytes" in e.value.allowed
 
 
-def test_plan_with_engine_is_the_engine_profile():
-    via_plan = plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", kv_cache_dtype="fp8",
-                    max_model_len=8192)
-    direct = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", kv_cache_dtype="fp8",
-                         max_model_len=8192)
-    assert via_plan == direct
-    # fp8 reached the engine: one byte per value, half of bf16's bytes per token
-    bf16 = plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", max_model_len=8192)
-    assert via_plan.kv_bytes_per_token * 2 == bf16.kv_bytes_per_token == 32 * 2 * 8 * 128 * 2
+def test_engine_plan_takes_the_engines_kv_dtype_and_plan_stays_a_memory_plan():
+    fp8 = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", kv_cache_dtype="fp8", max_model_len=8192)
+    bf16 = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", max_model_len=8192)
+    # fp8 reached the engine: one byte per value, half of bf16's 32 layers × K,V × 8 heads × 128 × 2 B
+    assert fp8.kv_bytes_per_token * 2 == bf16.kv_bytes_per_token == 32 * 2 * 8 * 128 * 2
+    with pytest.raises(TypeError):
+        plan("llama-3.1-8b", "1xH100-80GB", engine="vllm")  # the engine dispatch is engine_plan()
 
 
 @pytest.mark.parametrize(("kwargs", "field", "hint"), [
     ({"engine": "vllm", "page_size": 16}, "page_size", "block_size"),
     ({"engine": "vllm", "mem_fraction_static": 0.8}, "mem_fraction_static", "gpu_memory_utilization"),
-    ({"gpu_memory_utilization": 0.9}, "gpu_memory_utilization", "engine="),
     ({"engine": "nope"}, "engine", "vllm"),
 ])
-def test_plan_with_engine_refuses_what_it_would_ignore(kwargs, field, hint):
+def test_engine_plan_refuses_other_engines_knobs(kwargs, field, hint):
     with pytest.raises(InputError) as err:
-        plan("llama-3.1-8b", "1xH100-80GB", **kwargs)
+        engine_plan("llama-3.1-8b", "1xH100-80GB", **kwargs)
     assert err.value.field == field and hint in str(err.value)

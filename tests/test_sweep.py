@@ -47,7 +47,7 @@ def expected_cell(model, mesh, layout, b: int, length: int, *, kv=None, page=128
     geom = geometry(resolve_model(model), Layout.parse(layout), kv_cache_dtype=kv, page_size=page)
     # pool pages of one request: ceil((L + slack) / page) for full attention; the most any stage
     # needs when layers mix kinds (sliding windows cap, recurrent state is fixed)
-    per_request = max((s.request.pages(length + slack) for s in geom.stages if s.page_bytes),
+    per_request = max((s.pool.pages(length + slack) for s in geom.stages if s.page_bytes),
                       default=0)
     needed = -(-b // p.num_replicas) * per_request if per_request else 2**63 - 1
     tight = next(r for r in p.devices if r.device == p.tightest_device)
