@@ -6,6 +6,11 @@
    time are reported apart from its steady-state time.
 2. aggregate sweeps (sweep_frontier) of 1e7, 1e8 and 1e9 cells, each in a fresh process: wall
    time, ns per cell (linear in cells) and peak RSS (resource.getrusage; bounded memory).
+3. set-up vs kernel for many configurations (1,000 = 5 layouts × 4 KV dtypes × 5 page sizes ×
+   10 utilizations, 256 × 256 cells each; llama-3.1-70b on 8xH100-80GB), in a fresh process: the
+   per-configuration constants from the KV specs on arrays (``layout_constants``, what sweep()
+   runs) against the scalar path (``config_constants``, one plan() per configuration, the path
+   before), and the share of the whole aggregate sweep spent in Python set-up.
 
 Columns: setup_s is the exact per-config Python (plan() per configuration, constants per batch
 value), paid once per call whatever the cell count; chunks_s the jitted chunks alone;
@@ -141,6 +146,48 @@ def grid_benchmark(n_batch: int, n_length: int, repeats: int, chunk_cells: int) 
     return rows
 
 
+MANY = dict(model="llama-3.1-70b", mesh="8xH100-80GB", layouts=["tp8", "dp2xtp4", "dp4xtp2", "dp8", "tp4xpp2"],
+            dtypes=["bf16", "fp8", "fp16", "fp32"], pages=[16, 32, 64, 128, 256],
+            utils=[0.80, 0.82, 0.84, 0.86, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96])
+
+
+def many_configs_child(repeats: int) -> dict:
+    """Set-up (cold, first call in this process) and kernel (best of ``repeats`` warm calls) of a
+    1,000-configuration aggregate sweep, and the scalar set-up path on the same grid."""
+    import itertools
+
+    import numpy as np
+
+    from estimator import sweeps as sw
+    from estimator.layout import Layout
+    from estimator.models import resolve_model
+    from meshes import DeviceMesh
+
+    batches, lengths = np.arange(1, 257), np.arange(1, 257) * 512
+    m = MANY
+    t0 = time.perf_counter()
+    grid = sw._prepare(m["model"], m["mesh"], m["layouts"], batches, lengths, m["dtypes"], m["pages"],
+                       m["utils"], 8192, {})
+    setup = time.perf_counter() - t0
+    sw._run(grid, "aggregate", 2**24, None, None)  # compile
+    kernel = min(_time(lambda: sw._run(grid, "aggregate", 2**24, None, None), 1)[1] for _ in range(repeats))
+    model, mesh = resolve_model(m["model"]), DeviceMesh.from_preset(m["mesh"])
+    t0 = time.perf_counter()
+    for lay, d, p, u in itertools.product(m["layouts"], m["dtypes"], m["pages"], m["utils"]):
+        sw.config_constants(model, mesh, Layout.parse(lay), batches, lengths, kv_cache_dtype=d, page_size=p,
+                            utilization=u, max_batch_input_tokens=8192)
+    scalar = time.perf_counter() - t0
+    return {"configs": len(grid.configs), "cells": len(grid.configs) * batches.size * lengths.size,
+            "setup_s": setup, "scalar_setup_s": scalar, "speedup": scalar / setup, "kernel_s": kernel,
+            "setup_share": setup / (setup + kernel), "scalar_share": scalar / (scalar + kernel)}
+
+
+def many_configs(repeats: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--many-child", str(repeats)], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def scaling_child(cells: float, chunk_cells: int) -> dict:
     """One aggregate sweep of ~``cells`` cells (run in a fresh process)."""
     import jax
@@ -220,7 +267,16 @@ def main() -> None:
                     help="also the accelerator steady-state run, even on CPU")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--child", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--many-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--only-setup", action="store_true", help="only the many-configurations set-up split")
     args = ap.parse_args()
+    if args.many_child:
+        print(json.dumps(many_configs_child(args.many_child)))
+        return
+    if args.only_setup:
+        print(table([many_configs(args.repeats)], ["configs", "cells", "setup_s", "scalar_setup_s", "speedup",
+                                                   "kernel_s", "setup_share", "scalar_share"], args.markdown))
+        return
     if args.child:
         import jax
 
@@ -247,6 +303,9 @@ def main() -> None:
     print("\n## aggregate sweeps, each in a fresh process (time linear, memory bounded)")
     print(table(scaled, ["cells", "first_s", "steady_s", "cells_per_s", "setup_s", "chunks_s",
                          "ns_per_cell", "rss_base_mib", "rss_peak_mib"], args.markdown))
+    print("\n## set-up vs kernel, 1,000 configurations × 256 × 256 cells (fresh process)")
+    print(table([many_configs(args.repeats)], ["configs", "cells", "setup_s", "scalar_setup_s", "speedup",
+                                               "kernel_s", "setup_share", "scalar_share"], args.markdown))
     if accel or args.gpu:
         n = 32768 if accel else 2048
         print("\n## steady state on the accelerator")

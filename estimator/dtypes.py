@@ -50,6 +50,7 @@ def _bits(name: str) -> int:
     return dtype.itemsize * 8
 
 
+@cache
 def dtype_bits(name: str, field: str = "dtype") -> int:
     """Bits per element of ``name`` (4 for fp4)."""
     return _bits(canonical_dtype(name, field))

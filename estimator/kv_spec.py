@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from estimator.dtypes import canonical_dtype, dtype_bytes
@@ -33,6 +34,7 @@ from meshes.validation import InputError, check_int
 
 INDEXER_SCALE_BLOCK = 128  # DeepSeek-V3.2 indexer: one fp32 scale per 128 fp8 values
 SCALE_BYTES = 4  # fp32 per-block scales of 8-bit caches
+NO_LIMIT = 2**62  # PoolGroups.max_tokens where no layer grows without bound (the pool sets no cap)
 
 
 def cdiv(a: Any, b: Any) -> Any:
@@ -43,6 +45,11 @@ def cdiv(a: Any, b: Any) -> Any:
 def minimum(a: Any, b: Any) -> Any:
     """``min(a, b)`` for ints and integer arrays alike (no array namespace needed)."""
     return a - (a - b) * (a > b)
+
+
+def select(condition: Any, a: Any, b: Any) -> Any:
+    """``a if condition else b`` for ints and integer arrays alike."""
+    return b + (a - b) * condition
 
 
 @dataclass(frozen=True)
@@ -197,24 +204,38 @@ class PoolGroups:
             total = total + count * spec.pages_for(tokens, self.page_size)
         return total
 
-    def max_tokens(self, usable_pages: int) -> int | None:
-        """Most tokens one request can hold in ``usable_pages`` (None: no layer grows without
-        bound and the request fits; 0 when not even one token fits)."""
+    def max_tokens(self, usable_pages: Any) -> Any:
+        """Most tokens one request can hold in ``usable_pages`` (ints or integer arrays):
+        ``NO_LIMIT`` when no layer grows without bound and the request fits, 0 when not even one
+        token fits.
+
+        ``pages(p · page)`` is piecewise linear in p: below a sliding group's cap the group grows
+        with p, above it the group is saturated. Walking the regions between caps in order, the
+        last region whose start still fits holds the answer, ``(room − saturated) // growing``
+        clipped to the region's end — one closed form for a scalar and for a whole array.
+        """
         room = usable_pages - self.state_pages
-        growing = [(s, n) for s, n in self.groups if not s.window]
-        if room < 0 or (room == 0 and self.groups):
-            return 0
-        if not growing:
-            return None if self.pages(2**62) <= usable_pages else 0
-        # pages(t) is non-decreasing in t and steps only at page boundaries: search whole pages
-        lo, hi = 0, room // sum(n for _, n in growing) + 1
-        while lo < hi:  # largest p with pages(p · page) ≤ usable
-            mid = (lo + hi + 1) // 2
-            if self.pages(mid * self.page_size) <= usable_pages:
-                lo = mid
+        if not self.groups:
+            return select(room >= 0, NO_LIMIT, 0)
+        caps: dict[int, int] = {}
+        growing = 0
+        for spec, count in self.groups:
+            if spec.window:
+                cap = cdiv(spec.window, self.page_size) + 1
+                caps[cap] = caps.get(cap, 0) + count
             else:
-                hi = mid - 1
-        return lo * self.page_size
+                growing += count
+        if not growing:
+            return select(sum(c * n for c, n in caps.items()) <= room, NO_LIMIT, 0)
+        growing += sum(caps.values())
+        best, saturated, start = 0 * room, 0, 0
+        for upper in [*sorted(caps), None]:  # the region start ≤ p ≤ upper
+            most = (room - saturated) // growing
+            fits = room - saturated - growing * start >= 0  # pages(start · page) ≤ usable
+            best = select(fits, most if upper is None else minimum(most, upper), best)
+            if upper is not None:
+                saturated, growing, start = saturated + caps[upper] * upper, growing - caps[upper], upper
+        return select(room > 0, best * self.page_size, 0)
 
 
 @dataclass(frozen=True)
@@ -223,6 +244,7 @@ class KVSpecs:
 
     layers: tuple[KVSpec, ...]
     kv_cache_dtype: str
+    _groupings: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __iter__(self) -> Iterator[KVSpec]:
         return iter(self.layers)
@@ -247,21 +269,30 @@ class KVSpecs:
 
     def pool(self, page_size: int, layers: range | None = None) -> PoolGroups:
         """Group ``layers`` (default: all) into one page pool (see PoolGroups)."""
-        chosen = self._select(layers)
-        token = [s for s in chosen if s.holds_tokens]
-        state = sum(s.state_bytes for s in chosen)
-        if not token:  # recurrent-only: a page is one request's state
+        token_bytes, layers_per_page, groups, state = self._grouping(layers)
+        if not groups:  # recurrent-only: a page is one request's state
             return PoolGroups(page_size, state, (), 1 if state else 0)
-        sizes = {s.token_bytes for s in token}
-        if len(sizes) > 1:
-            raise InputError("layers", sorted(sizes), "one KV size per token for every attention layer")
-        by_key: dict[tuple[str, int], list[KVSpec]] = {}
-        for s in token:
-            by_key.setdefault(s.group_key, []).append(s)
-        layers_per_page = math.gcd(*(len(v) for v in by_key.values()))
-        page = layers_per_page * sizes.pop() * page_size
-        groups = tuple((v[0], len(v) // layers_per_page) for v in by_key.values())
+        page = layers_per_page * token_bytes * page_size
         return PoolGroups(page_size, page, groups, cdiv(state, page))
+
+    def _grouping(self, layers: range | None) -> tuple[int, int, tuple[tuple[KVSpec, int], ...], int]:
+        """(token bytes of one layer, layers per page, groups, state bytes) of ``layers``: the
+        page-size-free part of pool(), cached per layer range (sweeps ask for many page sizes)."""
+        key = None if layers is None else (layers.start, layers.stop, layers.step)
+        if key not in self._groupings:
+            chosen = self._select(layers)
+            token = [s for s in chosen if s.holds_tokens]
+            state = sum(s.state_bytes for s in chosen)
+            sizes = {s.token_bytes for s in token}
+            if len(sizes) > 1:
+                raise InputError("layers", sorted(sizes), "one KV size per token for every attention layer")
+            by_key: dict[tuple[str, int], list[KVSpec]] = {}
+            for s in token:
+                by_key.setdefault(s.group_key, []).append(s)
+            per_page = math.gcd(*(len(v) for v in by_key.values())) if by_key else 0
+            groups = tuple((v[0], len(v) // per_page) for v in by_key.values())
+            self._groupings[key] = (sizes.pop() if sizes else 0, per_page, groups, state)
+        return self._groupings[key]
 
     def _select(self, layers: range | None) -> tuple[KVSpec, ...]:
         return self.layers if layers is None else tuple(self.layers[i] for i in layers)
@@ -291,11 +322,13 @@ def _recurrent(m: ModelSpec, kind: str, tp: int, dtype: str) -> RecurrentStateSp
     return RecurrentStateSpec(conv * k * conv_b, state * ssm_b)
 
 
+@lru_cache(maxsize=256)
 def kv_specs(m: ModelSpec, tp: int, kv_cache_dtype: str | None = None,
              scale_block: int | None = None) -> KVSpecs:
     """The KV spec of every layer of ``m`` on one device of a ``tp``-way tensor group.
 
     ``scale_block`` gives an 8-bit cache one fp32 scale per that many values of each head.
+    Cached (specs are frozen values): sweeps and engine profiles ask for the same ones often.
     """
     dtype = canonical_dtype(kv_cache_dtype or m.weight_dtype, "kv_cache_dtype")
     width = dtype_bytes(dtype)
@@ -329,5 +362,18 @@ FULL, SLIDING, MLA, RECURRENT, SHARED = "full", "sliding", "mla", "recurrent", "
 LayerKV = KVSpec
 layer_kv = kv_specs
 
-__all__ = ["FullAttentionSpec", "KVSpec", "KVSpecs", "MLASpec", "NoCacheSpec", "PoolGroups",
-           "RecurrentStateSpec", "SlidingWindowSpec", "cdiv", "kv_specs", "minimum"]
+__all__ = [
+    "NO_LIMIT",
+    "FullAttentionSpec",
+    "KVSpec",
+    "KVSpecs",
+    "MLASpec",
+    "NoCacheSpec",
+    "PoolGroups",
+    "RecurrentStateSpec",
+    "SlidingWindowSpec",
+    "cdiv",
+    "kv_specs",
+    "minimum",
+    "select",
+]

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from estimator.activations import analytic_activation_bytes
 from estimator.geometry import Geometry, StageGeometry, geometry
+from estimator.kv_spec import NO_LIMIT
 from estimator.layout import Layout
 from estimator.model_spec import ModelSpec
 from estimator.models import resolve_model
@@ -258,7 +259,7 @@ def _stage_limits(stages: Iterable[StageGeometry], usable: int, slack: int) -> l
             caps.append(None)
             continue
         most = stage.pool.max_tokens(usable)
-        caps.append(None if most is None else max(most - slack, 0))
+        caps.append(None if most >= NO_LIMIT else max(most - slack, 0))
     return caps
 
 

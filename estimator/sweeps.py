@@ -59,12 +59,20 @@ import numpy as np
 from estimator.activations import analytic_activation_bytes
 from estimator.dtypes import canonical_dtype
 from estimator.frontier import PADDING, REASONS, SweepFrontier, SweepResult
-from estimator.geometry import Geometry, StageGeometry, geometry
-from estimator.layout import Layout
+from estimator.geometry import Geometry, geometry
+from estimator.kv_spec import NO_LIMIT, PoolGroups, kv_specs
+from estimator.layout import Layout, stage_layers
 from estimator.model_spec import ModelSpec
 from estimator.models import resolve_model
-from estimator.paging import pages_that_fit
-from estimator.plan import DEFAULT_MAX_BATCH_INPUT_TOKENS, MemoryPlan, length_cap, loads_mtp_layers, plan
+from estimator.paging import pages_that_fit, scaled_budget
+from estimator.plan import (
+    DEFAULT_MAX_BATCH_INPUT_TOKENS,
+    MemoryPlan,
+    check_page_size,
+    length_cap,
+    loads_mtp_layers,
+    plan,
+)
 from estimator.sweep_kernel import (
     INT32_MAX,
     INT64_MAX,
@@ -89,7 +97,8 @@ class ConfigConstants:
     the pool pages one request holds."""
 
     layout: Layout
-    plan: MemoryPlan  # the reference plan (max_batch_size=None)
+    num_replicas: int
+    reserved_pages: int  # null pages each replica keeps back
     usable: np.ndarray  # [B] int64, usable pages per replica at each batch value
     cap: np.ndarray  # [B] int64, plan()'s max_supported_sequence_length at those pages
     kv_budget: np.ndarray  # [B] int64, tightest device's KV budget (clamped at −2^63)
@@ -140,8 +149,8 @@ def config_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
             by_act[act] = (usable, caps[usable], max(kvb, INT64_MIN), pb)
         per_key.append(by_act[act])
     table = np.asarray(per_key, dtype=np.int64).reshape(-1, 4)[inverse.reshape(-1)]
-    return ConfigConstants(layout, ref, *(table[:, i].copy() for i in range(4)),
-                           request_pages=_request_pages(holding, lengths, slack))
+    return ConfigConstants(layout, ref.num_replicas, reserved, *(table[:, i].copy() for i in range(4)),
+                           request_pages=_request_pages([s.pool for s in holding], lengths, slack))
 
 
 def _plan_geometry(model: ModelSpec, layout: Layout, ref: MemoryPlan,
@@ -158,14 +167,97 @@ def _plan_geometry(model: ModelSpec, layout: Layout, ref: MemoryPlan,
     return geom
 
 
-def _request_pages(holding: list[StageGeometry], lengths: np.ndarray, slack: int) -> np.ndarray:
+def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches: np.ndarray,
+                     lengths: np.ndarray, *, kv_cache_dtypes: Sequence[str], page_sizes: Sequence[int],
+                     utilizations: Sequence[float], max_batch_input_tokens: int,
+                     **plan_kwargs: Any) -> list[ConfigConstants]:
+    """config_constants() of every (dtype, page size, utilization) of one layout, in that C order,
+    with the per-configuration work done on arrays.
+
+    One plan() per layout checks every option and gives each device's weights, signal buffers
+    and reserve (none depends on the KV dtype, page size or utilization). The KV specs give each
+    stage's page pool per (dtype, page size), evaluated on the whole length axis at once; the KV
+    budgets of every (device group, batch value) per utilization are one array, and the length
+    caps come from PoolGroups.max_tokens on the array of usable page counts. Activation models
+    other than the analytic one (e.g. "xla", which compiles per batch value) go through
+    config_constants() per configuration.
+    """
+    kwargs = dict(max_batch_input_tokens=max_batch_input_tokens, **plan_kwargs)
+    ref = plan(model, mesh, layout, kv_cache_dtype=kv_cache_dtypes[0], page_size=page_sizes[0],
+               device_memory_utilization=utilizations[0], **kwargs)
+    fixed = plan_kwargs.get("activation_bytes") is not None
+    if not fixed and plan_kwargs.get("activations", "analytic") != "analytic":
+        return [config_constants(model, mesh, layout, batches, lengths, kv_cache_dtype=d, page_size=p,
+                                 utilization=u, **kwargs)
+                for d, p, u in itertools.product(kv_cache_dtypes, page_sizes, utilizations)]
+    for page in page_sizes[1:]:
+        check_page_size(page, mesh.platform)
+    geom = _plan_geometry(model, layout, ref, {**kwargs, "kv_cache_dtype": kv_cache_dtypes[0],
+                                               "page_size": page_sizes[0]})
+    activation = _activation_model(model, mesh, layout, geom, ref, kwargs)
+    keys, inverse = np.unique(activation.key(batches), return_inverse=True)
+    act_values = [activation.bytes(int(k)) for k in keys]
+    free = [stats.free for stats in mesh.stats]
+    static = [r.weights_bytes + r.signal_bytes + r.reserve_bytes for r in ref.devices]
+    exact = max(map(abs, [*free, *static, *act_values])) >= 2**61  # Python ints in object arrays
+    dtype = object if exact else np.int64
+    act = np.asarray(act_values, dtype=dtype)[inverse.reshape(-1)]
+    slack, reserved = ref.speculative_slack_tokens, ref.reserved_pages
+    ranges = stage_layers(model.num_layers, layout.pipeline)
+    stage_of = [r.stage for r in ref.devices]
+    budgets = {f: [scaled_budget(f, u) for u in utilizations] for f in set(free)}
+    out = []
+    for kv_dtype in kv_cache_dtypes:
+        kv = kv_specs(model, layout.tensor, kv_dtype, plan_kwargs.get("kv_scale_block"))
+        for page in page_sizes:
+            pools = [kv.pool(page, layers) for layers in ranges]
+            holding = [pool for pool in pools if pool.page_bytes]
+            request = _request_pages(holding, lengths, slack)
+            # devices alike in (free, static bytes, page bytes) answer alike: one row each, in order
+            groups = list(dict.fromkeys((f, st, pools[s].page_bytes)
+                                        for f, st, s in zip(free, static, stage_of, strict=True)
+                                        if pools[s].page_bytes))
+            if groups:  # [U, G, B]: every utilization, device group and batch value at once
+                base = np.asarray([[budgets[f][i] - st for f, st, _ in groups]
+                                   for i in range(len(utilizations))], dtype=dtype)
+                page_bytes = np.asarray([pb for _, _, pb in groups], dtype=dtype)
+                kv_budget = base[:, :, None] - act[None, None, :]
+                fit = np.where(kv_budget > 0, kv_budget // page_bytes[None, :, None], 0)
+                tight = np.argmin(fit, axis=1)  # [U, B]: the first device with the fewest pages
+                at = (np.arange(len(utilizations))[:, None], tight, np.arange(act.size)[None, :])
+                fit, kv_budget, page_bytes = fit[at], kv_budget[at], page_bytes[tight]
+            else:  # no device holds KV pages
+                first = np.asarray([budgets[free[0]][i] - static[0] for i in range(len(utilizations))],
+                                   dtype=dtype)
+                kv_budget = first[:, None] - act[None, :]
+                fit = page_bytes = np.zeros(kv_budget.shape, dtype)
+            usable = np.maximum(fit - reserved, 0)
+            cap = _length_caps(holding, usable, slack, model.max_position_embeddings)
+            kv_budget = np.maximum(kv_budget, INT64_MIN).astype(np.int64)
+            usable, page_bytes = usable.astype(np.int64), np.asarray(page_bytes).astype(np.int64)
+            out += [ConfigConstants(layout, layout.data, reserved, usable[i], cap[i], kv_budget[i],
+                                    page_bytes[i], request) for i in range(len(utilizations))]
+    return out
+
+
+def _length_caps(holding: list[PoolGroups], usable: np.ndarray, slack: int, max_position: int) -> np.ndarray:
+    """plan.length_cap on an array of usable page counts: the tightest stage's longest request,
+    the model's context limit where no stage limits the length (and a page fits)."""
+    caps = np.full(usable.shape, NO_LIMIT, dtype=usable.dtype)
+    for pool in holding:
+        most = pool.max_tokens(usable)
+        caps = np.minimum(caps, np.where(most < NO_LIMIT, np.maximum(most - slack, 0), NO_LIMIT))
+    return np.where(caps >= NO_LIMIT, np.where(usable > 0, max_position, 0), caps).astype(np.int64)
+
+
+def _request_pages(holding: list[PoolGroups], lengths: np.ndarray, slack: int) -> np.ndarray:
     """Pool pages one request of each length holds: the most any stage needs (the stage's
     PoolGroups rule evaluated on the whole length axis at once). 2^63 − 1 where no stage holds
     pages (then no batch fits, as in plan())."""
     tokens = lengths.astype(np.int64) + slack  # ≤ 2^31 + 2^22: every product below fits int64
     most = np.zeros(tokens.shape, np.int64)
-    for stage in holding:
-        np.maximum(most, stage.pool.pages(tokens), out=most)
+    for pool in holding:
+        np.maximum(most, pool.pages(tokens), out=most)
     most[most <= 0] = INT64_MAX
     return most
 
@@ -277,10 +369,10 @@ def _prepare(model: ModelSpec | str, mesh: DeviceMesh | str, layouts: Any, batch
     for field, values in (("kv_cache_dtypes", dtype_names), ("page_sizes", pages),
                           ("utilizations", utils)):
         _distinct(field, values)
-    configs = tuple(config_constants(model, mesh, lay, batches, lengths_, kv_cache_dtype=d,
-                                     page_size=p, utilization=u, max_batch_input_tokens=limit,
-                                     **plan_kwargs)
-                    for lay, d, p, u in itertools.product(layout_list, dtype_names, pages, utils))
+    configs = tuple(c for lay in layout_list
+                    for c in layout_constants(model, mesh, lay, batches, lengths_, kv_cache_dtypes=dtype_names,
+                                              page_sizes=pages, utilizations=utils, max_batch_input_tokens=limit,
+                                              **plan_kwargs))
     axes = dict(model=model.name, mesh=mesh.describe(), layouts=tuple(x.name for x in layout_list),
                 kv_dtypes=tuple(dtype_names), page_sizes=tuple(pages), utilizations=tuple(utils),
                 batches=batches, lengths=lengths_,
@@ -404,9 +496,8 @@ def _stack_constants(grid: _Grid, c_pad: int) -> dict[str, np.ndarray]:
         stacked = np.stack([getattr(c, name) for c in grid.configs])
         return np.concatenate([stacked, np.full((pad, stacked.shape[1]), fill, np.int64)])
 
-    plans = [c.plan for c in grid.configs]
-    return {"dp": col([p.num_replicas for p in plans], 1),
-            "reserved": col([p.reserved_pages for p in plans], 0),
+    return {"dp": col([c.num_replicas for c in grid.configs], 1),
+            "reserved": col([c.reserved_pages for c in grid.configs], 0),
             "usable": rows("usable", 0), "cap": rows("cap", 0), "kv_budget": rows("kv_budget", 0),
             "page_bytes": rows("page_bytes", 1), "q": rows("request_pages", INT64_MAX)}
 

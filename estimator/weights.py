@@ -11,6 +11,7 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from estimator.model_spec import ModelSpec
 from meshes.validation import InputError
@@ -150,10 +151,12 @@ def _layer(m: ModelSpec, layer: int) -> list[WeightTensor]:
     return norms + mixer + mlp
 
 
+@lru_cache(maxsize=64)
 def weight_tensors(spec: ModelSpec, include_mtp: bool = False) -> tuple[WeightTensor, ...]:
     """All weights of ``spec``; layer tensors carry the layer indices that hold them.
 
     ``include_mtp`` adds the multi-token-prediction layers (loaded only for MTP speculation).
+    Cached: specs are frozen, and sweeps and comparisons plan one model under many layouts.
     """
     h = spec.hidden_size
     by_shape: dict[tuple, list[int]] = {}

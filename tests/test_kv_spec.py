@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from estimator.kv_spec import (
+    NO_LIMIT,
     FullAttentionSpec,
     KVSpecs,
     MLASpec,
@@ -72,7 +73,7 @@ def test_pool_refuses_layers_of_different_token_sizes():
 
 def test_recurrent_only_pool_is_one_state_per_page():
     pool = KVSpecs((RecurrentStateSpec(10, 6),) * 3, "bfloat16").pool(64)
-    assert pool.page_bytes == 48 and pool.pages(10**7) == 1 and pool.max_tokens(1) is None
+    assert pool.page_bytes == 48 and pool.pages(10**7) == 1 and pool.max_tokens(1) == NO_LIMIT
     assert pool.max_tokens(0) == 0
 
 
@@ -99,3 +100,32 @@ def test_max_tokens_exact_at_large_page_counts(budget_pages):
     state = pool.state_pages  # 2 B of state in pages of 2·4096·128 B: one page
     assert state == 1
     assert pool.max_tokens(budget_pages) == (budget_pages - 1) * 128
+
+
+def _bisect_max_tokens(pool, usable: int) -> int:
+    """Scalar reference: the largest whole-page length p · page with pages(p · page) ≤ usable,
+    by bisection over p (NO_LIMIT when no layer grows and a request fits)."""
+    if not any(not s.window for s, _ in pool.groups):
+        return NO_LIMIT if pool.pages(2**62) <= usable else 0
+    if usable - pool.state_pages <= 0:
+        return 0
+    lo, hi = 0, usable + 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if pool.pages(mid * pool.page_size) <= usable else (lo, mid - 1)
+    return lo * pool.page_size
+
+
+@settings(max_examples=300, deadline=None)
+@given(full=st.integers(0, 6), windows=st.lists(st.tuples(st.integers(1, 5000), st.integers(1, 4)), max_size=3),
+       state=st.integers(0, 3), page=st.sampled_from([16, 64, 128]),
+       usable=st.lists(st.integers(0, 5000), min_size=1, max_size=8))
+def test_closed_form_max_tokens_equals_bisection_on_ints_and_arrays(full, windows, state, page, usable):
+    from estimator.kv_spec import PoolGroups
+
+    groups = ([(FullAttentionSpec(1, 8, 2), full)] if full else []) + [
+        (SlidingWindowSpec(1, 8, 2, sliding_window=w), n) for w, n in windows]
+    pool = PoolGroups(page, page * 16, tuple(groups), state)
+    expected = [_bisect_max_tokens(pool, u) for u in usable]
+    assert [pool.max_tokens(u) for u in usable] == expected
+    assert pool.max_tokens(np.asarray(usable, dtype=np.int64)).tolist() == expected
