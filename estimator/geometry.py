@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from estimator.dtypes import canonical_dtype, dtype_bytes
+from estimator.dtypes import canonical_dtype
 from estimator.kv_spec import KVSpecs, PoolGroups, kv_specs
 from estimator.layout import Layout, stage_layers
 from estimator.model_spec import ModelSpec
@@ -60,15 +60,6 @@ class Geometry:
     def wasted_fraction(self) -> float:
         """Share of each device's KV pool holding replicated copies of heads."""
         return 1 - 1 / self.replication
-
-
-def page_bytes_per_device(*, num_layers: int, kv_heads_per_device: int, head_dim: int,
-                          dtype: str, page_size: int, kv_dim: int = 2) -> int:
-    """One page on one device: shape [kv_dim, layers, page_size, heads, head_dim] × dtype bytes.
-
-    ``kv_dim`` is 2 for K and V, 1 for a latent (MLA) cache.
-    """
-    return kv_dim * num_layers * page_size * kv_heads_per_device * head_dim * dtype_bytes(dtype)
 
 
 def geometry(model: ModelSpec, layout: Layout, *, kv_cache_dtype: str | None = None,

@@ -30,15 +30,34 @@ A MAX exception is re-raised here with the same builtin type (``ValueError``,
 ``RuntimeError``, ...) and MAX's exact message; ``exc.max_type`` holds MAX's type name. A
 non-builtin MAX exception type becomes ``MaxOracleError``.
 
+Batches
+-------
+``batch([(fn, kwargs), ...])`` runs many calls in one round trip and returns one response per
+call, exceptions included (not raised): ``{"ok", "result" | "type"/"message", "logs"}``, where
+``logs`` are the ``[level, message]`` records MAX logged on ``max.pipelines`` (INFO and above)
+during that call. ``jenga_geometry`` (batch only) calls ``plan_jenga_geometry`` itself with
+``available_bytes, cache_sizes, row_sizes, include_null_block, max_padding_fraction``.
+
 Geometry keywords (shared by the page-math functions)
 -----------------------------------------------------
 ``n_kv_heads, head_dim, num_layers, dtype, page_size=128, n_devices=1, dp=1, is_mla=False,
 num_q_heads=None, allow_replication=False, num_draft_tokens=0, speculative_method=None,
 quant_scale_dtype=None, quant_granularity=128, window_size=None, enable_prefix_caching=False,
-device_kind="gpu"``. ``dtype`` accepts bf16/bfloat16, f32/float32, f16/float16,
-fp8/float8_e4m3fn, float8_e4m3fnuz, int8, uint8. ``n_kv_heads`` is ignored when ``is_mla``
-(MLA caches one latent "head"). ``speculative_method`` is one of None, "eagle", "mtp",
-"dflash", "dflash2", "dspark" (MAX's names; kvfit's "none" maps to None).
+device_kind="gpu", slots_per_page=None, per_layer_buffers=False, kv_connector="null"``.
+``dtype`` and ``quant_scale_dtype`` accept every ``max.dtype.DType`` name plus the short forms
+bf16, f32, f16, fp8. ``n_kv_heads`` is ignored when ``is_mla`` (MLA caches one latent
+"head"). ``speculative_method`` is passed through (MAX's names None, "eagle", "mtp", "dflash",
+"dflash2", "dspark"; anything else reaches MAX's "Unrecognized speculative_method" error; kvfit's
+"none" maps to None). ``kv_params_info`` reports every derived property as ``[outcome, value]``
+(a property MAX refuses gives its exception's type and text).
+
+``estimate_footprint`` also takes ``has_kv_cache`` (False: an arch config without a KV cache),
+``with_arch`` / ``arch_name`` (the ``SupportedArchitecture`` stub, or None), ``vision_entry_bytes``
+and ``vision_row_spec`` (``[hidden_size, dtype]`` or None: a vision tower),
+``vision_cache_utilization`` (0.05), ``is_disaggregated``, ``virtual_devices`` (MAX's
+``set_virtual_device_count`` for the call: cross-compilation mode), ``device_stats`` (a dict that replaces
+every device's ``stats``, e.g. ``{}`` for a device that reports none) and ``legacy`` (a bool, or a
+raw ``MODULAR_USE_LEGACY_KV_CACHE`` string). Its result adds ``vision_bytes_per_device``.
 """
 
 from __future__ import annotations
@@ -58,6 +77,7 @@ __all__ = [
     "MaxUnavailableError",
     "available",
     "available_kv_cache_memory",
+    "batch",
     "bytes_per_block",
     "estimate_footprint",
     "estimated_memory_size",
@@ -288,6 +308,17 @@ def estimate_footprint(
     )
 
 
+def batch(calls: list[tuple[str, dict]]) -> list[dict]:
+    """Runs ``[(fn name, kwargs), ...]`` in one round trip to the worker.
+
+    Returns one response per call: ``{"ok": True, "result": ..., "logs": [[level, msg], ...]}`` or
+    ``{"ok": False, "type": ..., "message": ..., "logs": [...]}`` (MAX's exception, not raised).
+    ``estimate_footprint`` calls take the same keywords as :func:`estimate_footprint` and must
+    give ``n_devices`` consistent with ``free_memory_per_device``.
+    """
+    return _call("batch", {"calls": [{"fn": n, "kwargs": k} for n, k in calls]})
+
+
 def max_version() -> str:
     """The installed MAX version the oracle talks to."""
     return _call("max_version", {})
@@ -419,7 +450,8 @@ _DTYPE_NAMES = {
 def _dtype(name: str):
     from max.dtype import DType
 
-    return getattr(DType, _DTYPE_NAMES[name.lower()])
+    key = name.lower()
+    return getattr(DType, _DTYPE_NAMES.get(key, key))
 
 
 def _make_params(
@@ -441,6 +473,9 @@ def _make_params(
     window_size: int | None = None,
     enable_prefix_caching: bool = False,
     device_kind: str = "gpu",
+    slots_per_page: int | None = None,
+    per_layer_buffers: bool = False,
+    kv_connector: str = "null",
 ):
     from max.graph import DeviceRef
     from max.nn.kv_cache import KVCacheQuantizationConfig, MHAKVCacheParams, MLAKVCacheParams
@@ -468,7 +503,13 @@ def _make_params(
         num_draft_tokens=num_draft_tokens,
         window_size=window_size,
         enable_prefix_caching=enable_prefix_caching,
+        slots_per_page=slots_per_page,
+        per_layer_buffers=per_layer_buffers,
     )
+    if kv_connector != "null":
+        from max.pipelines.kv_cache import KVConnectorConfig
+
+        common["kv_connector_config"] = KVConnectorConfig(type=kv_connector)
     if is_mla:
         if num_q_heads is None:
             # Same text as KVCacheConfig.to_params.
@@ -497,22 +538,36 @@ def _impl_kv_params_info(**geo) -> dict:
     from max.nn.kv_cache import spec_decode_cache_slack
 
     p = _make_params(**geo)
-    return {
-        "bytes_per_block": p.bytes_per_block,
-        "bytes_per_value_block": p.bytes_per_value_block,
-        "bytes_per_scale_block": p.bytes_per_scale_block,
-        "tensor_parallel_degree": p.tensor_parallel_degree,
-        "n_kv_heads_per_device": p.n_kv_heads_per_device,
-        "kv_dim": p.kv_dim,
-        "shape_per_block": list(p.shape_per_block),
-        "replicates_kv_across_tp": p.replicates_kv_across_tp,
-        "quantized_kv_cache": p.quantized_kv_cache,
-        "row_bytes": p.row_bytes,
-        "leaves": {
-            k: {"bytes_per_page": v.bytes_per_page, "row_bytes": v.row_bytes} for k, v in p.leaves().items()
+    getters = {
+        "bytes_per_block": lambda: p.bytes_per_block,
+        "bytes_per_value_block": lambda: p.bytes_per_value_block,
+        "bytes_per_scale_block": lambda: p.bytes_per_scale_block,
+        "tensor_parallel_degree": lambda: p.tensor_parallel_degree,
+        "n_kv_heads_per_device": lambda: p.n_kv_heads_per_device,
+        "kv_dim": lambda: p.kv_dim,
+        "shape_per_block": lambda: list(p.shape_per_block),
+        "shape_per_scale_block": lambda: list(p.shape_per_scale_block),
+        "replicates_kv_across_tp": lambda: p.replicates_kv_across_tp,
+        "quantized_kv_cache": lambda: p.quantized_kv_cache,
+        "is_nvfp4_kv_cache": lambda: p.is_nvfp4_kv_cache,
+        "storage_head_dim": lambda: p.storage_head_dim,
+        "kv_cache_scale_dtype": lambda: p.kv_cache_scale_dtype.name,
+        "row_bytes": lambda: p.row_bytes,
+        "scale_row_bytes": lambda: p.scale_row_bytes,
+        "num_draft_tokens_per_step": lambda: p.num_draft_tokens_per_step,
+        "leaves": lambda: {
+            k: {"bytes_per_page": v.bytes_per_page, "row_bytes": v.row_bytes, "full": v.group_id.is_full()}
+            for k, v in p.leaves().items()
         },
-        "spec_slack": spec_decode_cache_slack(p),
+        "spec_slack": lambda: spec_decode_cache_slack(p),
     }
+    out = {}
+    for key, get in getters.items():
+        try:
+            out[key] = ["ok", get()]
+        except Exception as e:  # a property MAX refuses is part of the answer
+            out[key] = [type(e).__name__, str(e)]
+    return out
 
 
 def _impl_spec_slack(**geo) -> int:
@@ -552,14 +607,17 @@ def _impl_max_seq_len_fitting(**kw) -> int | None:
 
 
 class _LegacyKV:
-    """Sets MODULAR_USE_LEGACY_KV_CACHE for the duration of one call."""
+    """Sets MODULAR_USE_LEGACY_KV_CACHE for the duration of one call (a bool, or a raw string)."""
 
-    def __init__(self, legacy: bool):
+    def __init__(self, legacy):
         self.legacy = legacy
 
     def __enter__(self):
         self.old = os.environ.get("MODULAR_USE_LEGACY_KV_CACHE")
-        os.environ["MODULAR_USE_LEGACY_KV_CACHE"] = "1" if self.legacy else "0"
+        if isinstance(self.legacy, str):
+            os.environ["MODULAR_USE_LEGACY_KV_CACHE"] = self.legacy
+        else:
+            os.environ["MODULAR_USE_LEGACY_KV_CACHE"] = "1" if self.legacy else "0"
 
     def __exit__(self, *exc):
         if self.old is None:
@@ -571,23 +629,23 @@ class _LegacyKV:
 def _impl_kv_cache_memory_size(**kw) -> int:
     from max.pipelines.kv_cache import kv_cache_memory_size
 
-    own, geo = _split(kw, ("available_cache_memory", "max_batch_size", "max_seq_len", "legacy"))
+    own, geo = _split(kw, ("available_cache_memory", "max_batch_size", "max_seq_len", "legacy", "is_di_enabled"))
     legacy = own.pop("legacy", False)
+    di = own.pop("is_di_enabled", False)
+    params = _make_params(**geo)
     with _LegacyKV(legacy):
-        return kv_cache_memory_size(
-            params=_make_params(**geo), is_di_enabled=False, model_name="dummy", **own
-        )
+        return kv_cache_memory_size(params=params, is_di_enabled=di, model_name="dummy", **own)
 
 
 def _impl_max_seq_len_fitting_in_cache(**kw) -> int | None:
     from max.pipelines.kv_cache import max_seq_len_fitting_in_cache
 
-    own, geo = _split(kw, ("available_cache_memory", "legacy"))
+    own, geo = _split(kw, ("available_cache_memory", "legacy", "is_di_enabled"))
     legacy = own.pop("legacy", False)
+    di = own.pop("is_di_enabled", False)
+    params = _make_params(**geo)
     with _LegacyKV(legacy):
-        return max_seq_len_fitting_in_cache(
-            params=_make_params(**geo), is_di_enabled=False, model_name="dummy", **own
-        )
+        return max_seq_len_fitting_in_cache(params=params, is_di_enabled=di, model_name="dummy", **own)
 
 
 def _impl_signal_buffer_num_bytes() -> int:
@@ -661,67 +719,125 @@ def _impl_estimate_footprint(**kw) -> dict:
         "total_memory_per_device",
         "max_single_alloc_size_per_device",
         "legacy",
+        "has_kv_cache",
+        "with_arch",
+        "arch_name",
+        "vision_entry_bytes",
+        "vision_row_spec",
+        "vision_cache_utilization",
+        "is_disaggregated",
+        "device_stats",
+        "virtual_devices",
     )
     o, geo = _split(kw, own_names)
-    params = _make_params(**geo)
+    has_kv = o.get("has_kv_cache", True)
+    params = _make_params(**geo) if has_kv else None
+    max_length = o["max_length"]
+    row_spec = o.get("vision_row_spec")
+    entry_bytes = o.get("vision_entry_bytes", 0)
 
-    class _StubArchConfig:
-        """Satisfies the runtime-checkable ArchConfigWithKVCache protocol."""
-
+    class _Base:
         @classmethod
         def initialize(cls, pipeline_config, model_config=None, *, max_seq_len):
             raise NotImplementedError
 
         def get_max_seq_len(self):
-            return o["max_length"]
+            return max_length
 
         @classmethod
         def calculate_max_seq_len(cls, huggingface_config, model_config):
-            return o["max_length"]
+            return max_length
 
-        def get_kv_params(self):
-            return params
+    members = {}
+    if has_kv:
+        members["get_kv_params"] = lambda self: params
+    if entry_bytes:
+        members["estimate_vision_cache_entry_bytes"] = classmethod(lambda cls, hf: entry_bytes)
+        members["get_vision_cache_row_spec"] = classmethod(
+            lambda cls, hf: None if row_spec is None else (row_spec[0], _dtype(row_spec[1]))
+        )
+    stub = type("_StubArchConfig", (_Base,), members)
 
-    arch = _ns(
-        name="kvfit_stub",
-        config=_StubArchConfig,
-        requires_max_batch_context_length=o["requires_max_batch_context_length"],
-    )
+    arch = None
+    if o.get("with_arch", True):
+        arch = _ns(
+            name=o.get("arch_name", "kvfit_stub"),
+            config=stub,
+            requires_max_batch_context_length=o["requires_max_batch_context_length"],
+        )
     pipeline_config = _ns(
         runtime=_ns(
             max_batch_input_tokens=o["max_batch_input_tokens"],
             max_batch_total_tokens=o["max_batch_total_tokens"],
-            is_disaggregated=False,
-            vision_cache_utilization=0.05,
+            is_disaggregated=o.get("is_disaggregated", False),
+            vision_cache_utilization=o.get("vision_cache_utilization", 0.05),
         )
     )
-    model_config = _stub_model_config(o["utilization"], o["max_length"], o["max_length_user_provided"])
+    model_config = _stub_model_config(o["utilization"], max_length, o["max_length_user_provided"])
     devices = _fake_devices(
         o["free_memory_per_device"],
         o["total_memory_per_device"],
         o["max_single_alloc_size_per_device"],
         geo.get("device_kind", "gpu"),
     )
-    with _LegacyKV(o["legacy"]):
-        plan = MemoryEstimator.plan_from_sizes(
-            pipeline_config,
-            model_config,
-            _StubArchConfig(),
-            devices,
-            o["weights"],
-            o["activations"],
-            o["signal"],
-            arch=arch,
-            max_batch_size=o["max_batch_size"],
-            draft_max_seq_len=o["draft_max_seq_len"],
-        )
+    if o.get("device_stats") is not None:  # replace every device's stats dict (e.g. {} to fail)
+        for d in devices:
+            d.stats = dict(o["device_stats"])
+    from max.driver import set_virtual_device_count
+
+    try:
+        set_virtual_device_count(o.get("virtual_devices", 0))
+        with _LegacyKV(o["legacy"]):
+            plan = MemoryEstimator.plan_from_sizes(
+                pipeline_config,
+                model_config,
+                stub(),
+                devices,
+                o["weights"],
+                o["activations"],
+                o["signal"],
+                arch=arch,
+                max_batch_size=o["max_batch_size"],
+                draft_max_seq_len=o["draft_max_seq_len"],
+            )
+    finally:
+        set_virtual_device_count(0)
+    vp = plan.vision_cache_plan
     return {
         "planned_max_length": plan.planned_max_length,
         "planned_max_batch_size": plan.planned_max_batch_size,
         "available_cache_memory": plan.available_cache_memory,
         "footprint": plan.footprint,
         "planned_max_batch_total_tokens": plan.planned_max_batch_total_tokens,
+        "vision_bytes_per_device": None if vp is None else vp.bytes_per_device,
     }
+
+
+def _impl_jenga_geometry(
+    *, available_bytes: int, cache_sizes: dict, row_sizes: dict, include_null_block: bool = True,
+    max_padding_fraction: float = 0.0,
+) -> dict:
+    """``plan_jenga_geometry`` itself (its padding fraction is a parameter, so no env needed)."""
+    from max.pipelines.kv_cache.paged_kv_cache.jenga_block_pool import plan_jenga_geometry
+
+    g = plan_jenga_geometry(
+        available_bytes,
+        cache_sizes,
+        row_sizes,
+        include_null_block=include_null_block,
+        max_padding_fraction=max_padding_fraction,
+    )
+    return {
+        "num_huge_blocks": g.num_huge_blocks,
+        "huge_page_bytes": g.huge_page_bytes,
+        "ratios": g.ratios,
+        "padded_sizes": g.padded_sizes,
+    }
+
+
+def _impl_batch(calls: list) -> list:
+    """Runs many calls in one round trip: ``[{"fn": name, "kwargs": {...}}, ...]``."""
+    return [_dispatch(c["fn"], c["kwargs"]) for c in calls]
 
 
 class _Capture:
@@ -758,14 +874,15 @@ def _dispatch(name: str, kwargs: dict) -> dict:
     if fn is None:
         return {"ok": False, "type": "AttributeError", "message": f"no oracle function {name!r}"}
     env_before = dict(os.environ)
+    cap = _Capture()
     try:
-        with _Capture() as cap:
+        with cap:
             result = fn(**kwargs)
         if name == "estimate_footprint":
             result["logs"] = cap.records
-        return {"ok": True, "result": result}
+        return {"ok": True, "result": result, "logs": cap.records}
     except Exception as e:  # MAX's own errors are the point of the oracle
-        return {"ok": False, "type": type(e).__name__, "message": str(e)}
+        return {"ok": False, "type": type(e).__name__, "message": str(e), "logs": cap.records}
     finally:
         if os.environ.get("KVFIT_MAX_INPROCESS") == "1":
             # Undo whatever importing MAX wrote into os.environ.
