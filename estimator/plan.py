@@ -1,6 +1,6 @@
 """plan(): the native, per-device memory plan of a model on a mesh under a layout.
 
-Departs from MAX's pooled estimator on purpose (reference/max-semantics.md §10): every device is
+Departs from MAX's pooled estimator on purpose (modular/modular issues #6254, #6268, #7145): every device is
 charged its own weight shard, its own activations (replicated terms count on every device that
 holds them, MAX issue #6268) and its own signal buffers; a page exists only if every device of a
 replica has room for its slice, so pages per replica is the minimum over devices.
@@ -350,7 +350,7 @@ def _conclude(model: ModelSpec, mesh: DeviceMesh, layout: Layout, geom: Geometry
 def check_page_size(page_size: object, platform: str) -> int:
     """Tokens per page as the mesh's attention kernels take them: any positive count on GPUs (vLLM
     16, SGLang 1, TRT-LLM 32, MAX multiples of 128 — the engine profiles check their own), a power
-    of two on TPUs (tpu-inference's Pallas kernels: 16 … 256, MLA 1024; reference/engines.md §3)."""
+    of two on TPUs (vllm-project/tpu-inference's Pallas ragged paged-attention kernels: 16 … 256, MLA 1024)."""
     size = check_int("page_size", page_size, maximum=2**24)
     if platform == "tpu" and size & (size - 1):
         raise InputError("page_size", page_size, "a power of two on a TPU mesh (16, 32, 64, 128, 256; "

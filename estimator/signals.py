@@ -1,6 +1,6 @@
 """Peer-to-peer allreduce signal buffers (MAX ``Signals.NUM_BYTES``), charged per GPU of a TP group.
 
-Newest MAX layout (reference/max-semantics.md §5.3, case M8): barrier counters for 8 domains ×
+MAX 26.7.0's layout (modular/modular, max/nn/comm/allreduce.py): barrier counters for 8 domains ×
 1024 blocks × 8 GPUs, a Lamport region of 3 × 8 × 1 MiB and a 256 MiB scratch buffer.
 """
 

@@ -1,4 +1,5 @@
-"""The seed API against MAX's own test cases (reference/max-semantics.md §9, §11)."""
+"""The seed API against MAX 26.7.0's own rules: cases worked by hand from MAX's source (modular/modular,
+max/pipelines/lib/memory_estimation.py and max/nn/kv_cache/) and texts observed from MAX itself."""
 
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ from estimator.serving import (
 from meshes import DeviceMesh, InputError
 from meshes.live import MixedDevicesWarning
 
-LIMIT = 63_763_906_560  # an H100's bytes_limit with JAX's default fraction (jax-notes §3)
+# an H100's bytes_limit under XLA's GPU allocator default: 75 % of what CUDA reports (XLA_PYTHON_CLIENT_MEM_FRACTION)
+LIMIT = 63_763_906_560
 GiB = 2**30
 
 
