@@ -13,19 +13,30 @@ is not a JSON object, an unknown dtype, a byte range that disagrees with shape �
 that overlap or leave the data region, an index naming a shard that is missing or a tensor the
 shard lacks — raises one :class:`~meshes.validation.InputError` naming the file and the tensor.
 Pickle checkpoints (``.bin``, ``.pt``, ...) are refused: loading them can run arbitrary code.
+Only regular files are opened (a FIFO or a device such as /dev/zero is refused before it is
+opened), an index.json is read up to ``MAX_JSON_BYTES`` bytes, and JSON nested deeper than
+``MAX_JSON_DEPTH`` levels (headers and indexes use 2–3) is refused.
+
+Why a hand parser and not the ``safetensors`` package (``safe_open`` + ``get_slice``): safe_open
+reads the same header without loading tensors, but it maps the whole file, reports malformed input
+as one generic error (``HeaderTooLarge``, ``InvalidOffset``, ...) without the tensor or the field,
+and exposes neither the data offsets nor the header length this module checks and reports. The
+format is 8 bytes and a JSON object (huggingface/safetensors, ``safetensors/src/tensor.rs``,
+``Metadata::validate``); the checks here follow that validation, with the same 100 MB header cap.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshes.validation import InputError
+from meshes.validation import MAX_JSON_BYTES, MAX_JSON_DEPTH, InputError, json_depth_ok, parse_json, read_regular_file
 
 # The largest header accepted, in bytes. The safetensors library refuses headers above the same
 # 100 MB ("header too large"); real checkpoints stay far below (a DeepSeek-V3 shard: ~200 kB).
@@ -165,7 +176,13 @@ def read_header(path: str | os.PathLike[str], *, max_header_bytes: int = MAX_HEA
     path = Path(path)
     _refuse_pickle(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(str(path))
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block, /dev/zero never end
+            raise InputError("checkpoint file", str(path), "a regular .safetensors file (not a pipe, "
+                             "socket or device)")
+        size = info.st_size
         with path.open("rb") as f:
             prefix = f.read(8)
             if len(prefix) < 8:
@@ -184,14 +201,18 @@ def read_header(path: str | os.PathLike[str], *, max_header_bytes: int = MAX_HEA
         raise InputError("checkpoint file", str(path), "an existing .safetensors file") from None
     except IsADirectoryError:
         raise InputError("checkpoint file", str(path), "a .safetensors file, not a folder") from None
-    except PermissionError as err:
-        raise InputError("checkpoint file", str(path), f"a readable file ({err.strerror})") from None
+    except OSError as err:
+        raise InputError("checkpoint file", str(path), f"a readable file ({err.strerror or err})") from None
     if len(raw) < n:
         raise _fail(path, "header", f"{len(raw)} of {n} bytes", "the whole header; truncated file")
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        header = None
     except (UnicodeDecodeError, ValueError) as err:
         raise _fail(path, "header", f"{n} bytes", f"UTF-8 JSON ({err})") from None
+    if header is None or not json_depth_ok(header, MAX_JSON_DEPTH):
+        raise _fail(path, "header", f"{n} bytes", f"JSON nested at most {MAX_JSON_DEPTH} levels deep")
     if not isinstance(header, dict):
         raise _fail(path, "header", type(header).__name__,
                     "a JSON object mapping tensor names to {dtype, shape, data_offsets}")
@@ -263,7 +284,13 @@ def read_checkpoint(path: str | os.PathLike[str], *,
     A folder is read through its ``model.safetensors.index.json`` (or its only ``*.index.json``),
     else its ``model.safetensors``, else every ``*.safetensors`` file in it (with a warning).
     """
-    path = Path(path)
+    try:
+        return _read_checkpoint(Path(path), max_header_bytes)
+    except OSError as err:  # a name too long, a folder that cannot be listed, ...
+        raise InputError("checkpoint", str(path), f"a readable path ({err.strerror or err})") from None
+
+
+def _read_checkpoint(path: Path, max_header_bytes: int) -> Checkpoint:
     _refuse_pickle(path)
     if path.is_dir():
         return _read_folder(path, max_header_bytes)
@@ -274,6 +301,9 @@ def read_checkpoint(path: str | os.PathLike[str], *,
         return _checkpoint(path, [h], ())
     if not path.exists():
         raise InputError("checkpoint", str(path), "an existing .safetensors file, index.json or folder")
+    if not path.is_file():
+        raise InputError("checkpoint", str(path), "a regular .safetensors file, index.json or a folder "
+                         "(not a pipe, socket or device)")
     raise InputError("checkpoint", str(path), _REFUSE_PICKLE)
 
 
@@ -310,14 +340,9 @@ def read_index(path: str | os.PathLike[str], *, max_header_bytes: int = MAX_HEAD
     """
     path = Path(path)
     _refuse_pickle(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError("checkpoint index", str(path), "an existing index.json") from None
-    try:
-        index = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise _fail(path, "index", f"{len(raw)} bytes", f"UTF-8 JSON ({err})") from None
+    raw = read_regular_file("checkpoint index", path, MAX_JSON_BYTES, what="index.json file")
+    index = parse_json("checkpoint index", path, raw, max_depth=MAX_JSON_DEPTH,
+                       object_pairs_hook=_no_duplicate_keys)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise _fail(path, "weight_map", weight_map if isinstance(index, dict) else index,
@@ -332,7 +357,7 @@ def read_index(path: str | os.PathLike[str], *, max_header_bytes: int = MAX_HEAD
     for shard in sorted(shards):
         file = path.parent / shard
         _refuse_pickle(file)
-        if not file.is_file():
+        if not file.exists():
             raise _fail(path, "shard", shard,
                         f"a file next to the index (missing: {file}; it holds {len(shards[shard])} "
                         f"tensors, e.g. {shards[shard][0]!r})")

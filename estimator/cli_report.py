@@ -17,17 +17,22 @@ from estimator.cli_options import (
     JsonOpt,
     LengthOpt,
     ModelOpt,
+    NumSeqsOpt,
     UtilOpt,
-    comma_list,
+    check_jax_env,
+    check_layout_applies,
+    check_output_path,
+    error_line,
     fail_input,
     out,
+    safe,
     slow_work,
 )
 from meshes.validation import InputError
 
 
 def report_command(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.md, memory.png and "
+    out_text: Annotated[str, typer.Option("--out", help="Folder for report.md, memory.png and "
                                           "feasibility.png (created; existing files are kept unless "
                                           "--overwrite).")],
     model: ModelOpt = "llama-3.1-70b",
@@ -36,6 +41,7 @@ def report_command(
                                                 "default: each mesh's default.")] = None,
     max_length: LengthOpt = None,
     max_batch_size: BatchOpt = None,
+    max_num_seqs: NumSeqsOpt = None,
     device_memory_utilization: UtilOpt = 0.9,
     kv_cache_dtype: DtypeOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier report in --out.")] = False,
@@ -46,19 +52,25 @@ def report_command(
     Example: kvfit report --model llama-3.1-70b --mesh 8xH100-80GB --layouts tp8,dp2xtp4,pp2xtp4
     --max-model-len 32768 --out review/
     """
-    from estimator.report import REPORT_FILES, write_report
+    from estimator.cli_review import _candidates, candidates_batch
+    from estimator.report import REPORT_FILES
 
     try:
-        meshes = comma_list(mesh)
-        layout_list = comma_list(layouts) or [None]
-        if not meshes:
-            raise InputError("--mesh", mesh, "one or more mesh presets, comma-separated")
-        if out_dir.exists() and not out_dir.is_dir():
-            raise InputError("--out", str(out_dir), "a folder (this path is a file)")
+        out_dir = check_output_path("--out", out_text, folder=True)
+        assert out_dir is not None
+        pairs = _candidates(mesh, layouts)
+        meshes = list(dict.fromkeys(m for m, _ in pairs))
+        layout_list = list(dict.fromkeys(lay for _, lay in pairs))
+        for lay in layout_list:
+            check_layout_applies(model, lay)
+        max_batch_size = candidates_batch(pairs, max_batch_size, max_num_seqs)
+        check_jax_env()
         taken = [name for name in REPORT_FILES if (out_dir / name).exists()]
         if taken and not overwrite:
             raise InputError("--out", str(out_dir), f"a folder without an earlier report ({', '.join(taken)} "
                              "exist); pass --overwrite to replace them")
+        from estimator.report import write_report  # imports jax (the heatmap's sweep)
+
         with slow_work("writing the report"):
             report = write_report(model, meshes, layout_list, out_dir, max_length=max_length,
                                   max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
@@ -74,9 +86,9 @@ def report_command(
                                                   for c in report.candidates]}))
     else:
         for path in written:
-            out.print(str(path), highlight=False)
+            out.print(safe(path, 4000), highlight=False)
     if not any(c.plan.fits for c in report.candidates):
-        typer.echo("no candidate fits", err=True)
+        typer.echo(f"no candidate fits ({error_line(report.candidates[0].plan.model)})", err=True)
         raise typer.Exit(1)
 
 

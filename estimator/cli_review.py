@@ -18,21 +18,30 @@ from estimator.cli_options import (
     LayoutOpt,
     LengthOpt,
     ModelOpt,
+    NumSeqsOpt,
     PpOpt,
     TpOpt,
     UtilOpt,
+    check_jax_env,
+    check_layout_applies,
     check_one_format,
     comma_list,
     err,
+    error_line,
     fail_input,
     gib,
     layout_text,
     out,
     print_table,
+    replicas_of,
+    safe,
     slow_work,
+    total_batch,
 )
 from estimator.review import compare, comparison_rows, explain, fit
 from meshes.validation import InputError
+
+MAX_CANDIDATES = 64
 
 
 def _candidates(meshes: str, layouts: str | None) -> list[tuple[str, str | None]]:
@@ -40,7 +49,27 @@ def _candidates(meshes: str, layouts: str | None) -> list[tuple[str, str | None]
     layout_list = comma_list(layouts) or [None]
     if not mesh_list:
         raise InputError("--mesh", meshes, "one or more mesh presets, comma-separated")
+    if layouts is not None and layout_list == [None]:
+        raise InputError("--layouts", layouts, "one or more layouts, comma-separated")
+    for flag, text, items in (("--mesh", meshes, mesh_list), ("--layouts", layouts, layout_list)):
+        if len(set(items)) != len(items):
+            raise InputError(flag, text, "distinct values (each candidate once)")
+    if len(mesh_list) * len(layout_list) > MAX_CANDIDATES:
+        raise InputError("--mesh × --layouts", f"{len(mesh_list) * len(layout_list)} candidates",
+                         f"at most {MAX_CANDIDATES}")
     return [(m, lay) for m in mesh_list for lay in layout_list]
+
+
+def candidates_batch(candidates: list[tuple[str, str | None]], max_batch_size: int | None,
+                     max_num_seqs: int | None) -> int | None:
+    """--max-batch-size, or --max-num-seqs × the replicas (the same for every candidate)."""
+    if max_num_seqs is None:
+        return total_batch(max_batch_size, None, 1)
+    replicas = {replicas_of(m, lay) for m, lay in candidates}
+    if len(replicas) > 1:
+        raise InputError("--max-num-seqs", max_num_seqs, "--max-batch-size when the candidates have "
+                         f"different replica counts ({', '.join(map(str, sorted(replicas)))})")
+    return total_batch(max_batch_size, max_num_seqs, replicas.pop())
 
 
 def compare_command(
@@ -49,6 +78,7 @@ def compare_command(
     layouts: Annotated[str | None, typer.Option(help="Layouts, comma-separated (tp8,dp2xtp4,...).")] = None,
     max_length: LengthOpt = None,
     max_batch_size: BatchOpt = None,
+    max_num_seqs: NumSeqsOpt = None,
     kv_cache_dtype: DtypeOpt = None,
     device_memory_utilization: UtilOpt = 0.9,
     as_json: JsonOpt = False,
@@ -60,7 +90,11 @@ def compare_command(
     """
     try:
         check_one_format(as_json, as_csv)
-        cands = compare(model, _candidates(mesh, layouts), max_length=max_length,
+        pairs = _candidates(mesh, layouts)
+        for _, lay in pairs:
+            check_layout_applies(model, lay)
+        max_batch_size = candidates_batch(pairs, max_batch_size, max_num_seqs)
+        cands = compare(model, pairs, max_length=max_length,
                         max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
                         device_memory_utilization=device_memory_utilization)
     except InputError as e:
@@ -70,10 +104,10 @@ def compare_command(
         out.print_json(json.dumps([{"candidate": c.label, "mesh_preset": c.mesh, **c.plan.to_dict()}
                                    for c in cands]))
     else:  # as CSV, a metric name with a comma in it ("max batch at 32,768 tokens") is quoted
-        table = Table("metric", *[c.label for c in cands], title=f"{cands[0].plan.model}: candidates",
+        table = Table("metric", *[safe(c.label) for c in cands], title=f"{safe(cands[0].plan.model)}: candidates",
                       title_justify="left")
         for name, values in comparison_rows(cands):
-            table.add_row(name, *values)
+            table.add_row(safe(name), *(safe(v) for v in values))
         print_table(table, as_csv)
     if not any(c.plan.fits for c in cands):  # exit 1 as kvfit report does
         typer.echo("no candidate fits", err=True)
@@ -90,6 +124,7 @@ def explain_command(
     expert_parallel_size: EpOpt = None,
     max_length: LengthOpt = None,
     max_batch_size: BatchOpt = None,
+    max_num_seqs: NumSeqsOpt = None,
     device_memory_utilization: UtilOpt = 0.9,
     kv_cache_dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
@@ -103,6 +138,9 @@ def explain_command(
         check_one_format(as_json, as_csv)
         text = layout_text(layout, tensor_parallel_size, data_parallel_size, pipeline_parallel_size,
                            expert_parallel_size)
+        check_layout_applies(model, text)
+        max_batch_size = total_batch(max_batch_size, max_num_seqs,
+                                     replicas_of(mesh, text) if max_num_seqs is not None else 1)
         with slow_work("trying the nearest configurations that fit"):
             e = explain(model, mesh, text, max_length=max_length, max_batch_size=max_batch_size,
                         kv_cache_dtype=kv_cache_dtype, device_memory_utilization=device_memory_utilization)
@@ -116,21 +154,26 @@ def explain_command(
         table = Table("change", "length", "max batch", "command", title="nearest that fit",
                       title_justify="left")
         for a in e.alternatives:
-            table.add_row(a.change, f"{a.plan.planned_max_length:,}", f"{a.plan.max_batch_size:,}", a.command)
+            table.add_row(safe(a.change), f"{a.plan.planned_max_length:,}", f"{a.plan.max_batch_size:,}",
+                          safe(a.command, 1000))
         if not as_csv:
-            out.print(f"[bold]{'fits' if e.plan.fits else 'does not fit'}[/]: {e.plan.model} on {e.plan.mesh}, "
-                      f"{e.plan.layout}", highlight=False)
+            head = f"{safe(e.plan.model)} on {safe(e.plan.mesh)}, {safe(e.plan.layout)}"
+            if e.plan.fits:
+                out.print(f"[bold]fits[/]: {head}", highlight=False)
             for reason in e.reasons:
-                out.print(f"  • {reason}", highlight=False, markup=False)
+                out.print(f"  • {error_line(reason)}", highlight=False, markup=False)
         if e.alternatives or as_csv:
             print_table(table, as_csv)
-    if not e.plan.fits:
+    if not e.plan.fits:  # on stderr, as kvfit plan says it
+        typer.echo(f"does not fit: {error_line(e.plan.model)} on {error_line(e.plan.mesh)}, "
+                   f"{error_line(e.plan.layout)}", err=True)
         raise typer.Exit(1)
 
 
 def fit_command(
     model: ModelOpt = "llama-3.1-70b",
-    target_length: Annotated[int, typer.Option(help="Tokens per request to serve.")] = 32768,
+    target_length: Annotated[int, typer.Option("--target-length", "--max-model-len",
+                                               help="Tokens per request to serve.")] = 32768,
     target_concurrency: Annotated[int, typer.Option(help="Requests at once.")] = 64,
     device: Annotated[str, typer.Option(help="Device kind (kvfit devices).")] = "H100-80GB",
     max_devices: Annotated[int, typer.Option(help="Largest mesh to try.")] = 64,
@@ -145,6 +188,8 @@ def fit_command(
     """
     try:
         check_one_format(as_json, as_csv)
+        if not str(device).strip():
+            raise InputError("--device", device, "a device kind (kvfit devices lists them)")
         with slow_work("planning every mesh size and layout"):
             options = fit(model, target_length=target_length, target_concurrency=target_concurrency,
                           device=device, max_devices=max_devices, kv_cache_dtype=kv_cache_dtype,
@@ -157,12 +202,13 @@ def fit_command(
                                    for o in options]))
     else:
         table = Table("devices", "mesh", "layout", "headroom / device (GiB)", "max batch at target",
-                      title=f"{target_concurrency} × {target_length:,} tokens on {device}", title_justify="left")
+                      title=f"{target_concurrency} × {target_length:,} tokens on {safe(device)}", title_justify="left")
         for o in options:
-            table.add_row(str(o.devices), o.mesh, o.layout, gib(o.headroom_bytes), f"{o.plan.max_batch_size:,}")
+            table.add_row(str(o.devices), safe(o.mesh), safe(o.layout), gib(o.headroom_bytes),
+                          f"{o.plan.max_batch_size:,}")
         print_table(table, as_csv)
     if not options:
-        err.print(f"nothing up to {max_devices} × {device} serves that target", highlight=False)
+        err.print(f"nothing up to {max_devices} × {safe(device)} serves that target", highlight=False)
         raise typer.Exit(1)
 
 
@@ -184,6 +230,10 @@ def devices_command(
     specs = list(CATALOG.values())
     live_rows: list[dict] = []
     if live:
+        try:
+            check_jax_env()
+        except InputError as e:
+            fail_input(e)
         import jax
 
         for d in jax.devices():
@@ -196,8 +246,9 @@ def devices_command(
         return
     table = Table("name", "platform", "memory GiB", "usable GiB", "HBM TB/s", "bf16 TFLOP/s", "aliases")
     for s in specs:
-        table.add_row(s.name, s.platform, gib(s.memory_bytes), gib(s.usable_bytes), f"{s.hbm_bandwidth / 1e12:.2f}",
-                      f"{s.peak_bf16_flops / 1e12:,.0f}", ", ".join(s.aliases))
+        table.add_row(safe(s.name), safe(s.platform), gib(s.memory_bytes), gib(s.usable_bytes),
+                      f"{s.hbm_bandwidth / 1e12:.2f}",
+                      f"{s.peak_bf16_flops / 1e12:,.0f}", safe(", ".join(s.aliases)))
     print_table(table, as_csv)
     if as_csv:
         return
@@ -205,6 +256,6 @@ def devices_command(
         stats = row["memory_stats"]
         text = ("no memory stats (pass a mesh preset or capacity_bytes)" if stats is None else
                 f"limit {gib(stats.get('bytes_limit', 0))} GiB, in use {gib(stats.get('bytes_in_use', 0))} GiB")
-        out.print(f"live {row['device']} ({row['kind']}): {text}", highlight=False)
+        out.print(f"live {safe(row['device'])} ({safe(row['kind'])}): {text}", highlight=False)
 
 

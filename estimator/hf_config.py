@@ -1,35 +1,43 @@
 """HF ``config.json`` → ModelSpec, one small reader per model family.
 
 Configs are JSON data: parsed, never executed; nothing is fetched. Each family's reader names
-the config keys it relies on, so a missing key is one clear error naming it.
+the config keys it relies on, so a missing key is one clear error naming it. A config is read only
+as a regular file of at most ``MAX_JSON_BYTES`` bytes nested at most ``MAX_JSON_DEPTH`` levels,
+every count is an integer in range before anything is built from it (``num_hidden_layers`` at most
+``MAX_LAYERS``), and any other shape of config a reader cannot use is an InputError naming the file.
 """
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from estimator.model_spec import ModelSpec
-from meshes.validation import InputError, check_int
+from estimator.model_spec import MAX_LAYERS, ModelSpec
+from meshes.validation import (
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    InputError,
+    check_int,
+    parse_json,
+    plain_text,
+    read_regular_file,
+)
 
 Config = Mapping[str, Any]
 
 
 def read_config_json(path: Path) -> dict[str, Any]:
-    """Parse ``path`` as a JSON object, with one clear error for each way it can be unusable."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    """Parse ``path`` as a JSON object, with one clear error for each way it can be unusable.
+
+    Only a regular file of at most MAX_JSON_BYTES bytes is read (a FIFO or /dev/zero is refused
+    before it is opened), and JSON nested deeper than MAX_JSON_DEPTH levels is refused."""
+    if not os.path.lexists(path):
         raise InputError("model", str(path), "an existing config.json file or a preset name "
-                         "(kvfit models lists them)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError("model", str(path), f"a readable UTF-8 JSON file ({err})") from None
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError("model", str(path), f"valid JSON (line {err.lineno}: {err.msg})") from None
+                         "(kvfit models lists them)")
+    raw = read_regular_file("model", path, MAX_JSON_BYTES, what="config.json file")
+    config = parse_json("model", path, raw, max_depth=MAX_JSON_DEPTH)
     if not isinstance(config, dict):
         raise InputError("model", str(path), "a JSON object (an HF config.json)")
     return config
@@ -38,18 +46,31 @@ def read_config_json(path: Path) -> dict[str, Any]:
 class _Reader:
     """Key access that names the missing key and the model type."""
 
-    def __init__(self, config: Config, model_type: str) -> None:
-        self.config, self.model_type = config, model_type
+    def __init__(self, config: Config, model_type: str, where: str = "config.json") -> None:
+        self.config, self.model_type, self.where = config, model_type, where
 
     def need(self, key: str, *alternatives: str) -> Any:
         for k in (key, *alternatives):
             if self.config.get(k) is not None:
                 return self.config[k]
-        raise InputError(f"config.json[{key!r}]", None, f"present for model_type {self.model_type!r}")
+        raise InputError(f"{self.where}[{key!r}]", None, f"present for model_type {self.model_type!r}")
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self.config.get(key)
         return default if value is None else value
+
+    def count(self, key: str, *alternatives: str, minimum: int = 1, maximum: int = 2**40,
+              default: int | None = None) -> int:
+        """An integer field in [minimum, maximum] (``default`` when absent and a default is given)."""
+        if default is not None and all(self.config.get(k) is None for k in (key, *alternatives)):
+            value = default
+        else:
+            value = self.need(key, *alternatives)
+        return check_int(f"{self.where}[{key!r}]", value, minimum=minimum, maximum=maximum)
+
+    def layers(self, key: str = "num_hidden_layers", *alternatives: str) -> int:
+        """The layer count, capped at MAX_LAYERS before any per-layer tuple is built."""
+        return self.count(key, *alternatives, maximum=MAX_LAYERS)
 
 
 def _base(r: _Reader, name: str) -> dict[str, Any]:
@@ -58,7 +79,7 @@ def _base(r: _Reader, name: str) -> dict[str, Any]:
     hidden = check_int("hidden_size", r.need("hidden_size"))
     heads = check_int("num_attention_heads", r.need("num_attention_heads"))
     return dict(
-        name=name, model_type=r.model_type, num_layers=r.need("num_hidden_layers"),
+        name=name, model_type=r.model_type, num_layers=r.layers(),
         hidden_size=hidden, num_attention_heads=heads,
         num_kv_heads=r.get("num_key_value_heads", heads), head_dim=r.get("head_dim", hidden // heads),
         vocab_size=r.need("vocab_size"), intermediate_size=r.need("intermediate_size"),
@@ -70,22 +91,29 @@ def _base(r: _Reader, name: str) -> dict[str, Any]:
     )
 
 
-def _quantization(q: Mapping[str, Any] | None) -> dict[str, Any]:
+def _quantization(q: Any) -> dict[str, Any]:
     if not q:
         return {}
+    if not isinstance(q, Mapping):
+        raise InputError("quantization_config", q, "a JSON object with quant_method (fp8, awq, gptq, mxfp4)")
     method = str(q.get("quant_method", "")).lower()
-    exclude = tuple(str(m) for m in q.get("modules_to_not_convert") or ())
+    modules = q.get("modules_to_not_convert") or []
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise InputError("quantization_config.modules_to_not_convert", modules, "a list of module names")
+    exclude = tuple(modules)
     if method == "fp8":
         block = q.get("weight_block_size")
-        if block and (len(block) != 2 or block[0] != block[1]):
+        if block is not None and (not isinstance(block, list) or len(block) != 2 or block[0] != block[1]):
             raise InputError("quantization_config.weight_block_size", block, "a square [b, b] block")
-        return dict(weight_quant="fp8_block" if block else "fp8",
-                    quant_block=int(block[0]) if block else 128, quant_exclude=exclude)
+        edge = check_int("quantization_config.weight_block_size", block[0], maximum=2**20) if block else 128
+        return dict(weight_quant="fp8_block" if block else "fp8", quant_block=edge, quant_exclude=exclude)
     if method in ("awq", "gptq"):
         bits = q.get("bits", q.get("w_bit", 4))
-        if bits != 4:
+        if bits != 4 or isinstance(bits, bool):
             raise InputError("quantization_config.bits", bits, f"4 for {method}")
-        return dict(weight_quant=method, quant_block=int(q.get("group_size", q.get("q_group_size", 128))),
+        group = q.get("group_size", q.get("q_group_size", 128))
+        return dict(weight_quant=method, quant_block=check_int("quantization_config.group_size", group,
+                                                               maximum=2**20),
                     quant_exclude=exclude)
     if method == "mxfp4":
         return dict(weight_quant="mxfp4", quant_block=32, quant_exclude=exclude)
@@ -97,7 +125,7 @@ def _sliding_all(r: _Reader, spec: dict[str, Any]) -> None:
     window = r.get("sliding_window")
     if window and r.get("use_sliding_window", True) is not False:
         if r.model_type.startswith("qwen"):
-            first_full = r.get("max_window_layers", spec["num_layers"])
+            first_full = r.count("max_window_layers", minimum=0, default=spec["num_layers"])
             spec["layer_types"] = tuple("sliding_attention" if i >= first_full else "full_attention"
                                         for i in range(spec["num_layers"]))
         else:
@@ -111,8 +139,10 @@ def _explicit_layer_types(r: _Reader, spec: dict[str, Any]) -> bool:
     types = r.get("layer_types")
     if not types:
         return False
-    if not isinstance(types, list):
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise InputError("config.json['layer_types']", types, "a list of layer kinds")
+    if len(types) > MAX_LAYERS:
+        raise InputError("config.json['layer_types']", f"{len(types)} entries", f"at most {MAX_LAYERS:,} layers")
     aliases = {"attention": "full_attention", "linear_attention": "linear_attention"}
     spec["layer_types"] = tuple(aliases.get(t, t) for t in types)
     spec["sliding_window"] = r.get("sliding_window", 0)
@@ -204,7 +234,7 @@ def _gemma(r: _Reader, name: str) -> dict[str, Any]:
         if r.model_type == "gemma2":  # even layers slide (Gemma2DecoderLayer.is_sliding)
             kinds = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
         else:
-            period = r.get("sliding_window_pattern", r.get("_sliding_window_pattern", 6))
+            period = r.count("sliding_window_pattern", "_sliding_window_pattern", default=6)
             kinds = ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(n)]
         spec.update(layer_types=tuple(kinds), sliding_window=window)
     return spec
@@ -226,8 +256,10 @@ def _llama4(r: _Reader, name: str) -> dict[str, Any]:
     step = r.get("interleave_moe_layer_step", 1)
     if step != 1:
         raise InputError("config.json['interleave_moe_layer_step']", step, "1 (every layer MoE)")
-    chunk = r.get("attention_chunk_size", 0)
+    chunk = r.count("attention_chunk_size", minimum=0, default=0)
     nope = r.get("no_rope_layers") or [int((i + 1) % 4 != 0) for i in range(n)]
+    if not isinstance(nope, list) or len(nope) < n:
+        raise InputError("config.json['no_rope_layers']", nope, f"a list of {n} flags (one per layer)")
     spec.update(num_experts=r.need("num_local_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
                 moe_intermediate_size=r.need("intermediate_size"), num_shared_experts=1)
     if chunk:  # rope layers attend within chunks; the no-rope layers (every 4th) are global
@@ -247,7 +279,7 @@ def _mamba_like(r: _Reader, name: str, kinds: tuple[str, ...]) -> dict[str, Any]
     """Fields of a (hybrid) Mamba model; attention-free models get a nominal head layout."""
     c = r.config
     hidden = check_int("hidden_size", r.need("hidden_size", "d_model"))
-    heads = r.get("num_attention_heads", 1)
+    heads = r.count("num_attention_heads", default=1)
     expand = r.get("expand", r.get("mamba_expand", 2))
     return dict(
         name=name, model_type=r.model_type, num_layers=len(kinds), hidden_size=hidden,
@@ -268,7 +300,7 @@ def _mamba_like(r: _Reader, name: str, kinds: tuple[str, ...]) -> dict[str, Any]
 
 
 def _mamba(r: _Reader, name: str) -> dict[str, Any]:
-    kinds = ("mamba" if r.model_type == "mamba" else "mamba2",) * r.need("num_hidden_layers", "n_layer")
+    kinds = ("mamba" if r.model_type == "mamba" else "mamba2",) * r.layers("num_hidden_layers", "n_layer")
     spec = _mamba_like(r, name, kinds)
     spec.update(intermediate_size=spec["ssm_inner_size"], gated_mlp=False, norms_per_layer=1)
     if r.model_type == "mamba2":
@@ -277,8 +309,9 @@ def _mamba(r: _Reader, name: str) -> dict[str, Any]:
 
 
 def _jamba(r: _Reader, name: str) -> dict[str, Any]:
-    n = r.need("num_hidden_layers")
-    period, offset = r.need("attn_layer_period"), r.need("attn_layer_offset")
+    n = r.layers()
+    period = r.count("attn_layer_period")
+    offset = r.count("attn_layer_offset", minimum=0, maximum=period - 1)
     kinds = tuple("full_attention" if i % period == offset else "mamba" for i in range(n))
     spec = _mamba_like(r, name, kinds)
     e_period, e_offset = r.get("expert_layer_period", 1), r.get("expert_layer_offset", 0)
@@ -294,6 +327,9 @@ def _jamba(r: _Reader, name: str) -> dict[str, Any]:
 
 def _granite_hybrid(r: _Reader, name: str) -> dict[str, Any]:
     types = r.need("layer_types")
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types) or len(types) > MAX_LAYERS:
+        raise InputError("config.json['layer_types']", plain_text(types, 80),
+                         f"a list of at most {MAX_LAYERS:,} layer kinds")
     kinds = tuple("mamba2" if t == "mamba" else "full_attention" for t in types)
     spec = _mamba_like(r, name, kinds)
     spec.update(intermediate_size=r.get("shared_intermediate_size", r.get("intermediate_size", 0)),
@@ -306,12 +342,15 @@ def _granite_hybrid(r: _Reader, name: str) -> dict[str, Any]:
 
 
 def _nemotron_h(r: _Reader, name: str) -> dict[str, Any]:
-    pattern = str(r.need("hybrid_override_pattern"))
+    pattern = r.need("hybrid_override_pattern")
+    if not isinstance(pattern, str) or len(pattern) > MAX_LAYERS:
+        raise InputError("hybrid_override_pattern", plain_text(pattern, 80),
+                         f"a string of at most {MAX_LAYERS:,} letters M, * and -")
     codes = {"M": "mamba2", "*": "full_attention", "-": "mlp_only"}
     unknown = sorted(set(pattern) - set(codes))
     if unknown:
         raise InputError("hybrid_override_pattern", pattern, "letters M (Mamba2), * (attention), - (MLP)")
-    if len(pattern) != r.need("num_hidden_layers"):
+    if len(pattern) != r.layers():
         raise InputError("hybrid_override_pattern", f"{len(pattern)} layers",
                          f"one letter per layer (num_hidden_layers={r.config['num_hidden_layers']})")
     spec = _mamba_like(r, name, tuple(codes[ch] for ch in pattern))
@@ -333,7 +372,24 @@ SUPPORTED_MODEL_TYPES = tuple(READERS)
 
 def spec_from_hf_config(config: Config, name: str) -> ModelSpec:
     """ModelSpec for any supported family; multimodal configs plan their text model and count
-    the vision tower's parameters into the weights."""
+    the vision tower's parameters into the weights.
+
+    A config whose values a reader cannot use (a string where a number belongs, a list too short)
+    is an InputError naming the model, never a traceback: configs are user data."""
+    if not isinstance(config, Mapping):
+        raise InputError("model", plain_text(config, 80), "a JSON object (an HF config.json)")
+    try:
+        return _spec_from_hf_config(config, name)
+    except InputError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError,
+            OverflowError, RecursionError, MemoryError) as err:
+        raise InputError("model", plain_text(name, 80), "a config.json whose fields have the types and "
+                         f"ranges of an HF {plain_text(config.get('model_type'), 40)!s} config "
+                         f"({type(err).__name__}: {plain_text(err, 120)})") from None
+
+
+def _spec_from_hf_config(config: Config, name: str) -> ModelSpec:
     model_type = config.get("model_type")
     text = config.get("text_config")
     vision = config.get("vision_config")
@@ -343,11 +399,13 @@ def spec_from_hf_config(config: Config, name: str) -> ModelSpec:
             if key in config and key not in text:
                 merged[key] = config[key]
         config, model_type = merged, merged["model_type"]
-    if model_type not in READERS:
-        raise InputError("model_type", model_type, f"one of {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if not isinstance(model_type, str) or model_type not in READERS:
+        raise InputError("model_type", plain_text(model_type, 80), f"one of {', '.join(SUPPORTED_MODEL_TYPES)}")
     spec = READERS[model_type](_Reader(config, model_type), name)
     if isinstance(vision, Mapping):
         spec["vision_params"] = vision_tower_params(vision, spec["hidden_size"])
+    elif vision is not None:
+        raise InputError("vision_config", plain_text(vision, 80), "a JSON object")
     return ModelSpec(**spec)
 
 
@@ -357,10 +415,11 @@ def vision_tower_params(vision: Config, text_hidden: int) -> int:
     Per layer: q, k, v, o with biases, fc1/fc2 with biases, two LayerNorms; patch embedding,
     learned positions and a post LayerNorm; the projector maps the vision width to the text width.
     """
-    r = _Reader(vision, str(vision.get("model_type", "vision")))
-    h, inter, layers = r.need("hidden_size"), r.need("intermediate_size"), r.need("num_hidden_layers")
-    patch, image = r.need("patch_size"), r.need("image_size")
-    channels = r.get("num_channels", 3)
+    r = _Reader(vision, plain_text(vision.get("model_type", "vision"), 40), "vision_config")
+    h, inter = r.count("hidden_size", maximum=2**24), r.count("intermediate_size", maximum=2**26)
+    layers = r.layers()
+    patch, image = r.count("patch_size", maximum=2**16), r.count("image_size", maximum=2**20)
+    channels = r.count("num_channels", default=3, maximum=2**16)
     per_layer = 4 * (h * h + h) + 2 * h * inter + inter + h + 4 * h
     positions = (image // patch) ** 2
     embed = channels * patch * patch * h + h + positions * h

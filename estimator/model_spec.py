@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from estimator.dtypes import canonical_dtype, dtype_bytes
-from meshes.validation import InputError, check_choice, check_int
+from meshes.validation import InputError, check_choice, check_int, plain_text
 
 # what one layer's sequence mixer is; the KV kind follows from it (estimator.kv_spec)
 ATTENTION_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
 RECURRENT_TYPES = ("mamba", "mamba2", "linear_attention")
 LAYER_TYPES = (*ATTENTION_TYPES, *RECURRENT_TYPES, "mlp_only")
 WEIGHT_QUANT = ("", "fp8_block", "fp8", "awq", "gptq", "mxfp4")
+
+# The most layers a spec may have: checked before any per-layer tuple is built (real decoders have
+# at most a few hundred; planning cost grows linearly with the count).
+MAX_LAYERS = 4096
 
 _POSITIVE = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim",
              "vocab_size", "intermediate_size", "max_position_embeddings")
@@ -94,6 +98,13 @@ class ModelSpec:
     vision_params: int = 0  # vision tower + projector, counted on the first stage
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not plain_text(self.name).strip():
+            raise InputError("model name", self.name, "a non-empty string")
+        object.__setattr__(self, "name", plain_text(self.name).strip())  # no ESC/CR reaches a terminal
+        check_int(f"{self.name}.num_layers", self.num_layers, maximum=MAX_LAYERS)
+        if isinstance(self.layer_types, (str, bytes)) or len(self.layer_types) > MAX_LAYERS:
+            raise InputError(f"{self.name}.layer_types", plain_text(self.layer_types, 60),
+                             f"a sequence of at most {MAX_LAYERS:,} layer kinds")
         for f in _POSITIVE:
             check_int(f"{self.name}.{f}", getattr(self, f))
         for f in fields(self):
@@ -182,8 +193,8 @@ def config_name(config: dict, path: Path) -> str:
     """A model's name from its config: ``_name_or_path`` when the config records it, else the file's
     stem (``deepseek-ai__DeepSeek-V3.json``), else the folder of a plain ``config.json``."""
     recorded = config.get("_name_or_path")
-    if isinstance(recorded, str) and recorded.strip() and not recorded.startswith(("/", ".")):
-        return recorded.strip()
+    if isinstance(recorded, str) and plain_text(recorded).strip() and not recorded.startswith(("/", ".")):
+        return plain_text(recorded).strip()
     if path.stem != "config":
         return path.stem
     return path.resolve().parent.name or path.stem

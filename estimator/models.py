@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from estimator.model_spec import ModelSpec
@@ -19,9 +20,17 @@ def resolve_model(model: ModelSpec | str | Path) -> ModelSpec:
     """A ModelSpec from a spec, a preset name, or a path to an HF config.json."""
     if isinstance(model, ModelSpec):
         return model
-    if isinstance(model, Path) or str(model).endswith(".json") or Path(str(model)).is_dir():
-        path = Path(model)
-        return ModelSpec.from_json_file(path / "config.json" if path.is_dir() else path)
-    if not isinstance(model, str):
+    if not isinstance(model, (str, Path)):
         raise InputError("model", model, "a preset name, a config.json path or a ModelSpec")
+    if not str(model).strip():  # Path('') is '.', which would plan ./config.json
+        raise InputError("model", str(model), "a preset name (kvfit models lists them) or a config.json path")
+    text = str(model).strip()
+    if isinstance(model, str) and text.lower() in PRESETS:
+        return load_preset(text)
+    if isinstance(model, Path) or text.endswith(".json") or os.path.lexists(text):
+        path = Path(model)
+        try:
+            return ModelSpec.from_json_file(path / "config.json" if path.is_dir() else path)
+        except OSError as err:  # a name too long, a loop of links, ...
+            raise InputError("model", str(model), f"a readable config.json path ({err.strerror or err})") from None
     return load_preset(model)

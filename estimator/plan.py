@@ -22,7 +22,7 @@ from estimator.models import resolve_model
 from estimator.paging import SPEC_METHODS, pages_that_fit, scaled_budget, speculative_slack
 from estimator.signals import signal_buffer_bytes
 from meshes.mesh import DeviceMesh
-from meshes.validation import InputError, check_choice, check_fraction, check_int
+from meshes.validation import InputError, check_choice, check_fraction, check_int, check_page_size
 
 DEFAULT_MAX_BATCH_INPUT_TOKENS = 8192
 
@@ -126,6 +126,8 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
         raise InputError("layout", layout, "a Layout or layout text such as 'tp8' or 'dp2xtp4'")
     mesh = DeviceMesh.from_preset(mesh) if isinstance(mesh, str) else mesh
     layout = Layout.resolve(layout, mesh)
+    if layout.expert > 1 and not model.is_moe:
+        raise InputError("expert_parallel_size", layout.expert, f"1 for {model.name}, a dense model")
     check_choice("speculative_method", speculative_method, SPEC_METHODS)
     util = check_fraction("device_memory_utilization", device_memory_utilization)
     tokens = check_int("max_batch_input_tokens", max_batch_input_tokens)
@@ -136,7 +138,7 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
     if max_batch_size is not None:
         max_batch_size = check_int("max_batch_size", max_batch_size, maximum=2**31 - 1)
     mtp = loads_mtp_layers(include_mtp, speculative_method, num_draft_tokens)
-    check_page_size(page_size, mesh.platform)
+    check_page_size(page_size, mesh.platform, mla=model.is_mla)
     geom = geometry(model, layout, kv_cache_dtype=kv_cache_dtype, page_size=page_size,
                     kv_scale_block=kv_scale_block, include_mtp=mtp)
     stage_weights, weight_notes = _stage_weights(weights, model, layout, geom)
@@ -345,17 +347,6 @@ def _conclude(model: ModelSpec, mesh: DeviceMesh, layout: Layout, geom: Geometry
         planned_max_length=planned, max_batch_size=total_batch,
         requested_max_batch_size=max_batch_size, fits=fits, tightest_device=rows[tight].device,
         waste_bytes=waste, warnings=tuple(warnings), suggestions=tuple(suggestions))
-
-
-def check_page_size(page_size: object, platform: str) -> int:
-    """Tokens per page as the mesh's attention kernels take them: any positive count on GPUs (vLLM
-    16, SGLang 1, TRT-LLM 32, MAX multiples of 128 — the engine profiles check their own), a power
-    of two on TPUs (vllm-project/tpu-inference's Pallas ragged paged-attention kernels: 16 … 256, MLA 1024)."""
-    size = check_int("page_size", page_size, maximum=2**24)
-    if platform == "tpu" and size & (size - 1):
-        raise InputError("page_size", page_size, "a power of two on a TPU mesh (16, 32, 64, 128, 256; "
-                         "1024 for MLA): TPU paged-attention kernels take no other page size")
-    return size
 
 
 __all__ = ["ACTIVATION_MODELS", "ActivationModel", "DeviceRow", "MemoryPlan", "activation_model", "plan"]

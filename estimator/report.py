@@ -15,6 +15,7 @@ from typing import Any
 
 from estimator.review import Candidate, compare, comparison_rows, tightest_row
 from meshes.catalog import GiB
+from meshes.validation import InputError
 
 REPORT_FILES = ("report.md", "memory.png", "feasibility.png")
 SEGMENTS = (("weights", "weights_bytes", "#4C72B0"), ("activations", "activation_bytes", "#DD8452"),
@@ -33,6 +34,13 @@ class Report:
     candidates: tuple[Candidate, ...]
 
 
+def _mpl_text(text: object) -> str:
+    """User text (a model name) for matplotlib: printable, and ``$`` kept literal (not mathtext)."""
+    from meshes.validation import plain_text
+
+    return plain_text(text).replace("$", r"\$")
+
+
 def _figure(width: float, height: float) -> Any:
     """A figure not registered with pyplot: no backend switch, nothing left open in a notebook."""
     from matplotlib.figure import Figure
@@ -44,14 +52,14 @@ def memory_bars(candidates: Sequence[Candidate], path: Path) -> Path:
     """One stacked bar per candidate: the tightest device's memory, in GiB, by use."""
     fig = _figure(max(6.0, 1.6 * len(candidates) + 2.5), 4.8)
     ax = fig.subplots()
-    labels = [c.label.replace(" ", "\n", 1) for c in candidates]
+    labels = [_mpl_text(c.label).replace(" ", "\n", 1) for c in candidates]
     bottoms = [0.0] * len(candidates)
     for name, attr, color in SEGMENTS:
         values = [max(getattr(tightest_row(c.plan), attr), 0) / GiB for c in candidates]
         ax.bar(labels, values, bottom=bottoms, color=color, label=name, width=0.6, edgecolor="white")
         bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
     ax.set_ylabel("GiB per device (tightest device)")
-    ax.set_title(f"{candidates[0].plan.model}: where each device's memory goes")
+    ax.set_title(f"{_mpl_text(candidates[0].plan.model)}: where each device's memory goes")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -101,11 +109,29 @@ def write_report(model: str, meshes: Sequence[str], layouts: Sequence[str | None
                  kv_cache_dtype: str | None = None, device_memory_utilization: float = 0.9,
                  batch_sizes: Sequence[int] | None = None, lengths: Sequence[int] | None = None,
                  command: Sequence[str] | None = None) -> Report:
-    """Write report.md, memory.png and (when one mesh is reviewed) feasibility.png into ``out``."""
+    """Write report.md, memory.png and (when one mesh is reviewed) feasibility.png into ``out``.
+
+    ``out`` is checked before any work: a folder that exists or can be created, outside /proc,
+    /sys and /dev (InputError otherwise)."""
+    out = Path(out)
+    resolved = str(out.expanduser().absolute())
+    if not str(out).strip() or any(resolved == d or resolved.startswith(d + "/") for d in ("/proc", "/sys", "/dev")):
+        raise InputError("out", str(out), "a folder path outside /proc, /sys and /dev")
+    try:
+        parent = out
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or (out.exists() and not out.is_dir()):
+            raise InputError("out", str(out), f"a folder (or a path under one): {parent} is a file")
+    except OSError as err:
+        raise InputError("out", str(out), f"a usable folder path ({err.strerror or err})") from None
     candidates = compare(model, [(m, lay) for m in meshes for lay in layouts], max_length=max_length,
                          max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
                          device_memory_utilization=device_memory_utilization)
-    out.mkdir(parents=True, exist_ok=True)  # after compare(): bad input leaves no empty folder behind
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # after compare(): bad input leaves no empty folder behind
+    except OSError as err:
+        raise InputError("out", str(out), f"a folder that can be created ({err.strerror or err})") from None
     bars = memory_bars(candidates, out / "memory.png")
     heat = None
     if len(meshes) == 1:

@@ -176,9 +176,9 @@ def explain(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str
     kinds = {getattr(d, "spec", None) for d in dm.devices}
     if len(kinds) == 1 and None not in kinds:  # more devices: at least one request of one page
         kind = next(iter(kinds)).name
+        sizes = [n for n in (dm.size * 2**k for k in range(1, 5)) if n <= MAX_FIT_DEVICES]
         more = fit(spec, target_length=max_length or base.page_size, target_concurrency=max_batch_size or 1,
-                   device=kind, max_devices=16 * dm.size, sizes=[dm.size * 2**k for k in range(1, 5)],
-                   **plan_kwargs)
+                   device=kind, max_devices=max(sizes), sizes=sizes, **plan_kwargs) if sizes else ()
         for option in more[:2]:  # shown as planned for what was asked (the defaults where nothing was)
             shown = plan(spec, option.mesh, option.layout, max_length=max_length, max_batch_size=max_batch_size,
                          **plan_kwargs)
@@ -237,11 +237,22 @@ def fit(model: ModelSpec | str, *, target_length: int, target_concurrency: int,
     requests of ``target_length`` tokens; ranked by device count, then headroom."""
     spec = resolve_model(model)
     kind = device_spec(device)
-    target_length = check_int("target_length", target_length)
-    target_concurrency = check_int("target_concurrency", target_concurrency)
+    target_length = check_int("target_length", target_length, maximum=2**40)
+    target_concurrency = check_int("target_concurrency", target_concurrency, maximum=2**31 - 1)
     max_devices = check_int("max_devices", max_devices, maximum=MAX_FIT_DEVICES)
+    per_host = check_int("per_host", per_host, maximum=MAX_FIT_DEVICES)
     # every size: 3 devices may serve what 4 do, 12 (3 hosts of 4) what 16 do
-    sizes = sorted(set(sizes or range(1, max_devices + 1)))
+    if sizes is None:
+        sizes = range(1, max_devices + 1)
+    elif isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable):
+        raise InputError("sizes", sizes, f"device counts in [1, {max_devices}]")
+    sizes = sorted({check_int("sizes", n, maximum=max_devices) for n in sizes})
+    if not sizes:
+        raise InputError("sizes", [], f"at least one device count in [1, {max_devices}]")
+    # bad knobs (dtype, utilisation, ...) are the caller's error, not "nothing fits": plan once
+    # outside the search so that its InputError reaches the caller
+    plan(spec, f"1x{kind.name}", None, max_length=target_length, max_batch_size=target_concurrency,
+         **plan_kwargs)
     found: list[FitOption] = []
     meshes: dict[str, DeviceMesh] = {}
     for n in sizes:

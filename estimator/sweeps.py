@@ -68,7 +68,6 @@ from estimator.paging import pages_that_fit, scaled_budget
 from estimator.plan import (
     DEFAULT_MAX_BATCH_INPUT_TOKENS,
     MemoryPlan,
-    check_page_size,
     length_cap,
     loads_mtp_layers,
     plan,
@@ -81,10 +80,13 @@ from estimator.sweep_kernel import (
     grid_full_jit,
 )
 from meshes.mesh import DeviceMesh
-from meshes.validation import InputError, check_fraction, check_int
+from meshes.validation import InputError, check_fraction, check_int, check_page_size
 
 DEFAULT_CHUNK_CELLS = 2**24
 MAX_CHUNK_CELLS = 2**30  # per-chunk counts are int32
+MAX_AXIS_VALUES = 2**24  # values of one axis (batch_sizes, lengths): counted before any list is built
+MAX_CONFIGS = 4096  # layouts × KV dtypes × page sizes × utilizations (one plan() each)
+MAX_FULL_CELLS = 2**28  # cells sweep() returns (17 B each on the host: 4.25 GiB); sweep_frontier has no cap
 _AXIS_KWARGS = ("max_length", "max_batch_size", "kv_cache_dtype", "page_size",
                 "device_memory_utilization")
 Progress = Callable[[int, int], None]
@@ -191,7 +193,7 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
                                  utilization=u, **kwargs)
                 for d, p, u in itertools.product(kv_cache_dtypes, page_sizes, utilizations)]
     for page in page_sizes[1:]:
-        check_page_size(page, mesh.platform)
+        check_page_size(page, mesh.platform, mla=model.is_mla)
     geom = _plan_geometry(model, layout, ref, {**kwargs, "kv_cache_dtype": kv_cache_dtypes[0],
                                                "page_size": page_sizes[0]})
     activation = _activation_model(model, mesh, layout, geom, ref, kwargs)
@@ -306,6 +308,10 @@ def sweep(model: ModelSpec | str, mesh: DeviceMesh | str, *,
     """
     grid = _prepare(model, mesh, layouts, batch_sizes, lengths, kv_cache_dtypes, page_sizes,
                     utilizations, max_batch_input_tokens, plan_kwargs)
+    cells = len(grid.configs) * grid.batches.size * grid.lengths.size
+    if cells > MAX_FULL_CELLS:
+        raise InputError("batch_sizes × lengths", f"{cells:,} cells", f"at most {MAX_FULL_CELLS:,} cells for "
+                         "sweep() (17 B each on the host); sweep_frontier() keeps only frontiers")
     reason, needed, headroom = _run(grid, "full", chunk_cells, compute_devices, progress)
     shape = (*grid.axes["config_shape"], grid.batches.size, grid.lengths.size)
     available = np.stack([c.usable for c in grid.configs]).reshape(*shape[:-1], 1)
@@ -369,6 +375,10 @@ def _prepare(model: ModelSpec | str, mesh: DeviceMesh | str, layouts: Any, batch
     for field, values in (("kv_cache_dtypes", dtype_names), ("page_sizes", pages),
                           ("utilizations", utils)):
         _distinct(field, values)
+    n_configs = len(layout_list) * len(dtype_names) * len(pages) * len(utils)
+    if n_configs > MAX_CONFIGS:  # checked before one plan() per configuration
+        raise InputError("layouts × kv_cache_dtypes × page_sizes × utilizations", n_configs,
+                         f"at most {MAX_CONFIGS} configurations")
     configs = tuple(c for lay in layout_list
                     for c in layout_constants(model, mesh, lay, batches, lengths_, kv_cache_dtypes=dtype_names,
                                               page_sizes=pages, utilizations=utils, max_batch_input_tokens=limit,
@@ -385,7 +395,11 @@ def _prepare(model: ModelSpec | str, mesh: DeviceMesh | str, layouts: Any, batch
 def _nonempty(field: str, values: Any) -> list:
     if isinstance(values, (str, bytes)) or values is None:
         values = [values]
-    values = list(values)
+    elif not isinstance(values, Iterable):
+        raise InputError(field, values, "a value or a sequence of values")
+    values = list(itertools.islice(values, MAX_CONFIGS + 1))
+    if len(values) > MAX_CONFIGS:
+        raise InputError(field, f"more than {MAX_CONFIGS} values", f"at most {MAX_CONFIGS} values")
     if not values:
         raise InputError(field, values, "at least one value")
     return values
@@ -398,7 +412,13 @@ def _distinct(field: str, values: list) -> None:
 
 def _int_axis(field: str, values: Any) -> np.ndarray:
     """A sorted, de-duplicated int64 axis of integers in [1, 2^31 − 1]."""
-    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
+    if not isinstance(values, np.ndarray):
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise InputError(field, values, f"a sequence of integers in [1, {INT32_MAX}]")
+        values = list(itertools.islice(values, MAX_AXIS_VALUES + 1))
+    if len(values) > MAX_AXIS_VALUES:
+        raise InputError(field, f"more than {MAX_AXIS_VALUES:,} values", f"at most {MAX_AXIS_VALUES:,} values")
+    arr = np.asarray(values)
     if arr.size == 0:
         raise InputError(field, [], "at least one value")
     if arr.ndim != 1:

@@ -20,7 +20,11 @@ from meshes.validation import InputError, check_int
 
 _PRESET = re.compile(r"^(?:(\d+)x)?(?:(\d+)x)?(.+?)$")
 _TPU_PRESET = re.compile(r"^(v\d+[a-z]*)-(\d+)$", re.IGNORECASE)
+LIVE_MESH = "live"  # from_preset("live"): the local JAX devices, read live
 PRESET_EXAMPLES = ("8xH100-80GB", "2x8xH100-80GB", "v5e-16", "4xA100-80GB", "H200-141GB")
+# The most devices a mesh may have, checked before any device is built (a TPU v5p pod has 8,960
+# chips; planning cost grows linearly with the device count).
+MAX_MESH_DEVICES = 16384
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,17 @@ class DeviceMesh:
                     axes: Mapping[str, int] | None = None) -> DeviceMesh:
         """Simulated mesh from ``[HOSTSx]NxKIND`` (e.g. ``2x8xH100-80GB``) or ``v5e-16``.
 
-        ``bytes_in_use`` makes every device start non-empty by that many bytes.
+        ``bytes_in_use`` makes every device start non-empty by that many bytes. ``live`` (the
+        CLI's ``--mesh live``) is no preset: it reads this process's JAX devices
+        (``from_jax(jax.local_devices())``), so every command that takes a mesh plans on them.
         """
+        if isinstance(preset, str) and preset.strip().lower() == LIVE_MESH:
+            if bytes_in_use:
+                raise InputError("bytes_in_use", bytes_in_use, "0 with mesh 'live' (its devices report "
+                                 "their own bytes_in_use)")
+            import jax
+
+            return cls.from_jax(jax.local_devices(), axes)
         hosts, per_host, spec = _parse_preset(preset)
         devices = tuple(SimulatedDevice(i, spec, bytes_in_use=bytes_in_use,
                                         process_index=i // per_host)
@@ -178,8 +191,13 @@ def _parse_preset(preset: str) -> tuple[int, int, DeviceSpec]:
     except InputError as err:
         raise InputError("mesh", preset, f"[HOSTSx]COUNTxDEVICE or vNx-CHIPS (e.g. "
                          f"{', '.join(PRESET_EXAMPLES)}); device: {err.allowed}") from None
-    per_host = check_int("mesh devices per host", int(count or 1))
-    return (check_int("mesh hosts", int(hosts)) if hosts else 1), per_host, spec
+    if max(len(count or ""), len(hosts or "")) > 6:  # before int(): 10**5000 digits would be slow
+        raise InputError("mesh", preset, f"at most {MAX_MESH_DEVICES:,} devices")
+    per_host = check_int("mesh devices per host", int(count or 1), maximum=MAX_MESH_DEVICES)
+    n_hosts = check_int("mesh hosts", int(hosts), maximum=MAX_MESH_DEVICES) if hosts else 1
+    if n_hosts * per_host > MAX_MESH_DEVICES:
+        raise InputError("mesh", preset, f"at most {MAX_MESH_DEVICES:,} devices (got {n_hosts * per_host:,})")
+    return n_hosts, per_host, spec
 
 
 def _device_kind(device: Any) -> str:

@@ -19,7 +19,10 @@ class InputError(ValueError):
 
     def __init__(self, field: str, value: object, allowed: str) -> None:
         self.field, self.value, self.allowed = field, value, allowed
-        super().__init__(f"{field}={value!r} is not allowed: {allowed}")
+        shown = repr(value)
+        if len(shown) > 240:  # a 5,000-character path: keep the message one readable line
+            shown = f"{shown[:160]}…{shown[-60:]}"
+        super().__init__(f"{field}={shown} is not allowed: {allowed}")
 
 
 def check_int(field: str, value: object, *, minimum: int = 1, maximum: int = MAX_BYTES) -> int:
@@ -54,3 +57,99 @@ def check_choice(field: str, value: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(value).lower(), list(lowered), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(lowered[c] for c in close)}? " if close else ""
     raise InputError(field, value, f"{hint}one of {', '.join(sorted(options))}")
+
+
+# ------------------------------------------------------------------ bounded reads of user files
+MAX_JSON_BYTES = 16 * 2**20  # a config.json or index.json: real ones are < 1 MiB
+MAX_JSON_DEPTH = 64  # nesting levels of a JSON document: HF configs use < 8, safetensors headers 2
+
+
+def read_regular_file(field: str, path: object, max_bytes: int, *, what: str = "file") -> bytes:
+    """The bytes of ``path``, read only if it is a regular file of at most ``max_bytes`` bytes.
+
+    A FIFO, a socket or a device (``/dev/zero``) would block or never end: refused before it is
+    opened. The size is checked on the open file too (it may grow between stat and read)."""
+    import os
+    import stat as st
+
+    text = os.fspath(path)  # type: ignore[arg-type]
+    try:
+        info = os.stat(text)
+    except FileNotFoundError:
+        raise InputError(field, text, f"an existing {what}") from None
+    except (OSError, ValueError) as err:
+        raise InputError(field, text, f"a readable {what} ({getattr(err, 'strerror', None) or err})") from None
+    if st.S_ISDIR(info.st_mode):
+        raise InputError(field, text, f"a {what}, not a folder")
+    if not st.S_ISREG(info.st_mode):
+        raise InputError(field, text, f"a regular {what} (not a pipe, socket or device)")
+    if info.st_size > max_bytes:
+        raise InputError(field, text, f"a {what} of at most {max_bytes:,} bytes (it has {info.st_size:,})")
+    try:
+        with open(text, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as err:
+        raise InputError(field, text, f"a readable {what} ({err.strerror or err})") from None
+    if len(data) > max_bytes:
+        raise InputError(field, text, f"a {what} of at most {max_bytes:,} bytes")
+    return data
+
+
+def json_depth_ok(value: object, max_depth: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``value`` (parsed JSON) nests at most ``max_depth`` arrays/objects deep (no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            return False
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return True
+
+
+def parse_json(field: str, path: object, raw: bytes, *, max_depth: int = MAX_JSON_DEPTH,
+               object_pairs_hook: object = None) -> object:
+    """Parse ``raw`` as UTF-8 JSON with a nesting cap: one InputError for every way it is unusable."""
+    import json
+
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=object_pairs_hook)  # type: ignore[arg-type]
+    except RecursionError:
+        raise InputError(field, str(path), f"JSON nested at most {max_depth} levels deep") from None
+    except UnicodeDecodeError as err:
+        raise InputError(field, str(path), f"readable UTF-8 JSON ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise InputError(field, str(path),
+                         f"valid JSON (line {err.lineno}: {err.msg}; UTF-8 JSON text expected)") from None
+    except ValueError as err:  # e.g. a duplicate key refused by object_pairs_hook
+        raise InputError(field, str(path), f"valid JSON ({err}; UTF-8 JSON text expected)") from None
+    if not json_depth_ok(value, max_depth):
+        raise InputError(field, str(path), f"JSON nested at most {max_depth} levels deep")
+    return value
+
+
+# ------------------------------------------------------------------ text shown to people
+def plain_text(value: object, limit: int = 200) -> str:
+    """``value`` as one line of printable text: control characters (ESC, CR, NUL, ...) dropped,
+    cut to ``limit`` characters. For names and paths that come from users or files."""
+    text = "".join(ch for ch in str(value) if ch.isprintable())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+# ------------------------------------------------------------------ checks plan() can call
+def check_page_size(page_size: object, platform: str, *, mla: bool = False) -> int:
+    """Tokens per page as the mesh's kernels take them: any count in [1, 2^24] on GPUs; on TPUs a
+    power of two in [16, 256] (1024 also for MLA), the page sizes of tpu-inference's Pallas
+    ragged paged-attention kernels."""
+    size = check_int("page_size", page_size, maximum=2**24)
+    if platform == "tpu":
+        allowed = [16, 32, 64, 128, 256] + ([1024] if mla else [])
+        if size not in allowed:
+            raise InputError("page_size", page_size, "on a TPU mesh one of "
+                             f"{', '.join(map(str, allowed))}" + ("" if mla else " (1024 for MLA models)"))
+    return size

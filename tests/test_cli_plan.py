@@ -128,7 +128,10 @@ def test_the_installed_kvfit_gives_one_line_for_typer_level_errors(args, field):
 def test_same_option_under_two_names_is_refused():
     from estimator.cli import check_repeated_options
 
-    check_repeated_options(["plan", "--max-length", "10", "--tp", "2", "--layouts", "tp8"])  # no repeats: fine
+    check_repeated_options(["plan", "--max-length", "10", "--tp", "2", "--layout", "tp8"])  # no repeats: fine
     with pytest.raises(InputError) as err:
-        check_repeated_options(["plan", "--max-num-seqs", "10", "--max-batch-size=20"])
-    assert err.value.field == "--max-batch-size"
+        check_repeated_options(["plan", "--max-model-len", "10", "--max-length=20"])
+    assert err.value.field == "--max-length"
+    with pytest.raises(InputError) as err:  # an attached short form after the long one
+        check_repeated_options(["plan", "--model", "llama-3.1-70b", "-mllama-3.1-8b"])
+    assert err.value.field == "-m"

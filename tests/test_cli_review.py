@@ -437,10 +437,11 @@ CONFLICTS = {
     "engines": [["--layout", "tp8", "--tp", "8"]],
     "translate": [["--layout", "tp8", "--tp", "8"]],
     "compare": [["--csv", "--json"]],
+    "sweep": [["--csv", "--json"]],
 }
 # models and devices take no model, mesh or layout: nothing to get wrong but typer's own flag parsing.
-# fit chooses its layouts itself (no layout flag). explain, fit, sweep and report have no pair of
-# flags that exclude each other (sweep's --csv is a file, beside --json).
+# fit chooses its layouts itself (no layout flag). --csv prints to stdout on every command (sweep's
+# every-cell file is --cells-csv), so it excludes --json everywhere.
 WITH_MODEL = sorted([*LAYOUT_FLAG, "fit"])
 BAD = ([(c, "model", ["--model", "llama-9"], "model") for c in WITH_MODEL]
        + [(c, "config", ["--model", "/nonexistent/config.json"], "model") for c in WITH_MODEL]

@@ -65,9 +65,9 @@ def test_json_frontiers_equal_the_library():
     assert d["frontiers"][0]["layout"] == "tp8" and d["frontiers"][3]["layout"] == "dp2xtp4"
 
 
-def test_csv_has_every_cell(tmp_path):
+def test_cells_csv_has_every_cell(tmp_path):
     path = tmp_path / "cells.csv"
-    r = runner.invoke(app, [*BASE, "--batch", "1,64", "--length", "1000:3000:1000", "--csv",
+    r = runner.invoke(app, [*BASE, "--batch", "1,64", "--length", "1000:3000:1000", "--cells-csv",
                             str(path)])
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(path.open()))
