@@ -231,6 +231,52 @@ def _gpu_notes(device: Any, stats: MemoryStats, settings: AllocatorSettings) -> 
     return notes
 
 
+def default_jax_budget(usable_bytes: int, fraction: float = JAX_DEFAULT_MEM_FRACTION) -> int:
+    """What JAX's GPU allocator caps a process at on a card whose CUDA-visible memory is
+    ``usable_bytes``: ``fraction`` of it (0.75 with no memory-fraction variable set)."""
+    return int(check_int("usable_bytes", usable_bytes) * fraction)
+
+
+def budget_explanation(devices: Sequence[Any], stats: Sequence[MemoryStats],
+                       environ: Mapping[str, str] | None = None) -> str:
+    """One line for a plan's output: which budget it used per device, and why.
+
+    Live GPU: ``bytes_limit``, JAX's allocator cap, and which variable (or JAX's default 0.75)
+    set it. Simulated GPU preset: the card's usable memory, and what a default JAX process on
+    that card would get instead, so a preset plan and a live plan in a default JAX process are
+    not silently a quarter apart. Budgets given as ``capacity_bytes`` say so.
+    """
+    if not devices or len(devices) != len(stats):
+        raise InputError("devices", len(devices), f"one per stats entry ({len(stats)}), at least one")
+    low = min(range(len(stats)), key=lambda i: stats[i].bytes_limit)
+    device, s = devices[low], stats[low]
+    per = "per device" if len({x.bytes_limit for x in stats}) == 1 else f"on the smallest device ({device})"
+    spec = getattr(device, "spec", None)  # a meshes.simulated.SimulatedDevice
+    if s.budget_key == "capacity_bytes":
+        return f"budget: {s.bytes_limit:,} B {per}, given as capacity_bytes"
+    if spec is not None and getattr(spec, "usable_bytes", None):
+        if not is_gpu(device):
+            return (f"budget: {spec.name}'s usable {s.bytes_limit:,} B {per} (simulated: what one process "
+                    "can allocate)")
+        if s.bytes_limit != spec.usable_bytes:
+            return f"budget: {s.bytes_limit:,} B {per} (simulated {spec.name}, budget given)"
+        return (f"budget: {spec.name}'s usable {spec.usable_bytes:,} B {per} (simulated: what a process "
+                f"can allocate, as a serving engine sees the card); a default JAX process on this card "
+                f"gets {JAX_DEFAULT_MEM_FRACTION:g} × that = {default_jax_budget(spec.usable_bytes):,} B "
+                f"(JAX's allocator cap; set {FRACTION_VARS[0]} before JAX starts to change it, and plan "
+                "inside that process with --mesh live / DeviceMesh.from_jax())")
+    if is_gpu(device):
+        settings = AllocatorSettings.from_env(environ)
+        why = (f"{settings.fraction_var}={settings.mem_fraction:g} of the memory CUDA shows this process"
+               if settings.fraction_var else
+               f"JAX's default {JAX_DEFAULT_MEM_FRACTION:g} of the memory CUDA shows this process (no "
+               f"{FRACTION_VARS[0]} set: a non-JAX engine on this card would get about "
+               f"{1 / JAX_DEFAULT_MEM_FRACTION:.2f}× more)")
+        return (f"budget: bytes_limit {s.bytes_limit:,} B {per}, read live — JAX's GPU allocator cap, "
+                f"{why}; {'preallocated' if settings.preallocate else 'not preallocated'}")
+    return f"budget: {s.budget_key} {s.bytes_limit:,} B {per}, read live ({getattr(device, 'platform', '?')})"
+
+
 def refresh_stats(device: Any, previous: MemoryStats) -> MemoryStats:
     """Re-read ``device``; a budget given as capacity_bytes stays, bytes_in_use is re-read."""
     try:
@@ -290,5 +336,5 @@ def read_mesh_stats(devices: Sequence[Any], *, capacity_bytes: int | None = None
 
 
 __all__ = ["ALLOCATORS", "FRACTION_VARS", "JAX_BOTH_FRACTIONS_TEXT", "AllocatorSettings", "LiveReading",
-           "MixedDevicesWarning", "mixed_device_warnings", "no_stats_error", "read_live_stats",
-           "read_mesh_stats", "refresh_stats", "stats_changes"]
+           "MixedDevicesWarning", "budget_explanation", "default_jax_budget", "mixed_device_warnings",
+           "no_stats_error", "read_live_stats", "read_mesh_stats", "refresh_stats", "stats_changes"]

@@ -221,3 +221,52 @@ def test_stats_changes_in_words():
     assert stats_changes("gpu:0", MemoryStats(100, 10), MemoryStats(100, 10)) == []
     assert stats_changes("gpu:0", MemoryStats(100, 10), MemoryStats(90, 30)) == [
         "gpu:0: budget 100 → 90 B (-10 B)", "gpu:0: bytes_in_use 10 → 30 B (+20 B)"]
+
+
+# ----------------------------------------------------------------- which budget a plan used (issue 15)
+# bytes_limit read on an H200 with JAX 0.11.2, 2026-12-02 (benchmarks/RESULTS.md §5): with no
+# memory-fraction variable, and with XLA_CLIENT_MEM_FRACTION=0.95
+H200_DEFAULT_BYTES_LIMIT = 112_583_507_968
+H200_BYTES_LIMIT_AT_095 = 142_606_336_000
+
+
+def test_simulated_gpu_preset_says_what_a_default_jax_process_gets():
+    from meshes.live import budget_explanation
+
+    mesh = DeviceMesh.from_preset("H200-141GB")
+    line = budget_explanation(mesh.devices, mesh.stats)
+    # what a default JAX process was measured to get (within the catalog's MiB rounding), and the
+    # cap measured at 0.95 scaled to 0.75
+    got = int(line.split("= ")[1].split(" B")[0].replace(",", ""))
+    assert abs(got - H200_DEFAULT_BYTES_LIMIT) <= 1e-4 * H200_DEFAULT_BYTES_LIMIT
+    assert abs(got - H200_BYTES_LIMIT_AT_095 * 75 // 95) <= 1e-4 * got
+    assert "default JAX process" in line and "XLA_CLIENT_MEM_FRACTION" in line
+
+
+def test_live_gpu_budget_names_the_variable_or_the_default():
+    from meshes.live import budget_explanation
+
+    dev = FakeDevice(0, gpu_stats(pool=DEFAULT_LIMIT))
+    stats = [read_live_stats(dev, settings=AllocatorSettings()).stats]
+    line = budget_explanation([dev], stats, environ={})
+    assert f"bytes_limit {DEFAULT_LIMIT:,} B" in line and "default 0.75" in line
+    line = budget_explanation([dev], stats, environ={"XLA_CLIENT_MEM_FRACTION": "0.9"})
+    assert "XLA_CLIENT_MEM_FRACTION=0.9" in line and "default" not in line
+
+
+def test_mesh_live_reads_the_local_jax_devices(monkeypatch):
+    import jax
+
+    fakes = [FakeDevice(i, gpu_stats(in_use=1000 * i)) for i in range(2)]
+    monkeypatch.setattr(jax, "local_devices", lambda: fakes)
+    mesh = DeviceMesh.from_preset(" LIVE ")
+    assert mesh.devices == tuple(fakes)
+    assert [s.bytes_in_use for s in mesh.stats] == [0, 1000]
+    assert [s.bytes_limit for s in mesh.stats] == [DEFAULT_LIMIT] * 2
+    with pytest.raises(InputError, match="bytes_in_use"):
+        DeviceMesh.from_preset("live", bytes_in_use=1)
+
+
+def test_mesh_live_on_cpu_says_how_to_give_a_capacity():
+    with pytest.raises(InputError, match="capacity_bytes"):
+        DeviceMesh.from_preset("live")

@@ -366,7 +366,8 @@ def compile_steps(model: ModelSpec | Geometry | str, mesh: DeviceMesh | str,
     caveat = [BASE_CAVEAT]
     if layer_loop == "scan":
         caveat.append("Layers run in lax.scan: XLA copies one layer's weights per iteration, which "
-                      "is part of temp (layer_loop='unroll' avoids it and compiles slower).")
+                      "is part of temp (routed experts excepted: read one expert at a time; "
+                      "layer_loop='unroll' avoids it and compiles slower).")
     if t.backend == "cpu":
         caveat.append(CPU_CAVEAT)
     if t.topology:

@@ -13,14 +13,13 @@ projections, a vocab-parallel embedding and LM head, pages split over 'data'. Th
 describes; it is updated in place and donated by the compiler (compile.py).
 
 What it is, and is not: a memory-faithful stand-in for a serving step (the same weights, the same
-pool, the activations a blockwise "flash" attention and a capacity-based MoE keep live), with
+pool, the activations a blockwise "flash" attention and a sorted, block-grouped MoE keep live), with
 random or zero weights; not a checkpoint-faithful implementation (gate/up halves, RoPE variants,
 router normalisation are simplified). Features it cannot express raise ``InputError`` naming them.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import jax
@@ -32,7 +31,11 @@ from estimator.partitioning import ShardedTensor, bytes_per_device, kv_pool_arra
 from meshes.validation import InputError
 
 ATTENTION_BLOCK = 256  # query / key block of the prefill attention (flash-style, bounded scores)
-MOE_CAPACITY_FACTOR = 1.0  # slots per expert = tokens · k / experts · factor (dropless on average)
+# rows per grouped-matmul block of the MoE dispatch: vLLM's fused_moe get_default_config
+# (vllm/model_executor/layers/fused_moe/fused_moe.py) uses BLOCK_SIZE_M = 64 for bf16 batches
+# (sorted_token_ids are padded per expert to a multiple of it)
+MOE_BLOCK_ROWS = 64
+EXPERTS = "mlp.experts."  # table names of the routed experts' stacked tensors
 NEG_INF = -1e30
 
 # table names outside the layer stack, by role
@@ -277,21 +280,32 @@ class Decoder(nnx.Module):
         return stored.astype(dtype)
 
     def _layers(self, x, pool, positions, attend):
+        """Run every layer group: one layer alone, or ``lax.scan`` over a stacked group.
+
+        Routed-expert tensors (``mlp.experts.*``) are not sliced by the scan: the body gets the
+        whole stacked array and the layer's index in it (an ``_Indexed``), and the expert loop
+        reads one expert of one layer at a time. Slicing them per iteration would copy a whole
+        layer's experts (1.2 GB for Qwen3-30B-A3B) into temp, which no serving engine does.
+        """
         cos, sin = _rope(positions, self.cfg.head_dim)
         for group, layers in zip(self.groups, self.group_layers, strict=True):
             stacked = {k: v[...] for k, v in group.items()}
+            whole = {k: v for k, v in stacked.items() if k.startswith(EXPERTS)}
+            sliced = {k: v for k, v in stacked.items() if not k.startswith(EXPERTS)}
             if len(layers) == 1:
-                x, pool = self._layer({k: v[0] for k, v in stacked.items()}, layers[0], x, pool,
-                                      cos, sin, attend)
+                p = {k: v[0] for k, v in sliced.items()} | {k: _Indexed(v, 0) for k, v in whole.items()}
+                x, pool = self._layer(p, layers[0], x, pool, cos, sin, attend)
                 continue
 
-            def body(carry, xs):
+            def body(carry, xs, whole=whole):
                 h, pool = carry
-                p, layer = xs
+                p, layer, index = xs
+                p = p | {k: _Indexed(v, index) for k, v in whole.items()}
                 h, pool = self._layer(p, layer, h, pool, cos, sin, attend)
                 return (h, pool), None
 
-            (x, pool), _ = jax.lax.scan(body, (x, pool), (stacked, jnp.asarray(layers, jnp.int32)))
+            xs = (sliced, jnp.asarray(layers, jnp.int32), jnp.arange(len(layers), dtype=jnp.int32))
+            (x, pool), _ = jax.lax.scan(body, (x, pool), xs)
         return x, pool
 
     def _layer(self, p, layer, x, pool, cos, sin, attend):
@@ -343,45 +357,84 @@ class Decoder(nnx.Module):
         return jax.lax.psum(_linear(h, p["mlp.down_proj"]), cfg.tensor_axis)
 
     def _moe(self, p, x):
-        """Routed experts with capacity-based dispatch over this device's experts, + shared expert."""
+        """Routed experts dispatched as vLLM's fused MoE does, + the shared expert.
+
+        vLLM (vllm/model_executor/layers/fused_moe/moe_align_block_size.py and fused_moe.py,
+        ``fused_experts_impl``): the ``tokens · top_k`` (token, expert) pairs are sorted by expert
+        and each expert's run padded to a multiple of the kernel's row block
+        (``sorted_token_ids``, at most ``pairs + experts · (block − 1)`` entries); one grouped
+        matmul reads its rows through those ids and writes ``intermediate_cache1`` [tokens, top_k,
+        2·I]; SiLU-and-mul gives ``intermediate_cache2`` [tokens · top_k, I]; the second grouped
+        matmul, scaled by the routing weight, writes ``intermediate_cache3`` [tokens, top_k,
+        hidden]; ``moe_sum`` adds the top_k rows. Here the same arrays, each grouped matmul a
+        ``lax.scan`` over row blocks (one expert's weights per block; a block past the last
+        expert's run is skipped). Never every expert over every token, never a dropped token.
+        """
         cfg = self.cfg
         over_data = cfg.data_axis in cfg.expert_axes
         xs = jax.lax.all_gather(x, cfg.data_axis, tiled=True) if over_data else x
-        n_tok, k = xs.shape[0], cfg.experts_per_token
+        n_tok, k, hidden = xs.shape[0], cfg.experts_per_token, xs.shape[1]
         logits = _linear(xs, p["mlp.router"], p.get("mlp.router.bias"), out=jnp.float32)
         weights, ids = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), k)
         weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
         gate_up, down = p["mlp.experts.gate_up_proj"], p["mlp.experts.down_proj"]
-        local = gate_up.shape[0]
+        gu_bias, dn_bias = p.get("mlp.experts.gate_up_proj.bias"), p.get("mlp.experts.down_proj.bias")
+        local, inter2 = gate_up.shape[0], gate_up.shape[1]
         rank = jnp.int32(0)
         for axis in cfg.expert_axes:  # shard index over the expert axes, major to minor
             rank = rank * jax.lax.axis_size(axis) + jax.lax.axis_index(axis)
-        cap = max(1, math.ceil(n_tok * k * MOE_CAPACITY_FACTOR / cfg.experts))
+        pairs = n_tok * k
+        block = MOE_BLOCK_ROWS
+        n_blocks = -(-(pairs + local * (block - 1)) // block)
+        rows = n_blocks * block
         expert = ids.reshape(-1) - rank * local
         mine = (expert >= 0) & (expert < local)
-        key = jnp.where(mine, expert, local)
-        order = jnp.argsort(key, stable=True)
+        key = jnp.where(mine, expert, local).astype(jnp.int32)
         counts = jnp.zeros(local + 1, jnp.int32).at[key].add(1)
-        starts = jnp.cumsum(counts) - counts
-        rank_in_expert = jnp.arange(key.shape[0], dtype=jnp.int32) - starts[key[order]]
-        slot = jnp.zeros_like(key).at[order].set(rank_in_expert)
-        keep = mine & (slot < cap)
-        dest = jnp.where(keep, key * cap + slot, local * cap)
-        token = jnp.arange(key.shape[0]) // k
-        buf = jnp.zeros((local * cap + 1, xs.shape[1]), xs.dtype).at[dest].set(xs[token])
-        buf = buf[:-1].reshape(local, cap, xs.shape[1])
-        h = jnp.einsum("ech,eih->eci", buf, gate_up.astype(xs.dtype))
-        if "mlp.experts.gate_up_proj.bias" in p:
-            h = h + p["mlp.experts.gate_up_proj.bias"][:, None, :].astype(h.dtype)
-        g, u = jnp.split(h, 2, axis=-1)
-        y = jnp.einsum("eci,ehi->ech", jax.nn.silu(g) * u, down.astype(xs.dtype))
-        if "mlp.experts.down_proj.bias" in p:
-            first = jax.lax.axis_index(cfg.tensor_axis) == 0 if cfg.tensor_axis not in cfg.expert_axes \
-                else True
-            y = y + jnp.where(first, p["mlp.experts.down_proj.bias"][:, None, :], 0).astype(y.dtype)
-        y = jnp.concatenate([y.reshape(local * cap, -1), jnp.zeros((1, y.shape[-1]), y.dtype)])
-        scale = (weights.reshape(-1) * keep).astype(y.dtype)
-        out = (y[dest] * scale[:, None]).reshape(n_tok, k, -1).sum(axis=1)
+        padded = -(-counts[:local] // block) * block
+        ends = jnp.cumsum(padded)
+        starts = ends - padded
+        order = jnp.argsort(key, stable=True).astype(jnp.int32)
+        sorted_key = key[order]
+        rank_in = jnp.arange(pairs, dtype=jnp.int32) - (jnp.cumsum(counts) - counts)[sorted_key]
+        row_of = jnp.where(sorted_key < local, starts[jnp.minimum(sorted_key, local - 1)] + rank_in, rows)
+        # sorted_token_ids: the pair each padded row holds; padding (and other shards' pairs) → pairs
+        pair_of_row = jnp.full(rows + 1, pairs, jnp.int32).at[row_of].set(order)[:rows]
+        block_expert = jnp.searchsorted(ends, jnp.arange(n_blocks, dtype=jnp.int32) * block, side="right")
+        x_rows = jnp.concatenate([xs, jnp.zeros((1, hidden), xs.dtype)])  # row n_tok: padding reads zeros
+        scale = jnp.concatenate([(weights.reshape(-1) * mine).astype(xs.dtype), jnp.zeros(1, xs.dtype)])
+        first = (jax.lax.axis_index(cfg.tensor_axis) == 0) if cfg.tensor_axis not in cfg.expert_axes \
+            else True
+
+        def grouped(cache, b, compute):
+            """One row block of a grouped matmul: read by pair id, write by pair id."""
+            e = jnp.minimum(block_expert[b], local - 1)
+            pair = jax.lax.dynamic_slice_in_dim(pair_of_row, b * block, block)
+
+            def run(cache):
+                return cache.at[pair].set(compute(e, pair).astype(cache.dtype))
+
+            return jax.lax.cond(block_expert[b] < local, run, lambda c: c, cache), None
+
+        def up(e, pair):
+            h = _linear(x_rows[pair // k], gate_up.at(e))
+            return h if gu_bias is None else h + gu_bias.at(e).astype(h.dtype)
+
+        blocks = jnp.arange(n_blocks, dtype=jnp.int32)
+        cache1, _ = jax.lax.scan(lambda c, b: grouped(c, b, up),
+                                 jnp.zeros((pairs + 1, inter2), xs.dtype), blocks)
+        g, u = jnp.split(cache1, 2, axis=-1)
+        cache2 = jax.nn.silu(g) * u
+
+        def down_proj(e, pair):
+            y = _linear(cache2[pair], down.at(e))
+            if dn_bias is not None:
+                y = y + jnp.where(first, dn_bias.at(e), 0).astype(y.dtype)
+            return y * scale[pair][:, None]
+
+        cache3, _ = jax.lax.scan(lambda c, b: grouped(c, b, down_proj),
+                                 jnp.zeros((pairs + 1, hidden), xs.dtype), blocks)
+        out = cache3[:pairs].reshape(n_tok, k, hidden).sum(axis=1)
         if over_data:
             out = jax.lax.psum_scatter(out, cfg.data_axis, scatter_dimension=0, tiled=True)
         out = jax.lax.psum(out, cfg.tensor_axis)
@@ -424,6 +477,22 @@ class Decoder(nnx.Module):
 
 
 # ------------------------------------------------------------------ math (per device)
+@dataclass(frozen=True)
+class _Indexed:
+    """A stacked expert tensor [layers, experts, ...] and this layer's index in it: ``at(e)``
+    reads one expert of one layer (a single dynamic slice, never the whole layer)."""
+
+    array: jax.Array
+    index: jax.Array | int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape[1:])
+
+    def at(self, expert):
+        return self.array[self.index, expert]
+
+
 def _linear(x, w, b=None, out=None):
     """``x @ w.T`` for an HF ``[out, in]`` weight (stored dtype upcast to the activation dtype)."""
     y = jnp.einsum("...i,oi->...o", x, w.astype(x.dtype), preferred_element_type=out)

@@ -16,8 +16,9 @@ FIELDS = {  # StepMemory field -> CompiledMemoryStats attribute
 
 BASE_CAVEAT = (
     "Numbers are XLA's buffer assignment for kvfit's reference decoder (estimator.xla), per device: "
-    "blockwise (flash-style) attention, capacity-based MoE dispatch, greedy sampling from fp32 "
-    "logits. A serving engine with other kernels (Pallas/Triton attention, fused MoE) allocates "
+    "blockwise (flash-style) attention, MoE dispatch sorted by expert in 64-row blocks (as "
+    "vLLM's fused MoE), greedy sampling from fp32 logits. A serving engine with other kernels "
+    "(Pallas/Triton attention, fused MoE) allocates "
     "other temporaries; weights and KV pool are exact, temp bytes are this program's scratch.")
 CPU_CAVEAT = (
     "Compiled by XLA:CPU: CPU temp bytes differ from GPU/TPU (XLA:CPU upcasts bf16 dots to f32 "
