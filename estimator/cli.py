@@ -108,6 +108,8 @@ def print_plan(p: MemoryPlan, context_limit: int | None = None) -> None:
               f"[bold]{p.max_supported_sequence_length:,}[/] tokens{limit}   "
               f"max batch at {p.planned_max_length:,} tokens: [bold]{p.max_batch_size:,}[/]",
               highlight=False)
+    if p.budget_note:
+        out.print(f"[dim]{safe(p.budget_note, 2000)}[/]", highlight=False)
     for w in p.warnings:
         err.print(f"[yellow]warning:[/] {safe(w, 2000)}", highlight=False)
 

@@ -21,6 +21,7 @@ from estimator.model_spec import ModelSpec
 from estimator.models import resolve_model
 from estimator.paging import SPEC_METHODS, pages_that_fit, scaled_budget, speculative_slack
 from estimator.signals import signal_buffer_bytes
+from meshes.live import budget_explanation
 from meshes.mesh import DeviceMesh
 from meshes.validation import InputError, check_choice, check_fraction, check_int, check_page_size
 
@@ -76,6 +77,7 @@ class MemoryPlan:
     waste_bytes: int  # KV bytes per device spent on replicated heads (worst device)
     warnings: tuple[str, ...]
     suggestions: tuple[str, ...]
+    budget_note: str = ""  # which memory budget the plan used per device, and why (meshes.live)
 
     @property
     def usable_pages_per_replica(self) -> int:
@@ -346,7 +348,8 @@ def _conclude(model: ModelSpec, mesh: DeviceMesh, layout: Layout, geom: Geometry
         max_supported_sequence_length=cap, requested_max_length=max_length,
         planned_max_length=planned, max_batch_size=total_batch,
         requested_max_batch_size=max_batch_size, fits=fits, tightest_device=rows[tight].device,
-        waste_bytes=waste, warnings=tuple(warnings), suggestions=tuple(suggestions))
+        waste_bytes=waste, warnings=tuple(warnings), suggestions=tuple(suggestions),
+        budget_note=budget_explanation(mesh.devices, mesh.stats))
 
 
 __all__ = ["ACTIVATION_MODELS", "ActivationModel", "DeviceRow", "MemoryPlan", "activation_model", "plan"]
