@@ -1,4 +1,4 @@
-"""Engine profiles: each engine's arithmetic recomputed by hand from reference/engines.md, knob
+"""Engine profiles: each engine's arithmetic recomputed by hand from the engines' code, knob
 validation, the MAX profile against the seed API, and knob translation."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from estimator.engines import engine_plan, engines_for, translate
 from estimator.engines.non_kv import forward_bytes_per_token, rotary_cache_bytes
 from estimator.engines.sglang import auto_mem_fraction
 from estimator.engines.tpu import page_size_for
-from estimator.kv_params import KVCacheParams
-from estimator.memory_estimator import (
+from estimator.seed.kv_params import KVCacheParams
+from estimator.seed.memory_estimator import (
     ArchConfig,
     KVCacheConfig,
     MAXModelConfig,
@@ -221,7 +221,7 @@ def test_max_profile_is_the_seed_api():
                                kv_cache=KVCacheConfig(0.9, 128))
     params = KVCacheParams("bfloat16", 8, 128, 32, page_size=128, n_devices=2, num_q_heads=32)
     from estimator import load_preset, parameter_count
-    from estimator.signals import SIGNAL_BUFFER_BYTES
+    from estimator.planning.signals import SIGNAL_BUFFER_BYTES
 
     weights = parameter_count(load_preset("llama-3.1-8b")) * 2
     est = MemoryEstimator.estimate_memory_footprint(
@@ -273,7 +273,7 @@ def test_unknown_knob_lists_the_engines_knobs():
     ("max", {"kv_cache_page_size": 100}, "multiple of 128"),
     ("max", {"kv_cache_format": "int4"}, "unrecognized kv_cache_format"),
     ("vllm", {"kv_cache_dtype": "fp4"}, "auto, bfloat16"),
-    ("vllm", {"version": "0.1"}, "0.33, 0.2x, v0"),
+    ("vllm", {"version": "0.1"}, "0.33, 0.2x, 0.10, 0.9, v0, v0-early"),
 ])
 def test_values_outside_the_engines_range(engine, knobs, says):
     with pytest.raises(InputError) as e:

@@ -1,4 +1,4 @@
-"""Reference cases R1–R8 (reference/engines.md §11) through the engine profiles.
+"""Reference cases R1–R8 (public start-up logs, sources below) through the engine profiles.
 
 Two checks per case where the log allows them:
 - exact: from the KV bytes (or block count) the log gives, the profile's block arithmetic must
@@ -14,7 +14,7 @@ Two checks per case where the log allows them:
 | R2 same, 29000 | error text, 23648 | 1493 blocks, +1.0 %, fails to start |
 | R3 vLLM, Qwen3-1.7B, 24 GB | 175,856 tokens | n/a: no 24 GB card gives 18.78 GiB at util 0.9 |
 | R4 vLLM TP4 H100 | 178,880 (min over ranks) | n/a: the run had LMCache buffers |
-| R4 SGLang TP4 H100, 0.93 | 367,404, K/V 8.23 GB | +2.0 % (fp8-block weights from the config) |
+| R4 SGLang TP4 H100, 0.93 | 367,404, K/V 8.23 GB | +1.2 % (fp8-block weights from the config) |
 | R5 TRT engine, 0.5B int8, A4000 | 4.53 GiB (395776) | −1.2 % (logged engine/buffer sizes) |
 | R6 TRT engine, 7B fp16 KV, A100 | 69524783104 B, 132608 | −0.1 % (logged engine size) |
 | R7 tpu-inference v6e-4 | 811,008 tokens, 198.00x | exact (legacy), −1.5 % (0.32.0) |
@@ -28,9 +28,10 @@ import math
 import pytest
 
 from estimator import ModelSpec
+from estimator.core.geometry import geometry
+from estimator.core.layout import Layout
 from estimator.engines import engine_plan
-from estimator.geometry import geometry
-from estimator.layout import Layout
+from estimator.model.hf_config import load_hf_config
 from meshes import CATALOG, DeviceMesh, SimulatedDevice
 
 GiB, MiB = 2**30, 2**20
@@ -47,11 +48,11 @@ def rounding_window(gib: float, unit_bytes: int, *, ceil: bool = False, per: int
     return range(f(lo / unit_bytes / per), f(hi / unit_bytes / per) + 1)
 
 
-QWEN3_17B = ModelSpec(  # engines.md R3: 28 L, 8 KV heads, head_dim 128 (Qwen/Qwen3-1.7B config.json)
+QWEN3_17B = ModelSpec(  # R3: 28 L, 8 KV heads, head_dim 128 (Qwen/Qwen3-1.7B config.json)
     name="Qwen3-1.7B", model_type="qwen3", num_layers=28, hidden_size=2048, num_attention_heads=16,
     num_kv_heads=8, head_dim=128, vocab_size=151936, intermediate_size=6144, max_position_embeddings=40960,
     tie_word_embeddings=True, qk_norm=True)
-QWEN25_05B = ModelSpec(  # engines.md R5: 24 L, 2 KV heads, head_dim 64 (Qwen2.5-Coder-0.5B)
+QWEN25_05B = ModelSpec(  # R5: 24 L, 2 KV heads, head_dim 64 (Qwen2.5-Coder-0.5B)
     name="Qwen2.5-Coder-0.5B", model_type="qwen2", num_layers=24, hidden_size=896, num_attention_heads=14,
     num_kv_heads=2, head_dim=64, vocab_size=151936, intermediate_size=4864, max_position_embeddings=32768,
     tie_word_embeddings=True, attention_bias=True)
@@ -158,7 +159,7 @@ def test_r4_sglang_exact():
 
 
 def test_r4_sglang_config_and_card(hf_config):
-    q235 = ModelSpec.from_json_file(hf_config("Qwen/Qwen3-235B-A22B-FP8"))
+    q235 = load_hf_config(hf_config("Qwen/Qwen3-235B-A22B-FP8"))
     assert q235.weight_quant == "fp8_block"
     weights = geometry(q235, Layout(tensor=4), page_size=1).stages[0].weight_bytes
     assert 54 * GiB < weights < 56 * GiB  # fp8 experts and projections, bf16 embeddings and LM head
@@ -242,8 +243,27 @@ def test_r8_fixed_budget_now_fits():
     assert p.starts and p.pool_tokens >= 131_072
 
 
+# the measured values that pin every non-KV term each engine charges (per device)
+PINNED_ALL = {
+    "vllm": dict(weights_bytes=15 * GiB, activation_bytes=GiB, non_torch_bytes=GiB // 4, cuda_graph_bytes=GiB // 2),
+    "sglang": dict(weights_bytes=15 * GiB, non_torch_bytes=GiB // 4, context_bytes=GiB // 2),
+    "trtllm": dict(weights_bytes=15 * GiB, activation_bytes=GiB, non_torch_bytes=GiB // 4,
+                   cuda_graph_bytes=GiB // 2, context_bytes=GiB // 2),
+}
+
+
 @pytest.mark.parametrize("engine", ["vllm", "sglang", "trtllm"])
-def test_logged_lines_are_deterministic(engine):
-    a = engine_plan("llama-3.1-8b", "1xH100-80GB", engine=engine, band=False)
-    b = engine_plan("llama-3.1-8b", "1xH100-80GB", engine=engine, band=False)
-    assert a.log_lines == b.log_lines
+def test_estimated_log_lines_are_marked(engine):
+    # modelled non-KV terms: the capacity lines are estimates; vLLM's budget line is not
+    # (H100: 85,018,542,080 B = 79.18 GiB; × 0.92 = 72.85 GiB, computed by hand)
+    modelled = engine_plan("llama-3.1-8b", "1xH100-80GB", engine=engine, band=False)
+    assert len(modelled.estimated_lines) == len(modelled.log_lines)
+    assert any(modelled.estimated_lines)
+    if engine == "vllm":
+        budget = ("the current vLLM instance can use total_gpu_memory (79.18GiB) x gpu_memory_utilization "
+                  "(0.92) = 72.85GiB")
+        assert modelled.log_lines[0] == budget and not modelled.estimated_lines[0]
+    # every term pinned by a measured value: nothing is an estimate
+    pinned = engine_plan("llama-3.1-8b", "1xH100-80GB", engine=engine, **PINNED_ALL[engine])
+    assert not any(pinned.estimated_lines)
+    assert pinned.tokens_band.low == pinned.tokens_band.high == pinned.kv_tokens

@@ -1,4 +1,4 @@
-"""``kvfit engines`` and ``kvfit translate`` (registered here on a local app, as estimator.cli does)."""
+"""``kvfit engines`` and ``kvfit translate`` (registered here on a local app, as estimator.cli.app does)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from estimator.cli_engines import engines_command, parse_sets, parse_value, translate_command
+from estimator.cli.engines import engines_command, parse_sets, parse_value, translate_command
 from meshes import InputError
 
 app = typer.Typer()
@@ -91,3 +91,42 @@ def test_parse_helpers():
     assert parse_sets(["vllm.block_size=32"], ("vllm",)) == {"vllm": {"block_size": 32}}
     with pytest.raises(InputError):
         parse_sets(["trtllm.max_tokens=5"], ("vllm",))
+
+
+def test_engine_flags_reach_each_engines_own_knob():
+    r = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", "--engines", "vllm,sglang,trtllm",
+            "--max-model-len", "8192", "--max-num-seqs", "512", "--max-num-batched-tokens", "4096",
+            "--enforce-eager", "--quantization", "fp8", "--dtype", "bfloat16", "--enable-lora",
+            "--max-lora-rank", "32", "--no-enable-prefix-caching", "--cpu-offload-gb", "1",
+            "--mem-fraction-static", "0.8", "--cuda-graph-max-bs", "64", "--max-batch-size", "64",
+            "--max-input-len", "2048", "--max-num-tokens", "4096", "--max-beam-width", "2", "--json")
+    assert r.exit_code == 0, r.output
+    v, s, t = json.loads(r.output)
+    assert (v["knobs"]["max_num_seqs"], v["knobs"]["max_num_batched_tokens"]) == (512, 4096)
+    assert v["knobs"]["enforce_eager"] is True and v["knobs"]["quantization"] == "fp8"
+    assert v["knobs"]["enable_lora"] is True and v["knobs"]["max_lora_rank"] == 32
+    assert v["knobs"]["enable_prefix_caching"] is False and v["knobs"]["cpu_offload_gb"] == 1.0
+    assert v["non_kv"]["cuda_graph"]["central"] == 0  # --enforce-eager: no graph term
+    assert s["knobs"]["disable_cuda_graph"] is True and s["knobs"]["mem_fraction_static"] == 0.8
+    assert s["knobs"]["chunked_prefill_size"] == 4096 and s["knobs"]["cuda_graph_max_bs"] == 64
+    # TRT-LLM's own build limits win over the shared --max-num-seqs / --max-num-batched-tokens
+    assert (t["knobs"]["max_batch_size"], t["knobs"]["max_input_len"], t["knobs"]["max_num_tokens"],
+            t["knobs"]["max_beam_width"]) == (64, 2048, 4096, 2)
+
+
+def test_would_log_lines_mark_estimates():
+    r = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", "--engines", "vllm",
+            "--max-model-len", "8192")
+    assert r.exit_code == 0, r.output
+    assert "≈ GPU KV cache size:" in r.output and "KV tokens band" in r.output
+    assert "  the current vLLM instance can use total_gpu_memory" in r.output  # exact: not marked
+    pinned = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", "--engines", "vllm",
+                 "--max-model-len", "8192", "--set", "vllm.kv_cache_memory_bytes=10000000000")
+    assert "≈" not in pinned.output
+
+
+def test_pipeline_layout_runs_the_engines_that_have_stages():
+    r = run("engines", "--model", "llama-3.1-8b", "--mesh", "2xH100-80GB", "--pp", "2", "--max-model-len", "8192",
+            "--json")
+    assert r.exit_code == 0, r.output
+    assert [p["engine"] for p in json.loads(r.output)] == ["vllm", "sglang", "trtllm"]  # MAX has no PP

@@ -1,7 +1,7 @@
 """What every engine profile shares: knob validation, the resolved setup, the EnginePlan result.
 
-A profile is a small policy over the shared geometry (estimator.geometry for weights per stage,
-estimator.kv_spec for KV bytes per layer on one device): it turns the engine's own knobs into a
+A profile is a small policy over the shared geometry (estimator.core.geometry for weights per stage,
+estimator.core.kv_spec for KV bytes per layer on one device): it turns the engine's own knobs into a
 budget, subtracts the engine's non-KV terms (estimator.engines.non_kv), counts blocks the way the
 engine does and writes the lines the engine logs.
 """
@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
-from estimator.dtypes import canonical_dtype, dtype_bytes
+from estimator.core.dtypes import canonical_dtype, dtype_bytes
+from estimator.core.layout import Layout
 from estimator.engines.non_kv import Band, NonKV
-from estimator.layout import Layout
-from estimator.model_spec import ModelSpec
-from estimator.models import resolve_model
+from estimator.model.resolve import resolve_model
+from estimator.model.spec import ModelSpec
 from meshes.catalog import GiB
 from meshes.mesh import DeviceMesh
 from meshes.validation import InputError, check_int
@@ -47,6 +47,8 @@ CONCEPTS: dict[str, dict[str, str]] = {
     "token cap": {"sglang": "max_total_tokens", "trtllm": "max_tokens"},
     "block count": {"vllm": "num_gpu_blocks_override", "tpu": "num_gpu_blocks_override"},
     "no cuda graphs": {"vllm": "enforce_eager", "sglang": "disable_cuda_graph"},
+    "weight quantization": {"vllm": "quantization", "sglang": "quantization", "trtllm": "quantization"},
+    "model dtype": {"vllm": "dtype", "sglang": "dtype"},
 }
 
 # Measured values a caller may pin instead of the model (per device, bytes): e.g. from a log.
@@ -134,6 +136,47 @@ def kv_dtype_choice(names: Mapping[str, str | None], message: str = "") -> Calla
                 return name
         raise InputError(field_, value, f"one of {', '.join(names)}" + (f" — {message}" if message else ""))
     return check
+
+
+# Weight-quantization names the engines take (vllm --quantization, sglang --quantization, TRT-LLM
+# QuantConfig.quant_algo) → kvfit's ModelSpec.weight_quant. "fp8" quantises a bf16/fp16 checkpoint
+# online (one scale per tensor: vllm/model_executor/layers/quantization/fp8.py Fp8LinearMethod with
+# is_checkpoint_fp8_serialized False); the int4 and MXFP4 methods need a checkpoint in that format.
+QUANTIZATION = {"none": "", "fp8": "fp8", "fp8_block": "fp8_block", "awq": "awq", "awq_marlin": "awq",
+                "gptq": "gptq", "gptq_marlin": "gptq", "mxfp4": "mxfp4", "w4a16_awq": "awq",
+                "w4a16_gptq": "gptq", "fp8_block_scales": "fp8_block"}
+MODEL_DTYPES = {"auto": None, "half": "float16", "float16": "float16", "bfloat16": "bfloat16",
+                "float": "float32", "float32": "float32"}
+
+
+def quantization_choice(field_: str, value: Any) -> str | None:
+    key = str(value).strip().lower().replace("-", "_")
+    if key not in QUANTIZATION:
+        raise InputError(field_, value, f"one of {', '.join(QUANTIZATION)} (the checkpoint's own scheme "
+                         "when unset)")
+    return key
+
+
+def model_dtype_choice(field_: str, value: Any) -> str:
+    key = str(value).strip().lower()
+    if key not in MODEL_DTYPES:
+        raise InputError(field_, value, f"one of {', '.join(MODEL_DTYPES)}")
+    return key
+
+
+def apply_model_knobs(model: ModelSpec, quantization: str | None, dtype: str | None) -> ModelSpec:
+    """The model as the engine loads it: ``--dtype`` sets the activation/unquantised weight dtype,
+    ``--quantization`` the weight scheme (a checkpoint already in that scheme is kept as is)."""
+    changes: dict[str, Any] = {}
+    if dtype is not None and MODEL_DTYPES.get(dtype):
+        changes["weight_dtype"] = MODEL_DTYPES[dtype]
+    if quantization is not None:
+        q = QUANTIZATION[quantization]
+        if q in ("awq", "gptq", "mxfp4") and model.weight_quant not in (q, ""):
+            raise InputError("quantization", quantization, f"the checkpoint's scheme ({model.weight_quant})")
+        if not (q == "fp8" and model.weight_quant == "fp8_block"):
+            changes["weight_quant"] = q
+    return replace(model, **changes) if changes else model
 
 
 # ----------------------------------------------------------------------------- setup
@@ -266,12 +309,16 @@ class EnginePlan:
     warnings: tuple[str, ...] = ()
     tokens_band: Band = field(default_factory=lambda: Band(0, 0, 0))
     devices: tuple[dict[str, Any], ...] = ()
+    # one flag per log line: True where the line's figures rest on estimated (modelled, not
+    # measured) non-KV terms — the CLI marks those lines as estimates
+    estimated_lines: tuple[bool, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["non_kv"] = self.non_kv.to_dict()
         out["tokens_band"] = self.tokens_band.to_dict()
         out["log_lines"], out["warnings"] = list(self.log_lines), list(self.warnings)
+        out["estimated_lines"] = list(self.estimated_lines)
         out["devices"] = [dict(d) for d in self.devices]
         return out
 
@@ -287,7 +334,37 @@ def with_band(compute: Callable[[Setup, str], EnginePlan], setup: Setup, band: b
                                              max(high, central.kv_tokens)))
 
 
-__all__ = ["CONCEPTS", "ENGINE_NAMES", "MEASURED", "PLATFORMS", "EnginePlan", "Knob", "Setup",
-           "boolean", "cdiv", "choice", "default_kv_dtype", "fraction", "gib", "integer",
-           "kv_dtype_choice", "make_setup", "positive_number", "scaled",
-           "unknown_knob", "with_band"]
+def estimated_flags(lines: tuple[str, ...] | list[str], exact_prefixes: tuple[str, ...], estimated: bool
+                    ) -> tuple[bool, ...]:
+    """Per line: estimated unless it starts with one of ``exact_prefixes`` or nothing is estimated."""
+    return tuple(estimated and not line.startswith(exact_prefixes) for line in lines)
+
+
+__all__ = [
+    "CONCEPTS",
+    "ENGINE_NAMES",
+    "MEASURED",
+    "MODEL_DTYPES",
+    "PLATFORMS",
+    "QUANTIZATION",
+    "EnginePlan",
+    "Knob",
+    "Setup",
+    "apply_model_knobs",
+    "boolean",
+    "cdiv",
+    "choice",
+    "default_kv_dtype",
+    "estimated_flags",
+    "fraction",
+    "gib",
+    "integer",
+    "kv_dtype_choice",
+    "make_setup",
+    "model_dtype_choice",
+    "positive_number",
+    "quantization_choice",
+    "scaled",
+    "unknown_knob",
+    "with_band",
+]

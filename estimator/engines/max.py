@@ -1,7 +1,8 @@
-"""Modular MAX 26.7.0 (reference/max-semantics.md): the seed API ``MemoryEstimator`` itself.
+"""Modular MAX 26.7.0 (modular/modular, max/pipelines/lib/memory_estimation.py): the seed API
+``MemoryEstimator`` itself.
 
 This profile only translates kvfit's model and mesh into MAX's inputs and calls
-``estimator.memory_estimator.MemoryEstimator.estimate_memory_footprint`` — so its numbers are the
+``estimator.seed.memory_estimator.MemoryEstimator.estimate_memory_footprint`` — so its numbers are the
 seed API's, bit for bit: free memory pooled over the devices, the whole checkpoint as weights,
 ``int(free · device_memory_utilization − static)`` as the KV budget, pages per data-parallel
 replica with one null page. Byte figures are pooled over all devices (MAX's scope).
@@ -9,6 +10,7 @@ replica with one null page. Byte figures are pooled over all devices (MAX's scop
 
 from __future__ import annotations
 
+from estimator.core.kv_spec import kv_specs
 from estimator.engines.base import (
     EnginePlan,
     Knob,
@@ -19,17 +21,16 @@ from estimator.engines.base import (
     with_band,
 )
 from estimator.engines.non_kv import Band, NonKV, term
-from estimator.kv_params import KVCacheParams
-from estimator.kv_spec import RECURRENT, SHARED, layer_kv
-from estimator.memory_estimator import (
+from estimator.model.weights import weight_tensors
+from estimator.planning.signals import SIGNAL_BUFFER_BYTES
+from estimator.seed.kv_params import KVCacheParams
+from estimator.seed.memory_estimator import (
     ArchConfig,
     KVCacheConfig,
     MAXModelConfig,
     MemoryEstimator,
     PipelineConfig,
 )
-from estimator.signals import SIGNAL_BUFFER_BYTES
-from estimator.weights import weight_tensors
 from meshes.validation import InputError
 
 NAME = "max"
@@ -58,13 +59,13 @@ KNOBS = {
 
 
 def cache_dtype_for_encoding(weight_dtype: str) -> str:
-    """max-semantics.md §3: float32 → f32, float16 → f16, bfloat16 and fp8 → bf16."""
+    """MAX 26.7.0's KV cache dtype for a weight encoding: float32 → f32, float16 → f16, bfloat16 and fp8 → bf16."""
     return {"float32": "float32", "float16": "float16"}.get(weight_dtype, "bfloat16")
 
 
 def checkpoint_bytes(setup: Setup) -> int:
     """MAX's weights: the whole checkpoint (every tensor once, as geometry prices it at tp = 1)."""
-    from estimator.weights import tensor_bytes
+    from estimator.model.weights import tensor_bytes
 
     m = setup.model
     return sum(tensor_bytes(t, m, t.shape) * t.copies for t in weight_tensors(m))
@@ -77,10 +78,10 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     util, page = k["device_memory_utilization"], k["kv_cache_page_size"]
     dtype = k["kv_cache_format"] or cache_dtype_for_encoding(m.weight_dtype)
     dtype = FORMATS.get(dtype, dtype)
-    kvs = layer_kv(m, lay.tensor, dtype)
-    layers = sum(1 for kv in kvs if kv.kind not in (SHARED, RECURRENT))
+    kvs = kv_specs(m, lay.tensor, dtype)
+    layers = sum(1 for kv in kvs if kv.holds_tokens)
     warnings = []
-    if any(kv.kind in ("sliding", RECURRENT) for kv in kvs):
+    if any(kv.window or kv.state_bytes for kv in kvs):
         warnings.append("MAX's KVCacheParams has one paged layout: sliding-window layers are charged as full "
                         "attention and recurrent layers are left out")
     head_dim = m.kv_lora_rank + m.qk_rope_head_dim if m.is_mla else m.head_dim

@@ -1,47 +1,82 @@
 """The analytic model of what a serving engine holds besides the KV cache, per device, with bands.
 
 Engines measure this at start-up (vLLM: a dummy forward pass, a dummy sampler run and a dummy
-CUDA-graph capture, reference/engines.md §3.1; TRT-LLM: dummy requests through the executor, §5.2)
-or hide it in a fixed reserve (SGLang §4.1, tpu-inference §6.1). kvfit predicts it from the
-model and the batch knobs, and says how sure it is: every term is a ``Band`` (low, central,
-high) and the profiles carry the band into KV tokens.
+CUDA-graph capture; TRT-LLM: dummy requests through the executor) or hide it in a fixed reserve
+(SGLang, tpu-inference). kvfit predicts it from the model, the parallel sizes and the batch knobs,
+term by term, each term derived from the engine's code where the code fixes it, and says how sure
+it is: every term is a ``Band`` (low, central, high) and the profiles carry the band into KV tokens.
 
 Terms (bytes on one device):
 
-- ``weights``: the device's weight shard (estimator.geometry), plus the rotary cos/sin cache
-  vLLM and SGLang keep beside the weights (max_position × head_dim, model dtype). Exact.
-- ``activation``: the profile pass's transient peak, the larger of
-  * forward: ``T · a · (3·hidden + max(attention, mlp))`` for ``T`` batched tokens, activation
-    width ``a`` (2 B; 4 B for fp32 models), ``attention = 2·q/tp + 2·kv/tp`` (projections and the
-    attention output), ``mlp = 3·intermediate/tp`` (gate/up output and the activated product), or
-    for MoE layers ``top_k · (max(2·moe_inter/tp, hidden) + moe_inter/tp)`` (the fused-MoE
-    caches). Calibrated on vLLM #10517 (R1/R2: 2.07 and 2.99 GiB at 20,000 and 29,000 tokens for
-    Llama-3.1-8B; the formula gives 2.06 and 2.99).
-  * sampler: ``S · vocab · 10 B`` for ``S`` sampled rows: bf16 logits, their fp32 copy and fp32
-    probabilities (vLLM's dummy sampler run, §3.1 item 4); public H100 logs of Llama-3.1-8B at
-    max_num_seqs 1024 report 1.21–1.24 GiB, the formula 1.22. High end: 22 B (a sort-based
-    top-k/top-p path adds sorted values and int64 indices).
-  Band: ×0.9 … ×1.35 of the forward term (the sampler term has its own low/high bytes per logit).
-- ``non_torch``: memory the process gains outside the torch allocator (cuBLAS workspaces, NCCL
-  and custom all-reduce buffers); a stated constant per tensor-parallel size and GPU class.
-- ``cuda_graph``: the dummy CUDA-graph capture vLLM subtracts since v0.21 (§3.1); a constant per
-  GPU class.
+- ``weights``: the device's weight shard (estimator.core.geometry), plus the rotary cos/sin cache
+  vLLM and SGLang keep beside the weights (``[max_position, rotary_dim]`` in the model dtype:
+  vllm/model_executor/layers/rotary_embedding.py ``RotaryEmbedding._compute_cos_sin_cache``),
+  plus LoRA's stacked adapter slots when LoRA is enabled (``lora_slot_bytes``), plus the padding
+  vLLM's MXFP4 MoE kernels add to expert weights (``mxfp4_padding_bytes``). Exact.
+- ``activation``: the profile pass's transient torch peak, the larger of
+  * forward (``forward_bytes_per_token`` × batched tokens): the live tensors of one decoder layer
+    — 3 hidden-wide buffers (residual, normed input, layer output), the attention projections
+    (q/k/v and the attention output) or the MLP (gate/up output and the activated product); for
+    MoE layers the fused-MoE workspaces ``workspace13 = (M, top_k, max(2N, K))`` and
+    ``workspace2 = (M, top_k, N)`` with ``M = min(tokens, VLLM_FUSED_MOE_CHUNK_SIZE)``
+    (vllm/model_executor/layers/fused_moe/fused_moe.py ``TritonExperts.workspace_shapes``,
+    vllm/envs.py ``VLLM_FUSED_MOE_CHUNK_SIZE`` = 32768);
+  * sampler: the dummy sampler run over ``min(max_num_seqs, max_num_batched_tokens)`` rows × the
+    vocabulary (vllm/v1/worker/gpu_model_runner.py ``GPUModelRunner._dummy_sampler_run``: logits
+    in the model dtype, cast to fp32 by ``Sampler``; the dummy metadata sets ``top_p=0.9,
+    top_k=vocab−1`` and asks no logprobs). Bytes per logit (``sampler_bytes_per_logit``) by the
+    top-k/top-p path: PyTorch-native ``apply_top_k_top_p`` (vllm/v1/sample/ops/topk_topp_sampler.py;
+    V0's vllm/model_executor/layers/sampler.py ``_apply_top_k_top_p`` is the same) sorts the fp32
+    logits with int64 indices: bf16 logits 2 + fp32 logits 4 + sorted values 4 + indices 8 + sorted
+    probabilities 4 + masks 1 = 23 B live at once; the FlashInfer kernel (``VLLM_USE_FLASHINFER_SAMPLER``
+    unset means on in V1, off in V0) keeps the bf16 logits, the fp32 copy and fp32 probabilities,
+    10 B (public H100 V1 logs of Llama-3.1-8B at max_num_seqs 1024 print 1.21–1.24 GiB of
+    activation peak: 1024 × 128,256 × 10 B = 1.22 GiB). V1: FlashInfer, band up to the native
+    23 B (an install without FlashInfer); V0: native.
+- ``non_torch``: memory the process gains outside the torch allocator:
+  * a base (cuBLAS/cuDNN workspaces, CUDA module loading), calibration.json ``non_torch_base_gib``;
+  * with tensor parallelism, the custom all-reduce buffers — ``meta_size() + max_size``
+    (uncached) + ``max_size`` (IPC buffer) + 8 MiB ``rank_data``, ``max_size`` = 8 MiB
+    (vllm/distributed/device_communicators/custom_all_reduce.py ``CustomAllreduce.__init__``;
+    only for world sizes 2, 4, 6, 8, and beyond 2 only on fully connected NVLink) — and the NCCL
+    communicators' channel buffers (NCCL sizes them from its topology search, not from anything
+    vLLM passes, so this one is fitted per version family and interconnect: calibration.json
+    ``nccl_tp_gib``). How much of it a version charges depends on where its baseline snapshot
+    sits: current V1 snapshots right after ``init_worker_distributed_environment``
+    (vllm/v1/worker/gpu_worker.py ``Worker.init_device``), so only what NCCL sets up lazily at the
+    first collectives of the profile run counts; V0 before PR #10511 charged free-memory
+    differences, NCCL included (PR #2031); the public V0 0.6.5–0.8 TP logs print 0.2–0.43 GiB;
+  * with pipeline parallelism only the point-to-point communicator of the PP group
+    (``nccl_pp_gib``) — a PP run holds no tensor-parallel buffers.
+- ``cuda_graph``: the dummy CUDA-graph capture vLLM subtracts since v0.21
+  (vllm/v1/worker/gpu_model_runner.py ``profile_cudagraph_memory``, PR #30515; on by default
+  through ``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS``); per GPU class, calibration.json.
 - ``context``: the CUDA context and libraries already resident when an engine reads free memory
   (SGLang, TRT-LLM measure free memory, so this comes off their budget; vLLM's budget is a share
   of total memory and ignores it).
+- ``residual``: what the terms above do not explain, as a band only (central 0): the
+  leave-one-out error quantiles of the calibration corpus (benchmarks/engine_calibration.py), so
+  the token band holds on logs the constants were not fitted on.
 
-Each constant below names where its value comes from. They are estimates: the bands are meant to
-contain the start-up logs we know of, and ``tokens_band`` on every EnginePlan shows what they do
-to the KV capacity.
+Fitted numbers live in one file, estimator/engines/calibration.json, written by
+``python benchmarks/engine_calibration.py --fit`` from the start-up logs under tests/engine_logs/.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
 
-from estimator.model_spec import ModelSpec
+from estimator.model.spec import ModelSpec
 from meshes.catalog import GiB
+
+CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
 
 
 @dataclass(frozen=True)
@@ -99,58 +134,65 @@ class NonKV:
     def get(self, name: str) -> int:
         return next((t.band.central for t in self.terms if t.name == name), 0)
 
+    def estimated(self) -> tuple[str, ...]:
+        """Names of the terms that are modelled (estimates), not measured or exact."""
+        return tuple(t.name for t in self.terms if not t.measured and t.band.low != t.band.high)
+
     def to_dict(self) -> dict[str, dict[str, object]]:
         return {t.name: {**t.band.to_dict(), "source": t.source, "measured": t.measured}
                 for t in self.terms}
 
 
-# ----------------------------------------------------------------------------- constants
-# GPU classes follow vLLM's batch defaults (engines.md §3.1 item 6): "large" ≥ 160 GiB,
-# "hbm" ≥ 70 GiB and not an A100, "other" for the rest.
+# ----------------------------------------------------------------------------- calibration
+@cache
+def _load_calibration() -> Mapping[str, Any]:
+    with CALIBRATION_PATH.open(encoding="utf-8") as f:
+        return json.load(f)
+
+
+_ACTIVE: list[Mapping[str, Any]] = []
+
+
+def calibration() -> Mapping[str, Any]:
+    """The fitted constants in force: estimator/engines/calibration.json (read once), or the set a
+    ``calibrated(...)`` block installs (leave-one-out refits in benchmarks/engine_calibration.py)."""
+    return _ACTIVE[-1] if _ACTIVE else _load_calibration()
+
+
+@contextmanager
+def calibrated(data: Mapping[str, Any]) -> Iterator[None]:
+    """Use ``data`` (calibration.json's shape) instead of the file inside the block."""
+    _ACTIVE.append(data)
+    try:
+        yield
+    finally:
+        _ACTIVE.pop()
+
+
+def fitted(engine: str, key: str, *path: str) -> Any:
+    """One fitted constant: ``calibration()["constants"][engine][key][path...]`` (a level without
+    the key falls back to its "default" entry; a plain number answers every path)."""
+    value = calibration()["constants"][engine][key]
+    for p in path:
+        if not isinstance(value, Mapping):
+            break
+        value = value[p] if p in value else value["default"]
+    return value
+
+
+CALIBRATION_SOURCE = "fitted: estimator/engines/calibration.json (benchmarks/engine_calibration.py --fit)"
+
+# ----------------------------------------------------------------------------- hardware classes
+# GPU classes follow vLLM's batch defaults (vllm/engine/arg_utils.py ``EngineArgs._set_default_args``:
+# default max_num_batched_tokens / max_num_seqs by device memory): "large" ≥ 160 GiB, "hbm" ≥ 70 GiB
+# and not an A100, "other" for the rest.
 GPU_CLASSES = ("large", "hbm", "other")
-
-SAMPLER_BYTES_PER_LOGIT = (6, 10, 22)  # low, central, high; see the module docstring
-ACTIVATION_BAND = (0.9, 1.0, 1.35)
-
-# non-torch memory: engines.md §3.1 (vLLM total_consumed − weights), §10.3 (llm-d planner:
-# 0.15–0.6 GiB). Single GPU: public vLLM "non_torch_memory takes X GiB" lines span 0.01–0.65 GiB;
-# H100 V1 logs 0.32 and 0.35, R1 (RTX 3090) 0.35 → central 0.33. Tensor-parallel groups add NCCL
-# and custom all-reduce buffers: NVLink-class parts (hbm, large) 0.5–2.0 GiB (R4: SGLang TP4 on
-# H100 leaves ~1.4 GiB unexplained by weights), PCIe parts 0.2–1.0 GiB.
-NON_TORCH = {
-    "single": Band.of(0.05 * GiB, 0.33 * GiB, 0.65 * GiB),
-    "tp-hbm": Band.of(0.5 * GiB, 1.25 * GiB, 2.0 * GiB),
-    "tp-other": Band.of(0.2 * GiB, 0.5 * GiB, 1.0 * GiB),
-}
-NON_TORCH_SOURCE = ("engines.md §3.1 (non-torch part of total_consumed), §10.3 (llm-d: 0.15–0.6 GiB); "
-                    "public vLLM 'non_torch_memory takes' lines, R1 (0.35 GiB), R4")
-
-# CUDA-graph memory vLLM subtracts (engines.md §3.1, default since v0.21.0). Public
-# "Estimated CUDA graph memory: X GiB total" lines: 0.42, 0.59, 0.64, 0.94 GiB; a 27B model
-# 2.83 GiB estimated (0.72 actual).
-CUDA_GRAPH = {
-    "large": Band.of(0.3 * GiB, 0.75 * GiB, 2.0 * GiB),
-    "hbm": Band.of(0.3 * GiB, 0.75 * GiB, 2.0 * GiB),
-    "other": Band.of(0.15 * GiB, 0.4 * GiB, 1.0 * GiB),
-}
-CUDA_GRAPH_SOURCE = "engines.md §3.1 (CUDA graphs); public 'Estimated CUDA graph memory' lines 0.42–0.94 GiB"
-
-# CUDA context + libraries resident before an engine reads free memory. meshes/catalog.py keeps
-# 500 MiB for it; TRT-LLM #1188 (R5, A4000) leaves ~0.45 GiB, TRT-LLM #2789 (H100) ~0.95 GiB.
-CONTEXT = Band.of(0.3 * GiB, 0.5 * GiB, 0.95 * GiB)
-CONTEXT_SOURCE = ("meshes/catalog.py _CONTEXT_RESERVE (500 MiB); TRT-LLM #1188 (R5) and #2789 start-up "
-                  "logs (0.45–0.95 GiB); engines.md §4.1, §5.2 (free memory is measured)")
-
-# TRT-LLM TRT-engine runtime (legacy C++ path): logits buffers. R5 (TRT-LLM #1188, Qwen2.5-0.5B,
-# max_num_tokens 8192, max_batch_size 2048, vocab 151,936): runtime buffers 2.66 GB ≈ 2.3 B per
-# (token × vocab) — fp16 context logits — and decoder 5.76 GB ≈ 20 B per (batch × beam × vocab).
-TRT_RUNTIME_BYTES_PER_LOGIT = 2
-TRT_DECODER_BYTES_PER_LOGIT = 20
-TRT_LEGACY_SOURCE = "engines.md §9.20 and R5 (TRT-LLM #1188: runtime buffers 2.66 GB, decoder 5.76 GB)"
+# PCIe cards (an H100 NVL pair-bridge is not a fully connected NVLink group either)
+_PCIE = re.compile(r"pcie|rtx|geforce|quadro|consumer|\bnvl\b|\b(?:t4|l4|l40s?|l20|a10g?|a40|a30|a16|a2|a4000|a6000)\b")
 
 
 def gpu_class(total_bytes: int, device_kind: str = "") -> str:
-    """vLLM's GPU class for batch defaults (engines.md §3.1 item 6)."""
+    """vLLM's GPU class for batch defaults."""
     if total_bytes >= 160 * GiB:
         return "large"
     if total_bytes >= 70 * GiB and "a100" not in device_kind.lower():
@@ -158,10 +200,22 @@ def gpu_class(total_bytes: int, device_kind: str = "") -> str:
     return "other"
 
 
-def non_torch_band(tensor: int, cls: str) -> Band:
-    if tensor <= 1:
-        return NON_TORCH["single"]
-    return NON_TORCH["tp-hbm" if cls in ("hbm", "large") else "tp-other"]
+def interconnect(device_kind: str) -> str:
+    """"nvlink" for SXM/OAM parts (NVLink/NVSwitch, Infinity Fabric), "pcie" for PCIe cards."""
+    return "pcie" if _PCIE.search(device_kind.lower()) else "nvlink"
+
+
+# ----------------------------------------------------------------------------- activation
+FUSED_MOE_CHUNK_SIZE = 32768  # vllm/envs.py VLLM_FUSED_MOE_CHUNK_SIZE default
+# (low, central, high) bytes per logit of the dummy sampler run (module docstring)
+NATIVE_SAMPLER_BYTES = (18, 23, 26)  # sort-based top-k/top-p; low: after the sort is freed
+FLASHINFER_SAMPLER_BYTES = (8, 10, 23)  # FlashInfer kernel; high: a fallback to the native path
+
+
+def sampler_bytes_per_logit(version: str) -> tuple[int, int, int]:
+    """(low, central, high) peak bytes per logit of the dummy sampler run for a vLLM version."""
+    return NATIVE_SAMPLER_BYTES if version.startswith("v0") else FLASHINFER_SAMPLER_BYTES
+ACTIVATION_BAND = (0.9, 1.0, 1.35)
 
 
 def activation_width(model: ModelSpec) -> int:
@@ -169,19 +223,43 @@ def activation_width(model: ModelSpec) -> int:
     return 4 if model.weight_bytes_per_param == 4 else 2
 
 
-def forward_bytes_per_token(model: ModelSpec, tensor: int, kv_heads_per_shard: int) -> int:
-    """Peak live bytes per batched token of one decoder layer on one tensor shard."""
+def forward_bytes_per_token(model: ModelSpec, tensor: int, kv_heads_per_shard: int, *,
+                            moe: bool = True) -> int:
+    """Peak live bytes per batched token of one decoder layer on one tensor shard (``moe=False``:
+    without the fused-MoE workspaces)."""
     a = activation_width(model)
     h, tp = model.hidden_size, tensor
     q = model.num_attention_heads * (model.qk_nope_head_dim + model.qk_rope_head_dim
                                      if model.is_mla else model.head_dim)
     attention = 2 * -(-q // tp) + 2 * kv_heads_per_shard * model.head_dim
     mlp = 3 * -(-model.intermediate_size // tp)
-    if model.is_moe:
+    if model.is_moe and moe:
         mi = -(-model.moe_intermediate_size // tp)
-        moe = model.num_experts_per_token * (max(2 * mi, h) + mi)
+        moe = model.num_experts_per_token * (max(2 * mi, h) + mi)  # workspace13 + workspace2
         mlp = max(mlp if model.first_dense_layers else 0, moe)
     return a * (3 * h + max(attention, mlp))
+
+
+def forward_bytes(model: ModelSpec, tensor: int, kv_heads_per_shard: int, tokens: int,
+                  moe_gather: int = 1) -> int:
+    """Forward-pass peak of ``tokens`` batched tokens; the fused-MoE part is capped at one chunk.
+
+    ``moe_gather`` > 1: expert parallelism across that many data-parallel ranks with vLLM's default
+    ("naive") all-to-all. Its dispatch gathers every DP rank's hidden states into one buffer
+    (``NaiveAll2AllManager.naive_multicast``, vllm/distributed/device_communicators/all2all.py) and
+    the fused experts then run over all gathered tokens (``FusedMoE.forward_impl``,
+    vllm/model_executor/layers/fused_moe/layer.py; vllm-project/vllm v0.10.1). In the profile run
+    every DP rank runs the same dummy batch, so the MoE sees ``tokens × moe_gather`` tokens, chunked
+    at VLLM_FUSED_MOE_CHUNK_SIZE; the gathered hidden states and their combined output stay live.
+    """
+    per = forward_bytes_per_token(model, tensor, kv_heads_per_shard)
+    moe_tokens = tokens * max(moe_gather, 1)
+    if not model.is_moe or (moe_tokens <= FUSED_MOE_CHUNK_SIZE and moe_gather <= 1):
+        return tokens * per
+    dense = forward_bytes_per_token(model, tensor, kv_heads_per_shard, moe=False)
+    gathered = 2 * (moe_tokens - tokens) * model.hidden_size * activation_width(model)
+    return (tokens * dense + min(moe_tokens, FUSED_MOE_CHUNK_SIZE) * max(per - dense, 0)
+            + gathered)
 
 
 def rotary_cache_bytes(model: ModelSpec) -> int:
@@ -192,17 +270,160 @@ def rotary_cache_bytes(model: ModelSpec) -> int:
 
 
 def activation_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int, tokens: int,
-                    sampler_rows: int, last_stage: bool = True) -> Band:
+                    sampler_rows: int, last_stage: bool = True,
+                    sampler_bytes_per_logit: tuple[int, int, int] = FLASHINFER_SAMPLER_BYTES,
+                    moe_gather: int = 1) -> Band:
     """Transient activation peak of a profile pass: max(forward, sampler), with its band."""
-    forward = tokens * forward_bytes_per_token(model, tensor, kv_heads_per_shard)
+    forward = forward_bytes(model, tensor, kv_heads_per_shard, tokens, moe_gather)
     rows = sampler_rows if last_stage else 0
-    lo, mid, hi = (rows * model.vocab_size * b for b in SAMPLER_BYTES_PER_LOGIT)
+    logits = rows * model.vocab_size
+    lo, mid, hi = (logits * b for b in sampler_bytes_per_logit)
     f_lo, f_mid, f_hi = (forward * f for f in ACTIVATION_BAND)
     return Band.of(max(f_lo, lo), max(f_mid, mid), max(f_hi, hi))
 
 
-ACTIVATION_SOURCE = ("estimator/engines/non_kv.py forward + sampler model (engines.md §3.1 item 4); "
-                     "calibrated on R1/R2 (vLLM #10517) and public H100 vLLM logs")
+ACTIVATION_SOURCE = ("dummy forward (fused-MoE workspaces: vllm fused_moe.py TritonExperts.workspace_shapes) "
+                     "+ dummy sampler (vllm/v1/worker/gpu_model_runner.py _dummy_sampler_run; V0 "
+                     "vllm/model_executor/layers/sampler.py Sampler.forward)")
+
+
+# ----------------------------------------------------------------------------- MXFP4 padding
+def mxfp4_padding_bytes(model: ModelSpec, tensor: int, device_kind: str,
+                        layers: Iterable[int] | None = None) -> int:
+    """Bytes vLLM adds to MXFP4 expert weights on one tensor shard by padding them for its kernels.
+
+    vllm/model_executor/layers/quantization/mxfp4.py ``Mxfp4MoEMethod.create_weights``: w13
+    ``(E, 2·I_pad, H_pad/2)`` and w2 ``(E, H_pad, I_pad/2)`` uint8 plus one e8m0 scale per 32
+    values, with ``I_pad = round_up(I/tp, 128)`` and ``H_pad = round_up(H, 256)`` on the Marlin path
+    (GPUs before Blackwell), both rounded to 256 on Blackwell's FlashInfer path. gpt-oss-120b
+    (2880 × 2880, 128 experts, 36 layers) gains 5.13 GiB this way: vLLM logs 65.97 GiB of weights
+    on an H100 (vllm-project/vllm #23278). ``layers``: the pipeline stage's layers (default all).
+    """
+    if model.weight_quant != "mxfp4" or not model.is_moe:
+        return 0
+    blackwell = any(k in device_kind.upper() for k in ("B200", "B300", "GB200", "B100"))
+    inter = -(-model.moe_intermediate_size // tensor)
+    h = model.hidden_size
+    ip = -(-inter // (256 if blackwell else 128)) * (256 if blackwell else 128)
+    hp = -(-h // 256) * 256
+    extra_values = 3 * (ip * hp - inter * h)  # w13 (two I rows) + w2
+    per_layer = model.num_experts * (extra_values // 2 + extra_values // 32)
+    held = range(model.num_layers) if layers is None else layers
+    return per_layer * sum(1 for i in held if model.is_moe_layer(i))
+
+
+# ----------------------------------------------------------------------------- LoRA
+def lora_slot_bytes(model: ModelSpec, tensor: int, *, max_loras: int, max_lora_rank: int) -> int:
+    """LoRA's stacked adapter slots on one tensor shard, allocated when the model is wrapped.
+
+    vllm/lora/layers/*.py ``create_lora_weights``: every linear of every decoder layer gets
+    ``lora_a_stacked`` ``(max_loras, 1, rank, in)`` and ``lora_b_stacked`` ``(max_loras, 1, out, rank)``
+    per packed slice, in the model dtype; column-parallel layers shard ``out`` (``lora_b``) and
+    replicate ``lora_a``; row-parallel layers shard ``in`` (``lora_a``) and replicate ``lora_b``.
+    The dummy adapters of the profile run (``LoRAModelRunnerMixin.maybe_dummy_loras``) are loaded
+    into these same slots. MoE expert weights are not LoRA targets here (dense projections only).
+    """
+    if max_loras <= 0:
+        return 0
+    tp, r, h = tensor, max_lora_rank, model.hidden_size
+    q = model.num_attention_heads * model.head_dim
+    kv = model.num_kv_heads * model.head_dim
+    inter = model.intermediate_size if not model.is_moe or model.first_dense_layers else 0
+    col = 3 * r * h + r * (-(-(q + 2 * kv) // tp))  # qkv_proj: 3 slices
+    row = r * (-(-q // tp)) + r * h  # o_proj
+    if inter:
+        col += 2 * r * h + 2 * r * (-(-inter // tp))  # gate_up_proj: 2 slices
+        row += r * (-(-inter // tp)) + r * h  # down_proj
+    return max_loras * (col + row) * model.num_layers * activation_width(model)
+
+
+LORA_SOURCE = "vllm/lora/layers create_lora_weights: lora_a/lora_b stacked slots for max_loras adapters"
+
+
+# ----------------------------------------------------------------------------- non-torch
+CUSTOM_AR_MAX_SIZE = 8192 * 1024  # CustomAllreduce(max_size=8192 * 1024)
+CUSTOM_AR_RANK_DATA = 8 * 1024 * 1024  # self.rank_data = torch.empty(8 * 1024 * 1024, uint8)
+CUSTOM_AR_META = 4096  # ops.meta_size(): the signal struct, well under a page; rounded up
+CUSTOM_AR_WORLD_SIZES = (2, 4, 6, 8)  # CustomAllreduce._SUPPORTED_WORLD_SIZES
+
+
+def custom_all_reduce_bytes(tensor: int, link: str) -> int:
+    """Buffers vLLM's custom all-reduce allocates per rank (custom_all_reduce.py ``__init__``):
+    ``meta_size() + max_size`` + ``max_size`` + ``rank_data``; disabled outside 2/4/6/8 ranks and
+    on more than two PCIe-only GPUs."""
+    if tensor not in CUSTOM_AR_WORLD_SIZES or (tensor > 2 and link != "nvlink"):
+        return 0
+    return CUSTOM_AR_META + 2 * CUSTOM_AR_MAX_SIZE + CUSTOM_AR_RANK_DATA
+
+
+def non_torch_band(engine: str, version: str, *, tensor: int, pipeline: int, link: str,
+                   custom_ar: bool = True) -> Band:
+    """Non-torch memory of one rank: base + (TP) custom all-reduce + NCCL + (PP) NCCL p2p."""
+    base = fitted(engine, "non_torch_base_gib", version)
+    total = base * GiB
+    if tensor > 1:
+        total += fitted(engine, "nccl_tp_gib", version, link) * GiB
+        if custom_ar:
+            total += custom_all_reduce_bytes(tensor, link)
+    if pipeline > 1:
+        total += fitted(engine, "nccl_pp_gib") * GiB
+    return Band.of(total, total, total)
+
+
+NON_TORCH_SOURCE = ("base + NCCL " + CALIBRATION_SOURCE + "; custom all-reduce buffers from "
+                    "vllm/distributed/device_communicators/custom_all_reduce.py CustomAllreduce.__init__")
+
+
+def cuda_graph_band(engine: str, version: str, cls: str) -> Band:
+    gib = fitted(engine, "cuda_graph_gib", version, cls)
+    return Band.of(gib * GiB, gib * GiB, gib * GiB)
+
+
+CUDA_GRAPH_SOURCE = ("vllm/v1/worker/gpu_model_runner.py profile_cudagraph_memory (PR #30515, applied by "
+                     "default since v0.21); " + CALIBRATION_SOURCE)
+
+
+# The residual band reaches at least this far either side of 0: a share of the device's memory
+# (bigger cards serve bigger models and batches, whose unexplained GiB are bigger) and a floor for
+# the GiB the logs and the constants are rounded to.
+RESIDUAL_FLOOR_FRACTION = 0.015
+RESIDUAL_FLOOR_BYTES = GiB // 4
+
+
+def residual_band(engine: str, version: str, tensor: int, total_bytes: int = 0) -> Band:
+    """What the modelled terms leave unexplained (central 0): the corpus's leave-one-out
+    non-KV error quantiles for this engine/version and TP class, in GiB, widened to at least
+    ±max(RESIDUAL_FLOOR_BYTES, RESIDUAL_FLOOR_FRACTION × the device's memory)."""
+    table = calibration()["residual_gib"].get(engine, {})
+    cls = "tp" if tensor > 1 else "single"
+    lo, hi = (table.get(f"{version}/{cls}") or table.get(version) or table.get(f"default/{cls}")
+              or table.get("default") or (0.0, 0.0))
+    floor = max(RESIDUAL_FLOOR_BYTES, int(total_bytes * RESIDUAL_FLOOR_FRACTION))
+    return Band.of(min(lo * GiB, -floor), 0, max(hi * GiB, floor))
+
+
+RESIDUAL_SOURCE = ("leave-one-out error quantiles of the start-up-log corpus (tests/engine_logs), "
+                   "estimator/engines/calibration.json")
+
+# CUDA context + libraries resident before an engine reads free memory. meshes/catalog.py keeps
+# 500 MiB for it; TRT-LLM #1188 (R5, A4000) leaves ~0.45 GiB, TRT-LLM #2789 (H100) ~0.95 GiB.
+CONTEXT = Band.of(0.3 * GiB, 0.5 * GiB, 0.95 * GiB)
+CONTEXT_SOURCE = ("meshes/catalog.py _CONTEXT_RESERVE (500 MiB); TRT-LLM #1188 (R5) and #2789 start-up "
+                  "logs (0.45–0.95 GiB); free memory is what SGLang and TRT-LLM measure")
+
+# TRT-LLM TRT-engine runtime (C++ path), per build limits (cpp/tensorrt_llm/runtime/runtimeBuffers.cpp,
+# gptDecoderBatched.cpp): with context logits not gathered, the runtime holds fp32 logits of the
+# last token of each of max_batch_size × max_beam_width slots and the decoder's copy of them
+# (8 B per slot × vocabulary), the engine's activation slab sized for the packed tokens of one step
+# (max_num_tokens, at most max_batch_size × max_input_len), and the decoder's vocabulary-wide
+# per-slot buffers. R5 (TRT-LLM #1188, Qwen2.5-0.5B, max_batch_size 2048, vocab 151,936): runtime
+# buffers 2.66 GB = 2048 × 151,936 × 8.5 B; decoder 5.76 GB ≈ 20 B per (batch × beam × vocab).
+TRT_RUNTIME_BYTES_PER_LOGIT = 8
+TRT_DECODER_BYTES_PER_LOGIT = 20
+TRT_LEGACY_SOURCE = ("TRT-LLM C++ runtime buffers / decoder per build limits (runtimeBuffers.cpp, "
+                     "gptDecoderBatched.cpp); scale from R5 (TRT-LLM #1188: 2.66 GB, 5.76 GB)")
+# Older default build limits (trtllm-build, tensorrt_llm/commands/build.py before 0.11):
+# max_batch_size 256 (2048 from 0.11), max_input_len 1024, max_num_tokens 8192, max_beam_width 1.
 
 
 def term(name: str, band: Band, source: str, measured: int | None = None) -> Term:
@@ -212,7 +433,9 @@ def term(name: str, band: Band, source: str, measured: int | None = None) -> Ter
     return Term(name, band, source)
 
 
-__all__ = ["ACTIVATION_SOURCE", "CONTEXT", "CONTEXT_SOURCE", "CUDA_GRAPH", "CUDA_GRAPH_SOURCE",
-           "GPU_CLASSES", "NON_TORCH", "NON_TORCH_SOURCE", "Band", "NonKV", "Term", "activation_band",
-           "activation_width", "forward_bytes_per_token", "gpu_class", "non_torch_band",
-           "rotary_cache_bytes", "term"]
+__all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTEXT", "CONTEXT_SOURCE",
+           "CUDA_GRAPH_SOURCE", "GPU_CLASSES", "LORA_SOURCE", "NON_TORCH_SOURCE", "RESIDUAL_SOURCE", "Band",
+           "NonKV", "Term", "activation_band", "activation_width", "calibrated", "calibration", "cuda_graph_band",
+           "custom_all_reduce_bytes", "fitted", "forward_bytes", "forward_bytes_per_token", "gpu_class",
+           "interconnect", "lora_slot_bytes", "mxfp4_padding_bytes", "non_torch_band", "residual_band",
+           "rotary_cache_bytes", "sampler_bytes_per_logit", "term"]

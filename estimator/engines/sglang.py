@@ -1,4 +1,4 @@
-"""SGLang 0.5.23 (reference/engines.md §4).
+"""SGLang 0.5.23 (sgl-project/sglang, python/sglang/srt/model_executor/model_runner.py).
 
 ``mem_fraction_static`` is (weights + KV pool) / memory. Per rank:
 ``rest = free_after_weights − pre_load_free · (1 − mem_fraction_static)`` (pre-load free memory is
@@ -15,36 +15,44 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from estimator.core.geometry import geometry
+from estimator.core.kv_spec import kv_specs
 from estimator.engines.base import (
     EnginePlan,
     GiB,
     Knob,
     Setup,
+    apply_model_knobs,
     boolean,
     cdiv,
     default_kv_dtype,
+    estimated_flags,
     fraction,
     integer,
     kv_dtype_choice,
+    model_dtype_choice,
     positive_number,
+    quantization_choice,
     with_band,
 )
 from estimator.engines.non_kv import (
     ACTIVATION_SOURCE,
     CONTEXT,
     CONTEXT_SOURCE,
-    CUDA_GRAPH,
     NON_TORCH_SOURCE,
+    RESIDUAL_SOURCE,
     Band,
     NonKV,
+    Term,
     activation_band,
+    cuda_graph_band,
     gpu_class,
+    interconnect,
     non_torch_band,
+    residual_band,
     rotary_cache_bytes,
     term,
 )
-from estimator.geometry import geometry
-from estimator.kv_spec import MLA, RECURRENT, SLIDING, layer_kv
 from meshes.catalog import MiB
 from meshes.validation import InputError
 
@@ -75,6 +83,9 @@ KNOBS = {
     "swa_full_tokens_ratio": Knob("swa_full_tokens_ratio", 0.8, positive_number),
     "mamba_full_memory_ratio": Knob("mamba_full_memory_ratio", 0.9, positive_number),
     "max_mamba_cache_size": Knob("max_mamba_cache_size", None, integer(1)),
+    "quantization": Knob("quantization", None, quantization_choice,
+                         "weight scheme (sglang --quantization); default: the checkpoint's"),
+    "dtype": Knob("dtype", "auto", model_dtype_choice, "model dtype (sglang --dtype)"),
 }
 
 
@@ -103,7 +114,8 @@ def auto_mem_fraction(gpu_mem_bytes: int, *, tp: int, pp: int, chunked: int, max
 
 
 def compute(setup: Setup, which: str) -> EnginePlan:
-    m, mesh, lay, k = setup.model, setup.mesh, setup.layout, setup.knobs
+    mesh, lay, k = setup.mesh, setup.layout, setup.knobs
+    m = apply_model_knobs(setup.model, k["quantization"], k["dtype"])
     derived = m.max_position_embeddings
     context_len = k["context_length"] or derived
     if context_len > derived:
@@ -114,7 +126,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     kv_dtype = KV_DTYPES[k["kv_cache_dtype"]] or default_kv_dtype(m)
     page = k["page_size"]
     geom = geometry(m, lay, kv_cache_dtype=kv_dtype, page_size=page)
-    kvs = layer_kv(m, lay.tensor, kv_dtype)
+    kvs = kv_specs(m, lay.tensor, kv_dtype)
     first = mesh.stats[0]
     cls = gpu_class(first.bytes_limit, mesh.device_kinds[0])
     d_chunk, d_bs = tier(first.bytes_limit / GiB, lay.tensor)
@@ -125,26 +137,30 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     if frac is None:
         frac = auto_mem_fraction(min(s.bytes_limit for s in mesh.stats), tp=lay.tensor, pp=lay.pipeline,
                                  chunked=chunked, max_bs=max_bs, graphs=graphs)
-    group = lay.tensor * lay.pipeline
     measured_ctx = setup.measured.get("context_bytes")
     ctx_band = CONTEXT if measured_ctx is None else Band.exact(measured_ctx)
     ctx = ctx_band.pick(which)
     pre = min(s.bytes_limit - s.bytes_in_use for s in mesh.stats) - ctx  # min over ranks, all-reduced
     per_stage = []
+    link = interconnect(mesh.device_kinds[0])
     for s, stage in enumerate(geom.stages):
-        nk = NonKV((
+        terms = [
             term("context", CONTEXT, CONTEXT_SOURCE, setup.measured.get("context_bytes")),
             term("weights", Band.exact(stage.weight_bytes + rotary_cache_bytes(m)),
-                 "estimator.geometry weight shard + rotary cache", setup.measured.get("weights_bytes")),
-            term("non_torch", non_torch_band(group, cls), NON_TORCH_SOURCE,
-                 setup.measured.get("non_torch_bytes")),
-        ))
-        after = pre - nk.total(which, ("weights", "non_torch"))
+                 "estimator.core.geometry weight shard + rotary cache", setup.measured.get("weights_bytes")),
+            term("non_torch", non_torch_band(NAME, setup.version, tensor=lay.tensor, pipeline=lay.pipeline,
+                                             link=link), NON_TORCH_SOURCE, setup.measured.get("non_torch_bytes")),
+        ]
+        if not all(t.measured for t in terms if t.name != "weights"):
+            residual = residual_band(NAME, setup.version, lay.tensor, first.bytes_limit)
+            terms.append(Term("residual", residual, RESIDUAL_SOURCE))
+        nk = NonKV(tuple(terms))
+        after = pre - nk.total(which, ("weights", "non_torch", "residual"))
         rest = after - int(pre * (1 - Fraction(str(frac))))
         layers = [kvs[i] for i in stage.layers]
-        full_cell = sum(kv.token_bytes for kv in layers if kv.kind not in (SLIDING, RECURRENT))
-        swa_cell = sum(kv.token_bytes for kv in layers if kv.kind == SLIDING)
-        state = sum(kv.state_bytes for kv in layers if kv.kind == RECURRENT)
+        full_cell = sum(kv.token_bytes for kv in layers if not kv.window)
+        swa_cell = sum(kv.token_bytes for kv in layers if kv.window)  # HybridSWAPoolConfigurator
+        state = sum(kv.state_bytes for kv in layers)
         per_stage.append((s, nk, after, rest, full_cell, swa_cell, state, layers))
     notes, warnings, error = [], [], None
     mamba_size = None
@@ -190,7 +206,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     if error is None and max_req_len <= 0:
         error = "Memory pool size is too small"
     if swa_cell and error is None:
-        window = max(kv.window for kv in layers if kv.kind == SLIDING)
+        window = max(kv.window for kv in layers)
         swa_tokens = int(tokens * k["swa_full_tokens_ratio"])
         if swa_tokens < window + page:
             error = (f"The SWA pool ({swa_tokens} tokens) cannot hold one request's window "
@@ -205,7 +221,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     if mamba_size:
         lines.append(f"Mamba Cache is allocated. max_mamba_cache_size: {mamba_size}, state size: "
                      f"{mamba_size * state / GiB:.2f}GB")
-    mla = any(kv.kind == MLA for kv in layers)
+    mla = any(kv.replicated_across_tensor for kv in layers)  # MLA latent: one "KV size" line
     if error is None:
         if mla:
             lines.append(f"KV Cache is allocated. #tokens: {tokens}, KV size: {kv_pool / GiB:.2f} GB")
@@ -223,7 +239,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                             "(input length exceeds the maximum allowed length)")
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=geom.kv_heads_per_shard, tokens=chunked,
                           sampler_rows=min(max_bs, chunked))
-    graph = CUDA_GRAPH[cls].central if graphs else 0
+    graph = cuda_graph_band("vllm", "0.33", cls).central if graphs else 0  # a vLLM-sized graph pool
     reserve = pre - int(pre * Fraction(str(frac)))
     if error is None and reserve - req_pool < act.central + graph:
         warnings.append(f"the static reserve ({reserve / GiB:.2f} GB) minus the ReqToTokenPool "
@@ -236,6 +252,9 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     knobs = {**k, "mem_fraction_static": frac, "context_length": context_len, "chunked_prefill_size": chunked,
              "cuda_graph_max_bs": max_bs, "max_running_requests": running}
     budget = int(pre * Fraction(str(frac)))
+    estimated = estimated_flags(notes + lines, (), k["max_total_tokens"] is None or
+                                k["max_total_tokens"] >= profiled) if any(
+        t.name == "residual" for t in nk.terms) else tuple(False for _ in notes + lines)
     return EnginePlan(
         engine=NAME, version=setup.version, model=m.name, mesh=mesh.describe(), layout=lay.name, knobs=knobs,
         scope="per device", kv_cache_dtype=kv_dtype, block_size=page, kv_bytes_per_token=cell,
@@ -244,7 +263,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
         num_blocks=blocks, usable_blocks=blocks, pool_tokens=tokens, kv_tokens=tokens,
         max_model_len=context_len, max_concurrency=blocks / per_request if per_request else 0.0,
         max_model_len_fit=max(max_req_len, 0), num_replicas=lay.data, starts=error is None, error=error,
-        log_lines=tuple(notes + lines), warnings=tuple(warnings),
+        log_lines=tuple(notes + lines), warnings=tuple(warnings), estimated_lines=estimated,
         devices=tuple({"device": str(d), "total_bytes": st.bytes_limit, "pre_load_free_bytes": pre}
                       for d, st in zip(mesh.devices, mesh.stats, strict=True)))
 

@@ -1,4 +1,4 @@
-"""vLLM TPU backend (vllm-project/tpu-inference 0.32.0, reference/engines.md §6.1).
+"""vLLM TPU backend (vllm-project/tpu-inference 0.32.0, tpu_inference/runner/kv_cache_manager.py).
 
 No profiling pass: ``available = gpu_memory_utilization · Σ bytes_limit − Σ bytes_in_use`` over the
 worker's chips after the weights are loaded (``version="legacy"``: the meaning before PR #734,
@@ -13,7 +13,9 @@ vLLM core's (estimator.engines.vllm.vllm_core; legacy: the ≤ 0.2x core). Page 
 
 from __future__ import annotations
 
-from estimator.dtypes import dtype_bytes
+from estimator.core.dtypes import dtype_bytes
+from estimator.core.geometry import geometry
+from estimator.core.kv_spec import KVSpec, kv_specs
 from estimator.engines.base import (
     EnginePlan,
     GiB,
@@ -28,9 +30,15 @@ from estimator.engines.base import (
     with_band,
 )
 from estimator.engines.non_kv import ACTIVATION_SOURCE, Band, NonKV, activation_band, term
-from estimator.engines.vllm import BLOCK_SIZES, CacheLayout, KVGroup, cache_layout, format_gib, vllm_core
-from estimator.geometry import geometry
-from estimator.kv_spec import MLA, SHARED, LayerKV, layer_kv
+from estimator.engines.vllm import (
+    BLOCK_SIZES,
+    CacheLayout,
+    KVGroup,
+    cache_layout,
+    format_gib,
+    holds_kv,
+    vllm_core,
+)
 from meshes.validation import InputError
 
 NAME = "tpu"
@@ -40,7 +48,8 @@ SMEM_PAGE_ENTRIES = 131072  # tpu_platform: max_num_seqs × pages per request mu
 MLA_PAGE_SIZE = 1024
 KV_DTYPES = {"auto": None, "bfloat16": "bfloat16", "fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn",
              "fp8_e5m2": "float8_e5m2", "int8": "int8"}
-# engines.md §3.1 item 6: TPU overrides of (max_num_batched_tokens, max_num_seqs)
+# vllm-project/tpu-inference, tpu_inference/platforms/tpu_platform.py: TPU defaults of
+# (max_num_batched_tokens, max_num_seqs)
 TPU_BATCH_DEFAULTS = {"v6": (2048, 1024), "v5 lite": (1024, 512), "v5e": (1024, 512), "v5": (512, 256),
                       "v5p": (512, 256)}
 
@@ -84,12 +93,12 @@ def page_size_for(max_model_len: int, max_num_seqs: int, *, mla: bool) -> tuple[
     return page, notes
 
 
-def padded_token_bytes(kv: LayerKV, *, kv_heads: int, tensor: int, head_dim: int, dtype: str,
+def padded_token_bytes(kv: KVSpec, *, kv_heads: int, tensor: int, head_dim: int, dtype: str,
                        latent: int) -> int:
     """Global (over the tensor axis) bytes of one token of one layer in the RPA v3 array shape."""
     b = dtype_bytes(dtype)
     packing = max(4 // b, 1)
-    if kv.kind == MLA:  # latent rounded to 128, replicated on every chip
+    if kv.replicated_across_tensor:  # MLA: latent rounded to 128, replicated on every chip
         return tensor * cdiv(latent, 128) * 128 * b
     per_chip = max(kv_heads // tensor, 1)  # heads padded up to the tensor size
     slots = cdiv(per_chip * 2, packing) * packing
@@ -128,17 +137,17 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     else:
         block, notes = page_size_for(length, seqs, mla=m.is_mla)
     geom = geometry(m, lay, kv_cache_dtype=kv_dtype, page_size=block)
-    kvs = layer_kv(m, lay.tensor, kv_dtype)
+    kvs = kv_specs(m, lay.tensor, kv_dtype)
     latent = m.kv_lora_rank + m.qk_rope_head_dim
 
-    def token(kv: LayerKV) -> int:
+    def token(kv: KVSpec) -> int:
         return padded_token_bytes(kv, kv_heads=m.num_kv_heads, tensor=lay.tensor, head_dim=m.head_dim,
                                   dtype=kv_dtype, latent=latent)
 
     cache = cache_layout(kvs, block, token, mla=m.is_mla)
     if version == "legacy":
-        cache = CacheLayout((KVGroup("full", tuple(i for i, kv in enumerate(kvs) if kv.kind != SHARED)),),
-                            block, block * max(token(kv) for kv in kvs if kv.kind != SHARED), ())
+        cache = CacheLayout((KVGroup(tuple(i for i, kv in enumerate(kvs) if holds_kv(kv))),),
+                            block, block * max(token(kv) for kv in kvs if holds_kv(kv)), ())
     stage = geom.stages[0]
     weights = setup.measured.get("weights_bytes", stage.weight_bytes)
     limit = sum(s.bytes_limit for s in mesh.stats)
@@ -164,7 +173,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     per_replica = core.num_blocks // lay.data
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=geom.kv_heads_per_shard,
                           tokens=batched, sampler_rows=min(seqs, batched))
-    nk = NonKV((term("weights", Band.exact(stage.weight_bytes), "estimator.geometry weight shard",
+    nk = NonKV((term("weights", Band.exact(stage.weight_bytes), "estimator.core.geometry weight shard",
                      setup.measured.get("weights_bytes")),))
     headroom = (mesh.stats[0].bytes_limit - scaled(mesh.stats[0].bytes_limit, util))
     warnings = [f"tpu-inference runs no profiling pass: activations and compilation must fit the "

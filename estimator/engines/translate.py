@@ -1,4 +1,4 @@
-"""Engine-to-engine knob translation (reference/engines.md §10.5).
+"""Engine-to-engine knob translation: each engine's memory-fraction knob, as its profile defines it.
 
 The same "0.9" means a share of total memory in vLLM, of pre-load free memory minus a reserve in
 SGLang, of the memory free after the profiled peak in TRT-LLM, of the HBM limit in tpu-inference.
@@ -14,9 +14,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from estimator.core.layout import Layout
 from estimator.engines.base import CONCEPTS, EnginePlan
-from estimator.layout import Layout
-from estimator.model_spec import ModelSpec
+from estimator.engines.registry import engine_plan, profile
+from estimator.model.spec import ModelSpec
 from meshes.mesh import DeviceMesh
 from meshes.validation import InputError
 
@@ -56,8 +57,6 @@ def translate(source: str, target: str, knob_value: float, model: ModelSpec | st
               target_knobs: dict[str, Any] | None = None) -> Translation:
     """The ``target`` engine's memory-fraction value that gives the KV pool ``source`` gives at
     ``knob_value`` (its own memory-fraction knob), for the same model, mesh and layout."""
-    from estimator.engines import engine_plan, profile
-
     src, dst = profile(source).NAME, profile(target).NAME
     s_knob, t_knob = FRACTION[src], FRACTION[dst]
     source_knobs, target_knobs = dict(source_knobs or {}), dict(target_knobs or {})

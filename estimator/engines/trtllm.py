@@ -1,4 +1,5 @@
-"""TensorRT-LLM (reference/engines.md §5): the PyTorch backend (``version="pytorch"``, KvCacheCreator
+"""TensorRT-LLM (NVIDIA/TensorRT-LLM, tensorrt_llm/_torch/pyexecutor/_util.py): the PyTorch backend
+(``version="pytorch"``, KvCacheCreator
 and KVCacheManager) and the older TRT-engine C++ runtime (``version="trt-engine"``), whose logs
 R5 and R6 come from.
 
@@ -14,16 +15,21 @@ checks the context length: max_seq_len is silently lowered to what one sequence 
 
 from __future__ import annotations
 
+from estimator.core.geometry import geometry
+from estimator.core.kv_spec import kv_specs
 from estimator.engines.base import (
     EnginePlan,
     GiB,
     Knob,
     Setup,
+    apply_model_knobs,
     cdiv,
     default_kv_dtype,
+    estimated_flags,
     fraction,
     integer,
     kv_dtype_choice,
+    quantization_choice,
     scaled,
     with_band,
 )
@@ -31,21 +37,23 @@ from estimator.engines.non_kv import (
     ACTIVATION_SOURCE,
     CONTEXT,
     CONTEXT_SOURCE,
-    CUDA_GRAPH,
     CUDA_GRAPH_SOURCE,
     NON_TORCH_SOURCE,
+    RESIDUAL_SOURCE,
     TRT_DECODER_BYTES_PER_LOGIT,
     TRT_LEGACY_SOURCE,
     TRT_RUNTIME_BYTES_PER_LOGIT,
     Band,
     NonKV,
+    Term,
     activation_band,
+    cuda_graph_band,
     gpu_class,
+    interconnect,
     non_torch_band,
+    residual_band,
     term,
 )
-from estimator.geometry import geometry
-from estimator.kv_spec import RECURRENT, SLIDING, layer_kv
 from meshes.validation import InputError
 
 NAME = "trtllm"
@@ -71,13 +79,19 @@ KNOBS = {
     "dtype": Knob("dtype", "auto", kv_dtype_choice(KV_DTYPES)),
     "max_seq_len": Knob("max_seq_len", None, integer(1, 2**40)),
     "max_batch_size": Knob("max_batch_size", 2048, integer(1, 2**31)),
-    "max_num_tokens": Knob("max_num_tokens", 8192, integer(1, 2**31)),
+    "max_num_tokens": Knob("max_num_tokens", 8192, integer(1, 2**31),
+                           "8192 (trtllm-build ≥ 0.11; older builds: max_batch_size × max_input_len)"),
+    "max_input_len": Knob("max_input_len", 1024, integer(1, 2**31),
+                          "build limit (trtllm-build --max_input_len, default 1024)"),
     "max_beam_width": Knob("max_beam_width", 1, integer(1, 1024)),
+    "quantization": Knob("quantization", None, quantization_choice,
+                         "QuantConfig.quant_algo (FP8, W4A16_AWQ, ...); default: the checkpoint's"),
 }
 
 
 def compute(setup: Setup, which: str) -> EnginePlan:
-    m, mesh, lay, k, version = setup.model, setup.mesh, setup.layout, setup.knobs, setup.version
+    mesh, lay, k, version = setup.mesh, setup.layout, setup.knobs, setup.version
+    m = apply_model_knobs(setup.model, k["quantization"], None)
     frac = k["free_gpu_memory_fraction"]
     tpb = k["tokens_per_block"]
     max_seq_len = k["max_seq_len"] or m.max_position_embeddings
@@ -87,38 +101,41 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                         f"{m.max_position_embeddings}")
     kv_dtype = KV_DTYPES[k["dtype"]] or default_kv_dtype(m)
     geom = geometry(m, lay, kv_cache_dtype=kv_dtype, page_size=tpb)
-    kvs = layer_kv(m, lay.tensor, kv_dtype)
+    kvs = kv_specs(m, lay.tensor, kv_dtype)
     cls = gpu_class(mesh.stats[0].bytes_limit, mesh.device_kinds[0])
     beam, batch, num_tokens = k["max_beam_width"], k["max_batch_size"], k["max_num_tokens"]
-    group = lay.tensor * lay.pipeline
+    link = interconnect(mesh.device_kinds[0])
     per_device = []
     for i, stats in enumerate(mesh.stats):
         s = lay.coordinates(i)[1]
         stage = geom.stages[s]
         layers = [kvs[j] for j in stage.layers]
-        state = sum(kv.state_bytes for kv in layers if kv.kind == RECURRENT)
+        state = sum(kv.state_bytes for kv in layers)
         if version == "pytorch":
             act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=geom.kv_heads_per_shard,
                                   tokens=num_tokens, sampler_rows=max(1, num_tokens // max_seq_len),
                                   last_stage=s == lay.pipeline - 1)
             terms = (
                 term("context", CONTEXT, CONTEXT_SOURCE, setup.measured.get("context_bytes")),
-                term("weights", Band.exact(stage.weight_bytes), "estimator.geometry weight shard",
+                term("weights", Band.exact(stage.weight_bytes), "estimator.core.geometry weight shard",
                      setup.measured.get("weights_bytes")),
                 term("activation", act, ACTIVATION_SOURCE, setup.measured.get("activation_bytes")),
-                term("non_torch", non_torch_band(group, cls), NON_TORCH_SOURCE,
+                term("non_torch", non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline,
+                                                 link=link, custom_ar=False), NON_TORCH_SOURCE,
                      setup.measured.get("non_torch_bytes")),
-                term("cuda_graph", CUDA_GRAPH[cls], CUDA_GRAPH_SOURCE,
+                term("cuda_graph", cuda_graph_band(NAME, version, cls), CUDA_GRAPH_SOURCE,
                      setup.measured.get("cuda_graph_bytes")),
             )
         else:  # TRT engine: engine + execution context, runtime buffers, decoder
-            runtime = num_tokens * m.vocab_size * TRT_RUNTIME_BYTES_PER_LOGIT + num_tokens * (
+            # the engine never packs more context tokens than max_batch_size × max_input_len
+            packed = min(num_tokens, batch * k["max_input_len"])
+            runtime = batch * beam * m.vocab_size * TRT_RUNTIME_BYTES_PER_LOGIT + packed * (
                 activation_band(m, tensor=lay.tensor, kv_heads_per_shard=geom.kv_heads_per_shard,
                                 tokens=1, sampler_rows=0).central)
             decoder = batch * beam * m.vocab_size * TRT_DECODER_BYTES_PER_LOGIT
             terms = (
                 term("context", CONTEXT, CONTEXT_SOURCE, setup.measured.get("context_bytes")),
-                term("weights", Band.exact(stage.weight_bytes), "estimator.geometry weight shard (engine)",
+                term("weights", Band.exact(stage.weight_bytes), "estimator.core.geometry weight shard (engine)",
                      setup.measured.get("weights_bytes")),
                 term("activation", Band.of(runtime * 0.5, runtime, runtime * 1.5),
                      "runtime buffers + execution context: " + TRT_LEGACY_SOURCE,
@@ -126,6 +143,9 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                 term("non_torch", Band.of(decoder * 0.5, decoder, decoder * 1.5),
                      "decoder buffers: " + TRT_LEGACY_SOURCE, setup.measured.get("non_torch_bytes")),
             )
+        if not all(t.measured for t in terms if t.name != "weights"):
+            residual = residual_band(NAME, version, lay.tensor, stats.bytes_limit)
+            terms = (*terms, Term("residual", residual, RESIDUAL_SOURCE))
         if state:  # Mamba hybrids: state slots for max_batch_size requests are allocated up front
             terms = (*terms, term("recurrent_state", Band.exact(state * batch),
                                   "MambaHybridCacheManager state for max_batch_size requests (§5)"))
@@ -134,7 +154,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
         kv = max(scaled(free, frac), 0)
         if k["max_gpu_total_bytes"] is not None:
             kv = min(kv, k["max_gpu_total_bytes"])
-        bpt = sum(kv_.token_bytes for kv_ in layers if kv_.kind != RECURRENT)
+        bpt = sum(kv_.token_bytes for kv_ in layers)
         per_device.append((i, nk, free, kv, bpt, stats, layers))
     tokens_each = [kv // bpt if bpt else 0 for _, _, _, kv, bpt, _, _ in per_device]
     tokens = min(tokens_each)  # MPI all-reduce MIN
@@ -146,7 +166,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     pool_tokens = blocks * tpb
     tight = min(range(len(per_device)), key=lambda j: tokens_each[j])
     i, nk, free, kv, bpt, stats, layers = per_device[tight]
-    windows = sorted({kv_.window for kv_ in layers if kv_.kind == SLIDING})
+    windows = sorted({kv_.window for kv_ in layers if kv_.window})
     per_seq = cdiv(max_seq_len, tpb) * beam
     error = None
     if blocks <= 0:
@@ -183,6 +203,9 @@ def compute(setup: Setup, which: str) -> EnginePlan:
             lines += [f"Allocate {kv_alloc} bytes for k/v cache.",
                       f"Using {pool_tokens} tokens in paged KV cache."]
     knobs = {**k, "max_seq_len": effective}
+    capped = k["max_gpu_total_bytes"] is not None and k["max_gpu_total_bytes"] <= kv
+    estimated = estimated_flags(lines, ("Number of tokens per block",),
+                                not capped and any(t.name == "residual" for t in nk.terms))
     return EnginePlan(
         engine=NAME, version=version, model=m.name, mesh=mesh.describe(), layout=lay.name, knobs=knobs,
         scope="per device", kv_cache_dtype=kv_dtype, block_size=tpb, kv_bytes_per_token=bpt,
@@ -192,7 +215,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
         pool_tokens=pool_tokens, kv_tokens=pool_tokens, max_model_len=max_seq_len,
         max_concurrency=concurrency, max_model_len_fit=effective,
         num_replicas=lay.data, starts=error is None, error=error, log_lines=tuple(lines),
-        warnings=tuple(warnings),
+        warnings=tuple(warnings), estimated_lines=estimated,
         devices=tuple({"device": str(mesh.devices[j]), "free_after_peak_bytes": f, "kv_bytes": kvb,
                        "tokens": t}
                       for (j, _, f, kvb, _, _, _), t in zip(per_device, tokens_each, strict=True)))

@@ -1,16 +1,33 @@
-"""vLLM (GPU, V1 engine) — semantics of vLLM 0.33.0 (reference/engines.md §3), with the two older
-behaviours old logs come from: ``version="0.2x"`` (kv_cache_utils.py of ~0.2x: no null block in
-the fit check, two capacity lines) and ``version="v0"`` (the V0 engine: "# GPU blocks", its own
-error text, no CUDA-graph term, max_num_batched_tokens = max(max_model_len, 2048)).
+"""vLLM (GPU) — the semantics of vLLM 0.33.0 (vllm-project/vllm, vllm/v1/worker/gpu_worker.py and
+vllm/v1/core/kv_cache_utils.py) and of the releases old logs
+come from, the version being a knob:
 
-Per worker (one device of a tensor/pipeline group; each data-parallel rank is its own engine):
-``available = ceil(total · gpu_memory_utilization) − non-KV`` where non-KV = weights + activation
-peak (dummy forward at max_num_batched_tokens, dummy sampler at max_num_seqs) + non-torch memory
-+ CUDA-graph memory (0.33). ``num_blocks = available // bytes_per_block``, the minimum over
-workers. Layers are grouped as vLLM groups them (§3.4): one group for a uniform model; full,
-sliding-window and recurrent layers in groups of equal layer counts sharing one page size (the
-attention block size raised to cover a Mamba page). The "vLLM core" part (groups, fit check,
-max-length estimate, capacity lines) is shared with the tpu profile.
+- ``"0.33"`` (current, ≥ 0.21 behaviour): ``available = ceil(total · util) − non-KV − CUDA graphs``;
+  the null block held back in the fit check; one "GPU KV cache size … Maximum concurrency" line.
+- ``"0.2x"`` (0.20–0.2x kv_cache_utils.py): no null block in the fit check, two capacity lines;
+  the CUDA-graph estimate subtracted (default since v0.21.0, PR #30515).
+- ``"0.10"`` (0.10–0.19): ``non_kv = non_torch_increase + torch_peak_increase + weights``
+  (vllm/utils memory_profiling of those releases), no CUDA-graph term.
+- ``"0.9"`` (V1 up to 0.9, vllm/v1/worker/gpu_worker.py @0012cf69 ``determine_available_memory``):
+  ``available = total · util − (torch_peak + non_torch_allocations)``, no CUDA-graph term.
+- ``"v0"`` (the V0 engine from 0.6.5, vllm PR #10511 memory profiling): "# GPU blocks", its own
+  error text, no CUDA-graph term, max_num_batched_tokens = max(max_model_len, 2048); the baseline
+  is taken after the communicators exist, so NCCL is charged only for what grows while profiling.
+- ``"v0-early"`` (V0 0.2.5–0.6.4, vllm/worker/worker.py ``determine_num_available_blocks`` before
+  PR #10511): the peak is free memory at worker start minus free memory after the profile run —
+  every byte the process gained, NCCL included.
+Utilization defaults to 0.92 in 0.33 and 0.9 before.
+
+Per worker (one device of a tensor/pipeline group; each data-parallel rank is its own engine, and
+``max_num_seqs`` / ``max_num_batched_tokens`` are per data-parallel rank, as vLLM means them):
+non-KV = weights (+ rotary cache, + LoRA slots, − ``cpu_offload_gb``) + activation peak (dummy
+forward at max_num_batched_tokens, dummy sampler over max_num_seqs × vocabulary) + non-torch memory
+(custom all-reduce and NCCL buffers by TP size and interconnect; PP only its p2p communicator) +
+CUDA-graph memory (≥ 0.21), see estimator.engines.non_kv. ``num_blocks = available //
+bytes_per_block``, the minimum over workers. Layers are grouped as vLLM groups them (§3.4): one
+group for a uniform model; full, sliding-window and recurrent layers in groups of equal layer
+counts sharing one page size (the attention block size raised to cover a Mamba page). The "vLLM
+core" part (groups, fit check, max-length estimate, capacity lines) is shared with the tpu profile.
 """
 
 from __future__ import annotations
@@ -18,41 +35,58 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from estimator.core.geometry import geometry
+from estimator.core.kv_spec import KVSpec, kv_specs
 from estimator.engines.base import (
     EnginePlan,
     GiB,
     Knob,
     Setup,
+    apply_model_knobs,
     boolean,
     cdiv,
     choice,
     default_kv_dtype,
+    estimated_flags,
     fraction,
     integer,
     kv_dtype_choice,
+    model_dtype_choice,
+    positive_number,
+    quantization_choice,
     scaled,
     with_band,
 )
 from estimator.engines.non_kv import (
     ACTIVATION_SOURCE,
     CONTEXT,
-    CUDA_GRAPH,
     CUDA_GRAPH_SOURCE,
+    LORA_SOURCE,
     NON_TORCH_SOURCE,
+    RESIDUAL_SOURCE,
     Band,
     NonKV,
+    Term,
     activation_band,
+    cuda_graph_band,
     gpu_class,
+    interconnect,
+    lora_slot_bytes,
+    mxfp4_padding_bytes,
     non_torch_band,
+    residual_band,
     rotary_cache_bytes,
+    sampler_bytes_per_logit,
     term,
 )
-from estimator.geometry import geometry
-from estimator.kv_spec import RECURRENT, SHARED, SLIDING, LayerKV, layer_kv
+from estimator.model.spec import ModelSpec
 from meshes.validation import InputError
 
 NAME = "vllm"
-VERSIONS = ("0.33", "0.2x", "v0")
+VERSIONS = ("0.33", "0.2x", "0.10", "0.9", "v0", "v0-early")
+CORE = {"0.33": "0.33", "0.2x": "0.2x", "0.10": "0.2x", "0.9": "0.2x", "v0": "v0",
+        "v0-early": "v0"}  # vllm_core semantics
+GRAPH_VERSIONS = ("0.33", "0.2x")  # the CUDA-graph estimate is subtracted (default since v0.21.0)
 MEASURED = ("weights_bytes", "activation_bytes", "non_torch_bytes", "cuda_graph_bytes",
             "context_bytes")  # the measured values this profile charges
 DEFAULT_BLOCK_SIZE = 16  # vllm/config/cache.py CacheConfig.DEFAULT_BLOCK_SIZE (§3.7)
@@ -79,6 +113,15 @@ KNOBS = {
     "num_gpu_blocks_override": Knob("num_gpu_blocks_override", None, integer(1)),
     "enforce_eager": Knob("enforce_eager", False, boolean),
     "enable_prefix_caching": Knob("enable_prefix_caching", True, boolean),
+    "quantization": Knob("quantization", None, quantization_choice,
+                         "weight scheme (vllm --quantization); default: the checkpoint's"),
+    "dtype": Knob("dtype", "auto", model_dtype_choice, "model dtype (vllm --dtype)"),
+    "enable_lora": Knob("enable_lora", False, boolean),
+    "max_lora_rank": Knob("max_lora_rank", 16, integer(1, 4096), "vllm LoRAConfig default 16"),
+    "max_loras": Knob("max_loras", 1, integer(1, 4096), "vllm LoRAConfig default 1"),
+    "cpu_offload_gb": Knob("cpu_offload_gb", 0, lambda f, v: 0.0 if v == 0 else positive_number(f, v),
+                           "GiB of weights per GPU kept in CPU memory"),
+    "disable_custom_all_reduce": Knob("disable_custom_all_reduce", False, boolean),
     "usage_context": Knob("usage_context", "openai_api_server", choice(USAGE),
                           "openai_api_server (vllm serve) or llm_class (LLM(...)): batch defaults"),
 }
@@ -87,11 +130,14 @@ KNOBS = {
 # ----------------------------------------------------------------------------- vLLM core
 @dataclass(frozen=True)
 class KVGroup:
-    """One KV-cache group: layers sharing a block table; every group has the same page size."""
+    """One KV-cache group: layers sharing a block table; every group has the same page size.
 
-    kind: str  # full | mla | sliding | recurrent
+    ``window`` > 0: sliding-window / chunked layers; ``recurrent``: per-request state (Mamba).
+    """
+
     layers: tuple[int, ...]
     window: int = 0
+    recurrent: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,24 +159,29 @@ class CacheLayout:
         """Σ over groups of cdiv(max_memory_usage_bytes(group), page) for one request (§3.3)."""
         bs, total = self.block_size, 0
         for g in self.groups:
-            if g.kind == RECURRENT:
+            if g.recurrent:
                 total += state_blocks
-            elif g.kind == SLIDING:
+            elif g.window:  # SlidingWindowSpec.max_memory_usage_bytes: window − 1 + in-flight, + 1 block
                 total += cdiv(min(g.window - 1 + batched_tokens, length), bs) + 1
             else:
                 total += cdiv(length, bs)
         return total
 
 
-def cache_layout(kvs: Sequence[LayerKV], block_size: int, token_bytes: Callable[[LayerKV], int],
+def holds_kv(kv: KVSpec) -> bool:
+    """A layer with a cache of its own (tokens or per-request state)."""
+    return kv.holds_tokens or kv.state_bytes > 0
+
+
+def cache_layout(kvs: Sequence[KVSpec], block_size: int, token_bytes: Callable[[KVSpec], int],
                  *, mla: bool = False) -> CacheLayout:
     """Group layers the way ``get_kv_cache_groups`` does (§3.4) and unify the page size."""
-    layers = [(i, kv) for i, kv in enumerate(kvs) if kv.kind != SHARED]
+    layers = [(i, kv) for i, kv in enumerate(kvs) if holds_kv(kv)]
     if not layers:
         raise InputError("model", "attention-free", "a model with at least one KV-holding layer")
     notes = []
-    attention = [(i, kv) for i, kv in layers if kv.kind != RECURRENT]
-    recurrent = [(i, kv) for i, kv in layers if kv.kind == RECURRENT]
+    attention = [(i, kv) for i, kv in layers if kv.holds_tokens]
+    recurrent = [(i, kv) for i, kv in layers if not kv.holds_tokens]
     per_token = {token_bytes(kv) for _, kv in attention}
     if len(per_token) > 1:
         raise InputError("layers", sorted(per_token), "one KV size per token for every attention layer")
@@ -149,23 +200,23 @@ def cache_layout(kvs: Sequence[LayerKV], block_size: int, token_bytes: Callable[
             notes.append(f"Padding mamba page size by {pad / state * 100:.2f}% to ensure that mamba page "
                          "size and attention page size are exactly equal.")
     page = bs * next(iter(per_token)) if attention else max(kv.state_bytes for _, kv in recurrent)
-    buckets: dict[tuple, list[int]] = {}
+    buckets: dict[tuple, list[int]] = {}  # same spec kind and window → one group type (§3.4)
     for i, kv in layers:
-        kind = "full" if kv.kind not in (SLIDING, RECURRENT) else kv.kind
-        buckets.setdefault((kind, kv.window if kind == SLIDING else 0), []).append(i)
+        buckets.setdefault(kv.group_key, []).append(i)
+    recurrent_keys = {kv.group_key for _, kv in recurrent}
     if len(buckets) == 1:
-        (kind, window), idx = next(iter(buckets.items()))
-        return CacheLayout((KVGroup(kind, tuple(idx), window),), bs, page, tuple(notes))
+        key, idx = next(iter(buckets.items()))
+        return CacheLayout((KVGroup(tuple(idx), key[1], key in recurrent_keys),), bs, page, tuple(notes))
     sizes = [len(v) for v in buckets.values()]
     group_size = max(sizes) if max(sizes) < min(sizes) * 1.5 else min(sizes)
     groups = []
-    for (kind, window), idx in buckets.items():
+    for key, idx in buckets.items():
         padding = group_size - len(idx) % group_size
         if padding != group_size:
             notes.append(f"Add {padding} padding layers, may waste at most "
                          f"{padding / len(idx) * 100:.2f}% KV cache memory")
         n = cdiv(len(idx), group_size)
-        groups += [KVGroup(kind, tuple(idx[j::n]), window) for j in range(n)]
+        groups += [KVGroup(tuple(idx[j::n]), key[1], key in recurrent_keys) for j in range(n)]
     return CacheLayout(tuple(groups), bs, page, tuple(notes))
 
 
@@ -287,7 +338,7 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
 # ----------------------------------------------------------------------------- defaults
 def batch_defaults(version: str, cls: str, usage: str, max_model_len: int) -> tuple[int, int]:
     """(max_num_batched_tokens, max_num_seqs) when unset (§3.1 item 4, item 6)."""
-    if version == "v0":  # chunked prefill off; on automatically above 32K with 2048 tokens
+    if version.startswith("v0"):  # chunked prefill off; on automatically above 32K with 2048 tokens
         return (2048 if max_model_len > 32768 else max(max_model_len, 2048)), 256
     llm = usage == "llm_class"
     if cls == "large":
@@ -314,26 +365,68 @@ def _check_length(setup: Setup, requested: int | None) -> tuple[int, bool]:
 
 
 # ----------------------------------------------------------------------------- profile
+def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, stage_layers: range,
+                 kv_heads_per_shard: int, batched: int, seqs: int, cls: str, graphs: bool) -> NonKV:
+    """vLLM's non-KV terms on one worker of pipeline stage ``stage`` (estimator.engines.non_kv)."""
+    lay, k, version, measured = setup.layout, setup.knobs, setup.version, setup.measured
+    weights = stage_weights + rotary_cache_bytes(m)
+    source = "estimator.core.geometry weight shard + rotary cache"
+    pad = mxfp4_padding_bytes(m, lay.tensor, setup.mesh.device_kinds[0], stage_layers)
+    if pad:
+        weights += pad
+        source += " + MXFP4 kernel padding (vllm mxfp4.py Mxfp4MoEMethod.create_weights)"
+    if k["enable_lora"]:
+        weights += lora_slot_bytes(m, lay.tensor, max_loras=k["max_loras"], max_lora_rank=k["max_lora_rank"])
+        source += " + LoRA slots (" + LORA_SOURCE + ")"
+    if k["cpu_offload_gb"]:  # vllm/model_executor/models/utils.py maybe_offload_to_cpu: per-GPU budget
+        weights -= min(int(k["cpu_offload_gb"] * GiB), stage_weights)
+        source += " − cpu_offload_gb"
+    act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=batched,
+                          sampler_rows=min(seqs, batched), last_stage=stage == lay.pipeline - 1,
+                          sampler_bytes_per_logit=sampler_bytes_per_logit(version),
+                          # DP + expert parallel (EP = DP x TP): the naive all-to-all gathers every DP
+                          # rank's tokens before the experts (non_kv.forward_bytes); V1 only
+                          moe_gather=lay.data if (m.is_moe and lay.data > 1 and lay.expert > 1
+                                                  and lay.expert == lay.data * lay.tensor
+                                                  and not version.startswith("v0")) else 1)
+    link = interconnect(setup.mesh.device_kinds[0])
+    terms = [
+        term("weights", Band.exact(weights), source, measured.get("weights_bytes")),
+        term("activation", act, ACTIVATION_SOURCE, measured.get("activation_bytes")),
+        term("non_torch", non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
+                                         custom_ar=not k["disable_custom_all_reduce"]),
+             NON_TORCH_SOURCE, measured.get("non_torch_bytes")),
+        term("cuda_graph", cuda_graph_band(NAME, version, cls) if graphs else Band.exact(0),
+             CUDA_GRAPH_SOURCE, measured.get("cuda_graph_bytes")),
+    ]
+    modelled = [t for t in terms if not t.measured and t.name != "weights" and t.band.central]
+    if modelled:
+        residual = residual_band(NAME, version, lay.tensor, setup.mesh.stats[0].bytes_limit)
+        terms.append(Term("residual", residual, RESIDUAL_SOURCE))
+    return NonKV(tuple(terms))
+
+
 def compute(setup: Setup, which: str) -> EnginePlan:
-    m, mesh, lay, k, version = setup.model, setup.mesh, setup.layout, setup.knobs, setup.version
+    mesh, lay, k, version = setup.mesh, setup.layout, setup.knobs, setup.version
+    m = apply_model_knobs(setup.model, k["quantization"], k["dtype"])
     util = k["gpu_memory_utilization"] or (0.92 if version == "0.33" else 0.9)
     length, auto_fit = _check_length(setup, k["max_model_len"])
-    if auto_fit and version == "v0":
+    if auto_fit and version.startswith("v0"):
         raise InputError("max_model_len", -1, "a positive length (auto-fit needs the V1 engine)")
     kv_dtype = KV_DTYPES[k["kv_cache_dtype"]] or default_kv_dtype(m)
     block = k["block_size"] or (MLA_BLOCK_SIZE if m.is_mla else DEFAULT_BLOCK_SIZE)
     geom = geometry(m, lay, kv_cache_dtype=kv_dtype, page_size=block)
-    kvs = layer_kv(m, lay.tensor, kv_dtype)
+    kvs = kv_specs(m, lay.tensor, kv_dtype)
     cache = cache_layout(kvs, block, lambda kv: kv.token_bytes, mla=m.is_mla)
-    if version == "v0":  # one group of every KV-holding layer, sliding charged as full
-        cache = CacheLayout((KVGroup("full", tuple(i for i, kv in enumerate(kvs) if kv.kind != SHARED)),),
+    if version.startswith("v0"):  # one group of every KV-holding layer, sliding charged as full
+        cache = CacheLayout((KVGroup(tuple(i for i, kv in enumerate(kvs) if holds_kv(kv))),),
                             block, block * max(kv.token_bytes for kv in kvs), ())
     first = mesh.stats[0]
     cls = gpu_class(first.bytes_limit, mesh.device_kinds[0])
     d_tokens, d_seqs = batch_defaults(version, cls, k["usage_context"], length)
     batched = k["max_num_batched_tokens"] or d_tokens
     seqs = k["max_num_seqs"] or d_seqs
-    graphs = version == "0.33" and not k["enforce_eager"]
+    graphs = version in GRAPH_VERSIONS and not k["enforce_eager"]
     group_size = lay.tensor * lay.pipeline
     state_blocks = 2 if k["enable_prefix_caching"] else 1
     kv_bytes_override = k["kv_cache_memory_bytes"]
@@ -346,18 +439,9 @@ def compute(setup: Setup, which: str) -> EnginePlan:
             stats = mesh.stats[i]
             s = lay.coordinates(i)[1]
             stage = geom.stages[s]
-            nk = NonKV((
-                term("weights", Band.exact(stage.weight_bytes + rotary_cache_bytes(m)),
-                     "estimator.geometry weight shard + rotary cache", setup.measured.get("weights_bytes")),
-                term("activation", activation_band(
-                    m, tensor=lay.tensor, kv_heads_per_shard=geom.kv_heads_per_shard, tokens=batched,
-                    sampler_rows=min(seqs, batched), last_stage=s == lay.pipeline - 1),
-                    ACTIVATION_SOURCE, setup.measured.get("activation_bytes")),
-                term("non_torch", non_torch_band(group_size, cls), NON_TORCH_SOURCE,
-                     setup.measured.get("non_torch_bytes")),
-                term("cuda_graph", CUDA_GRAPH[cls] if graphs else Band.exact(0), CUDA_GRAPH_SOURCE,
-                     setup.measured.get("cuda_graph_bytes")),
-            ))
+            nk = non_kv_terms(setup, m, stage_weights=stage.weight_bytes, stage=s, stage_layers=stage.layers,
+                              kv_heads_per_shard=geom.kv_heads_per_shard, batched=batched, seqs=seqs,
+                              cls=cls, graphs=graphs)
             requested = scaled(stats.bytes_limit, util, ceil=version == "0.33")
             context = setup.measured.get("context_bytes", CONTEXT.central)
             if stats.free - context < requested and startup_error is None:
@@ -373,7 +457,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                          "budget_bytes": requested, "non_kv_bytes": nk.total(which),
                          "kv_available_bytes": avail, "bytes_per_block": bpb,
                          "blocks_fit": max(avail // bpb, 0) if bpb else 0})
-        core = vllm_core(core=version, workers=[w for w in workers if w[1]], layout=cache,
+        core = vllm_core(core=CORE[version], workers=[w for w in workers if w[1]], layout=cache,
                          max_model_len=length, auto_fit=auto_fit, batched_tokens=batched,
                          state_blocks=state_blocks, override=k["num_gpu_blocks_override"],
                          longest=m.max_position_embeddings)
@@ -391,18 +475,25 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                  f"{avail / GiB:.2f}GiB.")
     if graphs:
         lines.append(f"Estimated CUDA graph memory: {nk.get('cuda_graph') / GiB:.2f} GiB total")
-    if version != "v0":
+    if not version.startswith("v0"):
         shown = format_gib(avail) if version == "0.33" else gib2(avail)
         lines.append(f"Available KV cache memory: {shown} GiB")
     lines += list(cache.notes) + list(core.lines)
+    pinned = kv_bytes_override is not None or k["num_gpu_blocks_override"] is not None
+    estimated = estimated_flags(lines, ("the current vLLM instance can use", "Setting attention block size",
+                                        "Padding mamba page size", "Add "),
+                                bool(not pinned and any(t.name == "residual" for t in nk.terms)))
     error = startup_error or core.error
     warnings = list(core.warnings)
     if core.error is None and core.max_len_fit and core.max_len_fit < m.max_position_embeddings \
             and k["max_model_len"] is None:
         warnings.append(f"the pool holds one request of at most {core.max_len_fit:,} tokens")
-    warnings.append(f"max_num_batched_tokens={batched}, max_num_seqs={seqs} "
-                    f"({'set' if k['max_num_batched_tokens'] else 'default for this GPU class'})")
-    null = 0 if version == "v0" else 1
+    def origin(name: str) -> str:
+        return "set" if k[name] else "default for this GPU class"
+
+    warnings.append(f"max_num_batched_tokens={batched} ({origin('max_num_batched_tokens')}), "
+                    f"max_num_seqs={seqs} ({origin('max_num_seqs')}; per data-parallel rank)")
+    null = 0 if version.startswith("v0") else 1
     knobs = {**k, "gpu_memory_utilization": util, "block_size": cache.block_size,
              "max_num_batched_tokens": batched, "max_num_seqs": seqs, "max_model_len": core.max_model_len}
     return EnginePlan(
@@ -415,7 +506,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
         kv_tokens=core.kv_tokens, max_model_len=core.max_model_len, max_concurrency=core.concurrency,
         max_model_len_fit=min(core.max_model_len, core.max_len_fit), num_replicas=lay.data,
         starts=error is None, error=error, log_lines=tuple(lines), warnings=tuple(warnings),
-        devices=tuple(rows))
+        devices=tuple(rows), estimated_lines=estimated)
 
 
 def gib2(n: int) -> str:

@@ -1,0 +1,186 @@
+"""The non-KV terms of the engine profiles, each recomputed by hand from the engine code it cites.
+
+Fitted constants are replaced by a synthetic calibration (``calibrated(SYN)``) so every number
+below follows from the formulas, not from the corpus the constants were fitted on.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from estimator.engines import engine_plan
+from estimator.engines.non_kv import (
+    calibrated,
+    custom_all_reduce_bytes,
+    interconnect,
+    lora_slot_bytes,
+)
+from estimator.model.hf_config import load_hf_config
+from estimator.model.resolve import load_preset
+from meshes import InputError
+
+GiB, MiB = 2**30, 2**20
+SYN = {
+    "constants": {
+        "vllm": {"non_torch_base_gib": {"default": 0.25}, "nccl_tp_gib": {"default": {"nvlink": 1.0, "pcie": 0.5}},
+                 "nccl_pp_gib": 0.125, "cuda_graph_gib": {"default": {"large": 0.5, "hbm": 0.5, "other": 0.25}}},
+        "sglang": {"non_torch_base_gib": {"default": 0.0}, "nccl_tp_gib": {"default": {"nvlink": 1.0, "pcie": 0.5}},
+                   "nccl_pp_gib": 0.125},
+        "trtllm": {"non_torch_base_gib": {"default": 0.25}, "nccl_tp_gib": {"default": {"nvlink": 1.0, "pcie": 0.5}},
+                   "nccl_pp_gib": 0.125, "cuda_graph_gib": {"default": {"large": 0.5, "hbm": 0.5, "other": 0.25}}},
+    },
+    "residual_gib": {"vllm": {"default": [-0.5, 1.0]}, "sglang": {"default": [-0.5, 1.0]},
+                     "trtllm": {"default": [-0.5, 1.0]}},
+}
+# custom_all_reduce.py: meta (meta_size() + 8 MiB) + IPC buffer (8 MiB) + rank_data (8 MiB)
+CUSTOM_AR = 4096 + 2 * 8 * MiB + 8 * MiB
+
+
+def vllm(mesh: str = "1xH100-80GB", layout: str | None = None, **knobs):
+    with calibrated(SYN):
+        return engine_plan("llama-3.1-8b", mesh, layout, engine="vllm", **knobs)
+
+
+@pytest.mark.parametrize(("tensor", "link", "expected"), [
+    (1, "nvlink", 0), (2, "nvlink", CUSTOM_AR), (2, "pcie", CUSTOM_AR), (4, "nvlink", CUSTOM_AR),
+    (4, "pcie", 0), (3, "nvlink", 0), (8, "nvlink", CUSTOM_AR)])
+def test_custom_all_reduce_buffers(tensor, link, expected):
+    assert custom_all_reduce_bytes(tensor, link) == expected
+
+
+def test_interconnect_classes():
+    assert [interconnect(k) for k in ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "NVIDIA H200")] == \
+        ["nvlink"] * 3
+    assert [interconnect(k) for k in ("NVIDIA H100 NVL", "NVIDIA A100 80GB PCIe", "Tesla T4", "NVIDIA L40S",
+                                      "NVIDIA A10G", "NVIDIA GeForce RTX 4090", "NVIDIA L4")] == ["pcie"] * 7
+
+
+def test_tensor_parallel_buffers_and_pipeline_without_them():
+    assert vllm().non_kv.get("non_torch") == GiB // 4
+    assert vllm("4xH100-80GB", "tp4").non_kv.get("non_torch") == GiB // 4 + GiB + CUSTOM_AR
+    assert vllm("4xH100-80GB", "tp4", disable_custom_all_reduce=True).non_kv.get("non_torch") == GiB * 5 // 4
+    # a pipeline-parallel run holds only the PP group's p2p communicator, no TP buffers
+    assert vllm("4xH100-80GB", "pp4").non_kv.get("non_torch") == GiB // 4 + GiB // 8
+    assert vllm("2xRTX4090-24GB", "tp2").non_kv.get("non_torch") == GiB // 4 + GiB // 2 + CUSTOM_AR
+
+
+@pytest.mark.parametrize(("version", "graph"), [("0.33", GiB // 2), ("0.2x", GiB // 2), ("0.10", 0),
+                                                  ("0.9", 0), ("v0", 0)])
+def test_cuda_graph_term_by_version(version, graph):
+    assert vllm(version=version, max_model_len=8192).non_kv.get("cuda_graph") == graph
+    assert vllm(version=version, max_model_len=8192, enforce_eager=True).non_kv.get("cuda_graph") == 0
+
+
+def test_dummy_sampler_over_max_num_seqs_by_version():
+    # 2048 batched tokens: forward 2048 × 110,592 B = 0.21 GiB; the sampler over 1024 rows dominates
+    # V1, FlashInfer top-k/top-p: bf16 logits 2 + fp32 logits 4 + fp32 probabilities 4 = 10 B
+    # (H100 V1 logs of Llama-3.1-8B at 1024 seqs print 1.21–1.24 GiB: 1024 × 128,256 × 10 B = 1.22 GiB);
+    # its band reaches the native sort path (23 B)
+    for version in ("0.33", "0.10", "0.9"):
+        p = vllm(version=version, max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
+        act = next(t for t in p.non_kv.terms if t.name == "activation").band
+        assert (act.central, act.high) == (1024 * 128256 * 10, 1024 * 128256 * 23)
+    # V0, PyTorch-native sort: 2 + 4 + sorted fp32 4 + int64 indices 8 + sorted probabilities 4 + mask 1
+    v0 = vllm(version="v0", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
+    assert v0.non_kv.get("activation") == 1024 * 128256 * 23
+    small = vllm(version="0.10", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=64)
+    assert small.non_kv.get("activation") == 2048 * 110_592  # the forward pass wins
+
+
+def test_lora_slots_by_hand():
+    # rank 16, one slot, TP1, per layer: qkv 3·16·4096 + 16·(4096 + 2·1024); o 16·4096 + 16·4096;
+    # gate_up 2·16·4096 + 2·16·14336; down 16·14336 + 16·4096 → 1,310,720 values; × 32 layers × 2 B
+    assert lora_slot_bytes(load_preset("llama-3.1-8b"), 1, max_loras=1, max_lora_rank=16) == 80 * MiB
+    base = vllm(max_model_len=8192).non_kv.get("weights")
+    assert vllm(max_model_len=8192, enable_lora=True).non_kv.get("weights") == base + 80 * MiB
+    assert vllm(max_model_len=8192, enable_lora=True, max_loras=4, max_lora_rank=64).non_kv.get("weights") == \
+        base + 16 * 80 * MiB
+
+
+def test_cpu_offload_and_model_knobs():
+    base = vllm(max_model_len=8192).non_kv.get("weights")
+    assert vllm(max_model_len=8192, cpu_offload_gb=4).non_kv.get("weights") == base - 4 * GiB
+    assert vllm(max_model_len=8192, dtype="float32").non_kv.get("weights") == 2 * base
+    # online fp8: every linear weight (218,103,808 per layer × 32) drops from 2 B to 1 B, plus one
+    # fp32 scale per matrix
+    fp8 = vllm(max_model_len=8192, quantization="fp8").non_kv.get("weights")
+    assert base - fp8 == 32 * 218_103_808 - 32 * 7 * 4
+    with pytest.raises(InputError):
+        vllm(quantization="int3")
+    with pytest.raises(InputError):
+        vllm(dtype="float64")
+
+
+def test_residual_band_widens_only_the_band():
+    p = vllm(max_model_len=8192)
+    residual = next(t for t in p.non_kv.terms if t.name == "residual")
+    # SYN's (−0.5, +1.0) GiB, widened to at least 1.5 % of the H100's 85,018,542,080 B either side
+    floor = int(85_018_542_080 * 0.015)  # 1.19 GiB
+    assert (residual.band.low, residual.band.central, residual.band.high) == (-floor, 0, floor)
+    small = vllm("1xRTX4090-24GB", max_model_len=8192)  # 1.5 % of 23.5 GiB = 0.35 GiB < SYN's bounds
+    band = next(t for t in small.non_kv.terms if t.name == "residual").band
+    assert (band.low, band.high) == (-GiB // 2, GiB)
+    pinned = vllm(max_model_len=8192, weights_bytes=15 * GiB, activation_bytes=GiB, non_torch_bytes=0,
+                  cuda_graph_bytes=0)
+    assert all(t.name != "residual" for t in pinned.non_kv.terms)
+
+
+def test_flags_reach_every_engine():
+    with calibrated(SYN):
+        s = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="sglang", quantization="fp8", dtype="bfloat16",
+                        mem_fraction_static=0.85, chunked_prefill_size=4096, cuda_graph_max_bs=64)
+        t = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="trtllm", quantization="fp8", max_batch_size=64,
+                        max_input_len=2048, max_num_tokens=4096, max_beam_width=2)
+    assert s.knobs["chunked_prefill_size"] == 4096 and s.knobs["cuda_graph_max_bs"] == 64
+    assert t.knobs["max_input_len"] == 2048 and t.knobs["max_beam_width"] == 2
+    assert s.non_kv.get("weights") < 10 * GiB and t.non_kv.get("weights") < 10 * GiB  # fp8 weights
+
+
+def test_trt_engine_runtime_buffers_follow_build_limits():
+    # fp32 logits + the decoder's copy for max_batch_size × beam slots (8 × 1 × 32,000 × 8 B), and the
+    # activation slab for the packed tokens of one step: min(max_num_tokens, batch × max_input_len)
+    # × Llama-2-7B's 2 · (3·4096 + 3·11008) = 90,624 B per token
+    with calibrated(SYN):
+        small = engine_plan("llama-2-7b", "1xA100-80GB", engine="trtllm", version="trt-engine", max_batch_size=8,
+                            max_input_len=256, max_num_tokens=8192)
+        big = engine_plan("llama-2-7b", "1xA100-80GB", engine="trtllm", version="trt-engine", max_batch_size=8,
+                          max_input_len=1024, max_num_tokens=8192)
+    assert small.non_kv.get("activation") == 8 * 32000 * 8 + 2048 * 90_624
+    assert big.non_kv.get("activation") == 8 * 32000 * 8 + 8192 * 90_624
+    assert big.non_kv.get("non_torch") == 8 * 32000 * 20  # decoder buffers
+
+
+def test_mxfp4_kernel_padding_matches_vllm_logs(hf_config):
+
+    big = load_hf_config(hf_config("openai/gpt-oss-120b"))
+    # Marlin path: I 2880 → 2944 (×128), H 2880 → 3072 (×256); 0.5 B + 1/32 B per value, 128 experts, 36 layers
+    by_hand = 36 * 128 * (3 * (2944 * 3072 - 2880 * 2880) // 2 + 3 * (2944 * 3072 - 2880 * 2880) // 32)
+    from estimator.engines.non_kv import mxfp4_padding_bytes
+
+    assert mxfp4_padding_bytes(big, 1, "NVIDIA H100 80GB HBM3") == by_hand
+    with calibrated(SYN):
+        p = engine_plan(big, "1xH100-80GB", engine="vllm", version="0.10", max_model_len=8192)
+        small = engine_plan(load_hf_config(hf_config("openai/gpt-oss-20b")), "1xA100-80GB",
+                            engine="vllm", version="0.10", max_model_len=8192)
+    # "model weights take 65.97 GiB" on an H100 (vllm #23278); 13.72 GiB on an A100 (public 0.19 log)
+    assert abs(p.non_kv.get("weights") / GiB - 65.97) < 0.1
+    assert abs(small.non_kv.get("weights") / GiB - 13.72) < 0.1
+
+
+def test_dp_expert_parallel_gathers_tokens_before_the_experts() -> None:
+    """DP8 + EP8 (vLLM's naive all-to-all, vllm/distributed/device_communicators/all2all.py
+    NaiveAll2AllManager.naive_multicast): the fused MoE of Qwen3-Coder-480B runs over 8 × 8192 tokens,
+    capped at one 32768-token chunk, and the gathered hidden states (+ combined output) stay live.
+    By hand (bf16, h 6144, 96 × 128 query, 8 KV heads, 8 of 160 experts × 2560, dense 8192 × 3):
+      per-token with MoE  2 × (3·6144 + 8·(6144 + 2560))         = 176128 B
+      per-token without   2 × (3·6144 + max(2·12288 + 2·8·128, 3·8192)) = 90112 B
+      8192·90112 + 32768·(176128 − 90112) + 2·(65536 − 8192)·6144·2 = 4,966,055,936 B."""
+    from pathlib import Path
+
+    from estimator.engines.non_kv import forward_bytes
+    from estimator.model.hf_config import load_hf_config
+
+    cfg = Path(__file__).parent / "model_configs" / "Qwen__Qwen3-Coder-480B-A35B-Instruct.json"
+    model = load_hf_config(cfg)
+    assert forward_bytes(model, 1, 8, 8192, moe_gather=8) == 4_966_055_936
+    assert forward_bytes(model, 1, 8, 8192) == 8192 * 176128  # no DP gather: one chunk, all tokens
