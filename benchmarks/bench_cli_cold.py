@@ -8,8 +8,8 @@ cache is warm but nothing else is shared between runs):
 * ``python -c "import estimator"`` and, for reference, ``python -c "pass"`` (the interpreter alone),
 
 then prints each against the 1.0 s target. It also checks, in fresh interpreters, that jax, flax
-and matplotlib are not in ``sys.modules`` after ``import estimator.cli`` nor after a whole
-``kvfit plan`` run in-process, and lists the slowest imports of ``estimator.cli`` from
+and matplotlib are not in ``sys.modules`` after ``import estimator.cli.app`` nor after a whole
+``kvfit plan`` run in-process, and lists the slowest imports of ``estimator.cli.app`` from
 ``python -X importtime``. Exit status 1 if a heavy module loads (timings never fail the script:
 they depend on the machine).
 
@@ -89,7 +89,7 @@ def main() -> int:
         ("kvfit plan --model llama-3.1-70b --mesh 8xH100-80GB",
          [exe, "plan", "--model", "llama-3.1-70b", "--mesh", "8xH100-80GB"]),
         ('python -c "import estimator"', [sys.executable, "-c", "import estimator"]),
-        ('python -c "import estimator.cli"', [sys.executable, "-c", "import estimator.cli"]),
+        ('python -c "import estimator.cli.app"', [sys.executable, "-c", "import estimator.cli.app"]),
         ('python -c "pass" (interpreter alone)', [sys.executable, "-c", "pass"]),
     ]
     print(f"# kvfit cold start — {platform.python_implementation()} {platform.python_version()}, "
@@ -103,9 +103,9 @@ def main() -> int:
 
     print("\n# heavy modules in sys.modules (of " + ", ".join(HEAVY) + ")")
     checks = [("import estimator", "import estimator"),
-              ("import estimator.cli", "import estimator.cli"),
+              ("import estimator.cli.app", "import estimator.cli.app"),
               ("kvfit plan, in-process",
-               "from estimator.cli import app\ntry:\n    app(['plan'], standalone_mode=False)\n"
+               "from estimator.cli.app import app\ntry:\n    app(['plan'], standalone_mode=False)\n"
                "except SystemExit:\n    pass")]
     failed = False
     for label, code in checks:
@@ -115,8 +115,8 @@ def main() -> int:
         print(f"{label:<26} loaded: {', '.join(mods) or 'none':<28} "
               f"{'FAIL: ' + ', '.join(bad) if bad else 'ok (no jax, flax, matplotlib)'}")
 
-    print(f"\n# slowest imports of estimator.cli (python -X importtime, cumulative, top {args.top})")
-    for us, name in slowest_imports("estimator.cli", args.top):
+    print(f"\n# slowest imports of estimator.cli.app (python -X importtime, cumulative, top {args.top})")
+    for us, name in slowest_imports("estimator.cli.app", args.top):
         print(f"{us / 1000:>9.1f} ms  {name}")
     return 1 if failed else 0
 

@@ -91,8 +91,8 @@ def compile_seconds(mode: str, n_batch: int, n_length: int, chunk_cells: int) ->
     import jax
     import numpy as np
 
-    from estimator import sweep_kernel as k
-    from estimator import sweeps as sw
+    from estimator.sweeps import grid as sw
+    from estimator.sweeps import kernel as k
 
     c, b, length = sw.chunk_shape(len(LAYOUTS), n_batch, n_length, chunk_cells)
     wide = mode == "full"
@@ -116,7 +116,7 @@ def setup_and_kernel(mode: str, batches: list[int], lengths: list[int], chunk_ce
                      repeats: int) -> tuple[float, float]:
     """(setup s, chunked kernel s): the exact per-config constants (Python, once per call) and
     the jitted chunks alone (median of ``repeats`` after a warm-up), as sweep() runs them."""
-    from estimator import sweeps as sw
+    from estimator.sweeps import grid as sw
 
     t0 = time.perf_counter()
     grid = sw._prepare(MODEL, MESH, LAYOUTS, batches, lengths, (None,), (128,), (0.9,), 8192, {})
@@ -126,7 +126,7 @@ def setup_and_kernel(mode: str, batches: list[int], lengths: list[int], chunk_ce
 
 
 def grid_benchmark(n_batch: int, n_length: int, repeats: int, chunk_cells: int) -> list[dict]:
-    from estimator import sweeps as sw
+    from estimator.sweeps import grid as sw
 
     batches, lengths = _grid(n_batch, n_length)
     cells = len(LAYOUTS) * n_batch * n_length
@@ -158,9 +158,9 @@ def many_configs_child(repeats: int) -> dict:
 
     import numpy as np
 
-    from estimator import sweeps as sw
-    from estimator.layout import Layout
-    from estimator.models import resolve_model
+    from estimator.core.layout import Layout
+    from estimator.model.resolve import resolve_model
+    from estimator.sweeps import grid as sw
     from meshes import DeviceMesh
 
     batches, lengths = np.arange(1, 257), np.arange(1, 257) * 512
@@ -193,7 +193,7 @@ def scaling_child(cells: float, chunk_cells: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from estimator.sweeps import sweep_frontier
+    from estimator.sweeps.grid import sweep_frontier
 
     n_length = 4096
     n_batch = max(1, round(cells / (len(LAYOUTS) * n_length)))
@@ -227,7 +227,7 @@ def scaling(sizes: list[float], chunk_cells: int | None) -> list[dict]:
 
 def accelerator_steady(n: int, chunk_cells: int, repeats: int) -> dict:
     """Steady-state cells/s of a large aggregate grid (accelerators)."""
-    from estimator.sweeps import sweep_frontier
+    from estimator.sweeps.grid import sweep_frontier
 
     batches, lengths = _grid(n, n)
     kw = dict(layouts=LAYOUTS, batch_sizes=batches, lengths=lengths, chunk_cells=chunk_cells)

@@ -13,7 +13,7 @@ For each case (a model, a KV dtype, a one-stage layout: tp1 by default, tpN / dp
 3. compile the same two steps with the plan's real pool size (before anything is allocated, so
    GPU autotuning scratch stays under the serving peak), allocate the weights (zeros, the
    decoder's stacked arrays: their bytes must equal the plan's ``weights_bytes``) and the pool
-   with ``estimator.serving.allocate_kv_pool``;
+   with ``estimator.planning.serving.allocate_kv_pool``;
 4. serve: B requests of L tokens (B / dp per replica, each replica its own pages), laid out
    right-aligned so the last request ends on the pool's last usable page (page 0 is the null
    page). Prefill packs them in chunks of T tokens (``--max-prefill-steps`` caps how many chunks
@@ -121,7 +121,7 @@ def run_case(case: dict) -> dict:
     import numpy as np
 
     from estimator import Layout, geometry
-    from estimator.serving import allocate_kv_pool
+    from estimator.planning.serving import allocate_kv_pool
     from estimator.xla import compile_steps
     from meshes import DeviceMesh
     from meshes.live import read_mesh_stats
@@ -305,7 +305,7 @@ def compile_point(model_name: str, tokens: int, batch: int, kv: str) -> dict:
     import jax
 
     from estimator import Layout, geometry, load_preset
-    from estimator.activations import analytic_activation_bytes
+    from estimator.planning.activations import analytic_activation_bytes
     from estimator.xla import compile_report
     from meshes import DeviceMesh
 

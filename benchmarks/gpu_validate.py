@@ -118,7 +118,7 @@ def run_case(case: dict) -> dict:
     import jax
 
     from estimator import Layout, plan
-    from estimator.serving import (
+    from estimator.planning.serving import (
         allocate_kv_pool,
         allocate_weights_like,
         check_allocation,

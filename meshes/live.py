@@ -1,4 +1,4 @@
-"""Live devices: read ``memory_stats()`` the way JAX's allocator really works (jax-notes §3–§4).
+"""Live devices: read ``memory_stats()`` the way JAX's allocator really works (XLA's GPU BFC allocator).
 
 What a live GPU reports depends on how JAX's allocator was configured when the backend started:
 

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 
 from meshes.validation import InputError, check_int
 
-# Which key supplies the device's budget, in the order engines read them (jax-notes §3).
+# Which key supplies the device's budget, in the order engines read them (XLA's GPU client reports
+# bytes_limit; TPU and some plugins only bytes_reservable_limit).
 BUDGET_KEYS = ("bytes_limit", "bytes_reservable_limit")
 
 

@@ -43,7 +43,7 @@ ORACLE_MARKERS = ("maxref", "oracle")
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ARG001
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """Under KVFIT_REQUIRE_ORACLES, a skipped test of an oracle group (marker maxref or oracle) fails."""
     outcome = yield
     report = outcome.get_result()

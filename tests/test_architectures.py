@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from estimator import Layout, ModelSpec, geometry, parameter_count, plan
-from estimator.hf_config import SUPPORTED_MODEL_TYPES, spec_from_hf_config
-from estimator.kv_spec import kv_specs
-from estimator.weights import shard_shape, tensor_bytes, weight_tensors
+from estimator.core.kv_spec import kv_specs
+from estimator.model.hf_config import SUPPORTED_MODEL_TYPES, load_hf_config, spec_from_hf_config
+from estimator.model.weights import shard_shape, tensor_bytes, weight_tensors
 from meshes import InputError
 
 # deepseek-ai/DeepSeek-V3 config.json, architecture keys
@@ -93,7 +93,7 @@ def test_gemma2_window_caps_pages_at_window_over_page_plus_one():
 
 
 def test_gemma3_five_to_one(hf_config):
-    m = ModelSpec.from_json_file(hf_config("google/gemma-3-27b-it"))
+    m = load_hf_config(hf_config("google/gemma-3-27b-it"))
     g = geometry(m, Layout(tensor=2))
     # 10 global + 52 sliding layers (window 1024): gcd 2 → 5 global and 26 sliding groups
     assert sorted((spec.window, n) for spec, n in g.stages[0].pool.groups) == [(0, 5), (1024, 26)]
@@ -134,7 +134,7 @@ def test_jamba_hybrid_state_and_attention_pages_by_hand():
 
 
 def test_qwen3_next_gated_delta_state(hf_config):
-    m = ModelSpec.from_json_file(hf_config("Qwen/Qwen3-Next-80B-A3B-Thinking"))
+    m = load_hf_config(hf_config("Qwen/Qwen3-Next-80B-A3B-Thinking"))
     per_layer = (2 * 16 * 128 + 32 * 128) * 3 * 2 + 32 * 128 * 128 * 2
     g = geometry(m, Layout())
     assert g.stages[0].state_bytes == 36 * per_layer
@@ -160,12 +160,12 @@ def test_cross_layer_kv_sharing_holds_no_cache():
     ("mistralai/Mixtral-8x7B-v0.1", 46.7e9), ("deepseek-ai/DeepSeek-V3", 671e9),
     ("google/gemma-2-9b-it", 9.24e9), ("microsoft/phi-2", 2.78e9)])
 def test_published_parameter_counts(hf_config, hf_id, published):
-    m = ModelSpec.from_json_file(hf_config(hf_id))
+    m = load_hf_config(hf_config(hf_id))
     assert abs(parameter_count(m) - published) / published < 0.005
 
 
 def test_gpt_oss_mxfp4_experts(hf_config):
-    m = ModelSpec.from_json_file(hf_config("openai/gpt-oss-120b"))
+    m = load_hf_config(hf_config("openai/gpt-oss-120b"))
     experts = next(t for t in weight_tensors(m) if t.name == "mlp.experts.gate_up_proj")
     assert experts.shape == (128, 2 * 2880, 2880)
     # 4-bit values (half a byte) and one e8m0 scale byte per 32 values
@@ -197,7 +197,7 @@ def test_every_shared_config_loads_and_plans(hf_config):
 
     folder = hf_config("meta-llama/Llama-3.1-8B").parent
     for path in sorted(glob.glob(str(folder / "*.json"))):
-        m = ModelSpec.from_json_file(path)
+        m = load_hf_config(path)
         tp = next(t for t in (8, 4, 2, 1) if m.num_attention_heads % t == 0 and
                   (m.num_kv_heads % t == 0 or t % m.num_kv_heads == 0))
         p = plan(m, "8xH200-141GB", Layout(data=8 // tp, tensor=tp))

@@ -1,7 +1,7 @@
 """Every class of bad input from issue 14 is answered at the boundary: one line naming the field,
 the value and what is allowed, exit 2, before any work — and InputError through the Python API.
 
-Most runs go through ``estimator.cli.main`` in-process (argv checks, exit codes 0/1/2/3/130 and
+Most runs go through ``estimator.cli.app.main`` in-process (argv checks, exit codes 0/1/2/3/130 and
 the one-line errors all live there); a few subprocess runs cover signals and JAX's environment.
 """
 
@@ -29,7 +29,7 @@ LLAMA = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, 
 def run(argv: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
         env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """``kvfit ARGV`` in this process: (exit code, stdout, stderr)."""
-    from estimator.cli import main
+    from estimator.cli.app import main
 
     monkeypatch.setattr(sys, "argv", ["kvfit", *argv])
     for k, v in (env or {}).items():
@@ -97,13 +97,13 @@ def test_bad_configs_are_one_line_exit_2(tmp_path, capsys, monkeypatch, name, co
     one_error_line(*run(["plan", "--model", path], capsys, monkeypatch), field)
     assert time.perf_counter() - t0 < 5  # refused before anything per-layer is built
     with pytest.raises(InputError):  # the same class through the Python API
-        from estimator.models import resolve_model
+        from estimator.model.resolve import resolve_model
 
         resolve_model(path)
 
 
 def test_layer_cap_is_stated(tmp_path, capsys, monkeypatch):
-    from estimator.model_spec import MAX_LAYERS
+    from estimator.model.spec import MAX_LAYERS
 
     path = write_config(tmp_path, "big", {**LLAMA, "num_hidden_layers": 10**9})
     one_error_line(*run(["plan", "--model", path], capsys, monkeypatch), f"[1, {MAX_LAYERS}]")
@@ -125,7 +125,7 @@ def test_devices_and_fifos_are_refused_before_reading(tmp_path, capsys, monkeypa
 
 
 def test_config_size_cap_is_stated(tmp_path):
-    from estimator.models import resolve_model
+    from estimator.model.resolve import resolve_model
     from meshes.validation import MAX_JSON_BYTES
 
     path = tmp_path / "huge.json"
@@ -135,7 +135,7 @@ def test_config_size_cap_is_stated(tmp_path):
 
 
 def test_nested_safetensors_header_and_index(tmp_path):
-    from estimator.checkpoint import read_header, read_index
+    from estimator.model.checkpoint import read_header, read_index
 
     header = b"[" * 50_000 + b"]" * 50_000
     path = tmp_path / "model.safetensors"
@@ -162,7 +162,7 @@ def test_markup_and_escape_bytes_in_a_model_name(tmp_path, capsys, monkeypatch):
 
 # ------------------------------------------------------------------ sweep grids and output paths
 def test_sweep_grid_caps_before_allocating(tmp_path, capsys, monkeypatch):
-    from estimator.cli_sweep import MAX_AXIS_VALUES, MAX_CSV_CELLS
+    from estimator.cli.sweep import MAX_AXIS_VALUES, MAX_CSV_CELLS
 
     t0 = time.perf_counter()
     csv = str(tmp_path / "cells.csv")
@@ -247,7 +247,7 @@ def test_max_num_seqs_is_per_replica(capsys, monkeypatch):
 
 
 def test_fit_api_raises_bad_input():
-    from estimator.review import fit
+    from estimator.planning.review import fit
 
     for kwargs in ({"kv_cache_dtype": "nope"}, {"device_memory_utilization": 0}, {"per_host": 0},
                    {"sizes": [10**7]}, {"sizes": []}):
@@ -265,7 +265,7 @@ def test_explain_on_a_large_mesh_says_does_not_fit(capsys, monkeypatch):
 
 # ------------------------------------------------------------------ exit codes
 def test_a_bug_exits_3_with_one_line(capsys, monkeypatch):
-    import estimator.cli as cli
+    import estimator.cli.app as cli
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
@@ -295,14 +295,14 @@ def test_fits_and_does_not_fit(capsys, monkeypatch):
     ({"JAX_PLATFORMS": "quantum"}, "JAX_PLATFORMS"),
 ])
 def test_jax_environment_checked_before_jax_starts(env, field):
-    from estimator.cli_options import check_jax_env
+    from estimator.cli.options import check_jax_env
 
     with pytest.raises(InputError, match=field):
         check_jax_env({**os.environ, **env}, probe=False)
 
 
 def test_tpu_platform_without_libtpu():
-    from estimator.cli_options import _has_module, check_jax_env
+    from estimator.cli.options import _has_module, check_jax_env
 
     if _has_module("libtpu"):
         pytest.skip("libtpu is installed here")
@@ -311,7 +311,7 @@ def test_tpu_platform_without_libtpu():
 
 
 def _kvfit(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    code = "import sys; sys.argv = ['kvfit', *sys.argv[1:]]; from estimator.cli import main; main()"
+    code = "import sys; sys.argv = ['kvfit', *sys.argv[1:]]; from estimator.cli.app import main; main()"
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env={**os.environ, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -354,7 +354,7 @@ def test_help_version_and_columns(capsys, monkeypatch):
 def test_every_option_has_help():
     import typer
 
-    from estimator.cli import app
+    from estimator.cli.app import app
 
     group = typer.main.get_command(app)
     missing = [f"{name} {'/'.join(p.opts)}" for name, command in group.commands.items() for p in command.params
@@ -373,8 +373,8 @@ def test_csv_means_print_csv_everywhere(capsys, monkeypatch):
 
 
 def test_api_grid_caps_and_report_paths(tmp_path):
-    from estimator.report import write_report
-    from estimator.sweeps import MAX_AXIS_VALUES, MAX_FULL_CELLS, sweep
+    from estimator.reports.report import write_report
+    from estimator.sweeps.grid import MAX_AXIS_VALUES, MAX_FULL_CELLS, sweep
 
     t0 = time.perf_counter()
     with pytest.raises(InputError, match=f"at most {MAX_AXIS_VALUES:,} values"):

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 from estimator import Layout, ModelSpec, geometry
-from estimator.checkpoint import (
+from estimator.model.checkpoint import (
     MAX_HEADER_BYTES,
     CheckpointTensor,
     read_checkpoint,
     read_header,
     read_index,
 )
-from estimator.partition_rules import default_rules, weight_bytes_per_stage
+from estimator.model.partition_rules import default_rules, shard_weights, weight_bytes_per_stage
 from meshes import InputError
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -125,7 +125,7 @@ def test_only_the_header_is_read(sharded, monkeypatch):
 @pytest.mark.parametrize("tp", [1, 2, 4])  # TP4: 2 KV heads replicated, 250 vocab rows padded to 252
 def test_per_device_bytes_equal_geometry(sharded, tp):
     ckpt = read_checkpoint(sharded)
-    shards = ckpt.shard(default_rules(TINY.head_dim), {"data": 1, "tensor": tp})
+    shards = shard_weights(ckpt.tensors, default_rules(TINY.head_dim), {"data": 1, "tensor": tp})
     assert shards.bytes_per_device == geometry(TINY, Layout(tensor=tp)).stages[0].weight_bytes
     assert shards.total_bytes == ckpt.total_bytes
 
@@ -289,7 +289,7 @@ def test_missing_paths(tmp_path):
 def _plan_takes_weights() -> bool:
     import inspect
 
-    from estimator.plan import plan
+    from estimator.planning.plan import plan
 
     return "weights" in inspect.signature(plan).parameters
 
@@ -318,7 +318,7 @@ def test_plan_charges_checkpoint_weights(sharded):
 def test_cli_plan_weights_option(sharded, tmp_path):
     from typer.testing import CliRunner
 
-    from estimator.cli import app
+    from estimator.cli.app import app
 
     folder = tmp_path / "tiny"
     folder.mkdir()

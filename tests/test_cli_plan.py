@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from estimator.cli import app
+from estimator.cli.app import app
 from meshes.validation import InputError
 
 runner = CliRunner()
@@ -126,7 +126,7 @@ def test_the_installed_kvfit_gives_one_line_for_typer_level_errors(args, field):
 
 
 def test_same_option_under_two_names_is_refused():
-    from estimator.cli import check_repeated_options
+    from estimator.cli.app import check_repeated_options
 
     check_repeated_options(["plan", "--max-length", "10", "--tp", "2", "--layout", "tp8"])  # no repeats: fine
     with pytest.raises(InputError) as err:

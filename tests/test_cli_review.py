@@ -27,7 +27,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from estimator import plan
-from estimator.cli import app
+from estimator.cli.app import app
 from meshes.validation import InputError
 
 runner = CliRunner()
@@ -524,7 +524,7 @@ def test_json_and_csv_together_is_bad_input(command):
 def test_the_spinner_appears_only_for_slow_work(monkeypatch):
     import time
 
-    from estimator import cli_options
+    from estimator.cli import options as cli_options
 
     events: list[str] = []
 

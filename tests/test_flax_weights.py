@@ -1,7 +1,7 @@
 """Weights of a flax NNX model per device, from nnx.eval_shape under an abstract mesh, equal geometry().
 
 The Llama-style module below is written here (flax [in, out] kernels); its sizes are given to
-ModelSpec directly, so the analytic count in estimator.weights/geometry is an independent check.
+ModelSpec directly, so the analytic count in estimator.model.weights/geometry is an independent check.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ flax = pytest.importorskip("flax")
 from flax import nnx  # noqa: E402
 
 from estimator import Layout, ModelSpec, geometry, load_preset  # noqa: E402
-from estimator.flax_weights import flax_abstract_shardings, flax_weight_shards  # noqa: E402
-from estimator.partition_rules import PartitionRules  # noqa: E402
+from estimator.model.flax_weights import flax_abstract_shardings, flax_weight_shards  # noqa: E402
+from estimator.model.partition_rules import PartitionRules  # noqa: E402
 from meshes import InputError  # noqa: E402
 
 
@@ -211,7 +211,8 @@ def test_regex_rules_that_leave_a_parameter_unmatched():
 def test_flax_is_imported_only_by_this_path():
     import subprocess
 
-    code = ("import sys, estimator, estimator.checkpoint, estimator.partition_rules, estimator.flax_weights; "
+    code = ("import sys, estimator, estimator.model.checkpoint, estimator.model.partition_rules, "
+            "estimator.model.flax_weights; "
             "print(sorted(m for m in ('flax', 'safetensors') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,7 +1,7 @@
 """Fuzzing the command line: hypothesis draws argument vectors for every command (options, aliases,
 repeats, odd values), malformed config.json files and malformed safetensors headers. Every run must
 end with exit 0 (fits), 1 (does not fit) or 2 (bad input, one line), within a time bound, and never
-print a traceback. Runs go through ``estimator.cli.main`` in this process (no subprocess start-up),
+print a traceback. Runs go through ``estimator.cli.app.main`` in this process (no subprocess start-up),
 so a few thousand examples fit in the suite's budget; tests/test_bad_inputs.py has the subprocess
 runs for signals and JAX's environment.
 
@@ -112,7 +112,7 @@ SKIP = {"allow_cpu_proxy", "help"}
 def _commands() -> dict[str, list[Any]]:
     import typer
 
-    from estimator.cli import app
+    from estimator.cli.app import app
 
     group = typer.main.get_command(app)
     return {name: [p for p in cmd.params if getattr(p, "param_type_name", "") == "option" and p.name not in SKIP]
@@ -152,7 +152,7 @@ def run_main(args: list[str]) -> tuple[int, str, float]:
     import contextlib
     import io
 
-    from estimator.cli import main
+    from estimator.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
     old = sys.argv
@@ -258,7 +258,7 @@ def header_bytes(draw: Any) -> bytes:
 @fast(300)
 @given(header_bytes())
 def test_fuzz_safetensors_headers(blob):
-    from estimator.checkpoint import read_header
+    from estimator.model.checkpoint import read_header
     from meshes.validation import InputError
 
     path = WORK / "fuzz.safetensors"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from estimator import Layout, geometry, load_preset, plan
-from estimator.layout import stage_layers
+from estimator.core.layout import stage_layers
 from meshes import InputError
 
 MiB = 2**20

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from estimator.kv_spec import (
+from estimator.core.kv_spec import (
     NO_LIMIT,
     FullAttentionSpec,
     KVSpecs,
@@ -121,7 +121,7 @@ def _bisect_max_tokens(pool, usable: int) -> int:
        state=st.integers(0, 3), page=st.sampled_from([16, 64, 128]),
        usable=st.lists(st.integers(0, 5000), min_size=1, max_size=8))
 def test_closed_form_max_tokens_equals_bisection_on_ints_and_arrays(full, windows, state, page, usable):
-    from estimator.kv_spec import PoolGroups
+    from estimator.core.kv_spec import PoolGroups
 
     groups = ([(FullAttentionSpec(1, 8, 2), full)] if full else []) + [
         (SlidingWindowSpec(1, 8, 2, sliding_window=w), n) for w, n in windows]

@@ -1,7 +1,8 @@
-"""meshes.live: reading live memory_stats() as JAX's GPU allocator really reports them (jax-notes §3–§4).
+"""meshes.live: reading live memory_stats() as JAX's GPU allocator really reports them.
 
 Live devices are simulated by small objects with ``memory_stats()`` returning the dicts measured
-on an H100 with jax 0.11.2 (jax-notes §3 table), so every allocator setting is tested without a GPU.
+on an H100 with jax 0.11.2 (this project's GPU runs, benchmarks/RESULTS.md), so every allocator setting is
+tested without a GPU.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from meshes.live import (
 )
 
 H100_KIND = "NVIDIA H100 80GB HBM3"
-H100_CAP = 85_018_542_080  # what the CUDA allocator sees on an H100 (jax-notes §3)
+H100_CAP = 85_018_542_080  # what the CUDA allocator sees on an H100 (measured, benchmarks/RESULTS.md)
 DEFAULT_LIMIT = 63_763_906_560  # 0.75 × H100_CAP, measured bytes_limit with no variables set
 BASE_KEYS = ("num_allocs", "bytes_in_use", "peak_bytes_in_use", "largest_alloc_size", "bytes_reserved",
              "peak_bytes_reserved", "largest_free_block_bytes")

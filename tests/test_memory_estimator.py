@@ -8,14 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from estimator import Layout, load_preset, plan
-from estimator.kv_params import KVCacheParams, compute_num_device_blocks
-from estimator.kv_quant import (
+from estimator.seed.kv_manager import kv_cache_memory_size, legacy_total_num_pages
+from estimator.seed.kv_params import KVCacheParams, compute_num_device_blocks
+from estimator.seed.kv_quant import (
     KVCacheQuantizationConfig,
     cache_dtype_for_encoding,
     scale_bytes_per_token,
 )
-from estimator.max_kv_manager import kv_cache_memory_size, legacy_total_num_pages
-from estimator.memory_estimator import (
+from estimator.seed.memory_estimator import (
     ArchConfig,
     Architecture,
     KVCacheConfig,
@@ -318,9 +318,9 @@ def test_jenga_commits_the_unfloored_budget_legacy_whole_pages(monkeypatch):
     assert kv_cache_memory_size(DUMMY_LLAMA, k, 512, 4096, legacy=False) == k
     assert kv_cache_memory_size(DUMMY_LLAMA, k, 512, 4096, legacy=True) == 28 * 2 * MiB
     monkeypatch.setenv("MODULAR_USE_LEGACY_KV_CACHE", "Yes")
-    assert DUMMY_LLAMA.kv_cache_memory_size(k, 512, 4096) == 28 * 2 * MiB
+    assert kv_cache_memory_size(DUMMY_LLAMA, k, 512, 4096) == 28 * 2 * MiB
     monkeypatch.setenv("MODULAR_USE_LEGACY_KV_CACHE", "on")  # not one of 1/true/yes/y
-    assert DUMMY_LLAMA.kv_cache_memory_size(k, 512, 4096) == k
+    assert kv_cache_memory_size(DUMMY_LLAMA, k, 512, 4096) == k
 
 
 def test_legacy_manager_pages_leave_the_null_page_out():
@@ -402,7 +402,7 @@ def test_batch_clamp_is_an_info_line():
 
 def test_virtual_device_mode_plans_without_memory():
     # MAX's cross-compilation mode: batch given or 1, no footprint, a 1 TiB cache budget
-    from estimator.memory_estimator import set_virtual_device_count
+    from estimator.seed.memory_estimator import set_virtual_device_count
 
     pc, mc = _configs(4096, user=True)
     set_virtual_device_count(8)

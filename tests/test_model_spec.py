@@ -7,7 +7,8 @@ import json
 import pytest
 
 from estimator import ModelSpec, load_preset, parameter_count, resolve_model
-from estimator.presets import PRESETS
+from estimator.model.hf_config import load_hf_config
+from estimator.model.presets import PRESETS
 from meshes import InputError
 
 # Published totals (model cards): Llama-3.1 8.03 B / 70.6 B / 405.9 B (Meta's Llama 3.1 card),
@@ -36,7 +37,7 @@ PRESET_OF = {
 
 @pytest.mark.parametrize(("hf_id", "published"), PUBLISHED.items())
 def test_parameter_counts_within_half_a_percent(hf_config, hf_id, published):
-    spec = ModelSpec.from_json_file(hf_config(hf_id))
+    spec = load_hf_config(hf_config(hf_id))
     assert abs(parameter_count(spec) - published) / published < 0.005
 
 
@@ -54,7 +55,7 @@ def test_llama_8b_count_by_hand():
 
 @pytest.mark.parametrize("hf_id", sorted(PRESET_OF))
 def test_presets_agree_with_the_real_configs(hf_config, hf_id):
-    real = ModelSpec.from_json_file(hf_config(hf_id)).to_dict()
+    real = load_hf_config(hf_config(hf_id)).to_dict()
     preset = load_preset(PRESET_OF[hf_id]).to_dict()
     real.pop("name"), preset.pop("name")
     if hf_id == "meta-llama/Llama-2-7b-hf":
@@ -71,7 +72,7 @@ def test_at_least_eight_presets_and_weight_bytes_by_dtype():
 
 
 def test_tied_embeddings_counted_once(hf_config):
-    spec = ModelSpec.from_json_file(hf_config("Qwen/Qwen2.5-3B"))
+    spec = load_hf_config(hf_config("Qwen/Qwen2.5-3B"))
     assert spec.tie_word_embeddings
     untied = ModelSpec.from_dict({**spec.to_dict(), "tie_word_embeddings": False})
     assert parameter_count(untied) - parameter_count(spec) == spec.vocab_size * spec.hidden_size
@@ -91,31 +92,31 @@ def test_missing_file(tmp_path):
 
 def test_not_json(tmp_path):
     with pytest.raises(InputError, match="valid JSON"):
-        ModelSpec.from_json_file(_write(tmp_path, "{not json"))
+        load_hf_config(_write(tmp_path, "{not json"))
 
 
 def test_not_an_object(tmp_path):
     with pytest.raises(InputError, match="JSON object"):
-        ModelSpec.from_json_file(_write(tmp_path, "[1, 2]"))
+        load_hf_config(_write(tmp_path, "[1, 2]"))
 
 
 def test_unreadable_bytes(tmp_path):
     p = tmp_path / "config.json"
     p.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(InputError, match="readable UTF-8"):
-        ModelSpec.from_json_file(p)
+        load_hf_config(p)
 
 
 def test_missing_required_key(tmp_path):
     cfg = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32,
            "vocab_size": 32000, "intermediate_size": 11008, "max_position_embeddings": 4096}
     with pytest.raises(InputError, match="num_hidden_layers"):
-        ModelSpec.from_json_file(_write(tmp_path, json.dumps(cfg)))
+        load_hf_config(_write(tmp_path, json.dumps(cfg)))
 
 
 def test_unsupported_model_type_lists_supported(tmp_path):
     with pytest.raises(InputError, match="llama") as e:
-        ModelSpec.from_json_file(_write(tmp_path, json.dumps({"model_type": "bert"})))
+        load_hf_config(_write(tmp_path, json.dumps({"model_type": "bert"})))
     assert e.value.field == "model_type" and e.value.value == "bert"
 
 
@@ -133,7 +134,7 @@ def test_bad_architecture_values(field, value):
 
 
 def test_a_config_file_names_its_model(tmp_path):
-    from estimator.model_spec import config_name
+    from estimator.model.hf_config import config_name
 
     assert config_name({}, tmp_path / "deepseek-ai__DeepSeek-V3.json") == "deepseek-ai__DeepSeek-V3"
     assert config_name({"_name_or_path": "meta-llama/Llama-3.1-8B"}, tmp_path / "config.json") == \

@@ -2,7 +2,7 @@
 
 The tensor lists are written here from the HF naming scheme (``model.layers.{i}.self_attn.q_proj.weight``,
 Mixtral's ``block_sparse_moe.experts.{j}.w1.weight``, Qwen-MoE's ``mlp.experts.{j}.gate_proj.weight``)
-and the ModelSpec sizes, independently of estimator.weights; no files are needed.
+and the ModelSpec sizes, independently of estimator.model.weights; no files are needed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from estimator import DeviceMesh, Layout, ModelSpec, geometry, load_preset
-from estimator.partition_rules import (
+from estimator.model.partition_rules import (
     FALLBACK,
     REPLICATED,
     PartitionRule,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from estimator import Layout, geometry, load_preset
-from estimator.partitioning import bytes_per_device, kv_pool_arrays, weight_arrays
+from estimator.core.partitioning import bytes_per_device, kv_pool_arrays, weight_arrays
 from meshes import InputError
 
 

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from estimator import ModelSpec, load_preset, parameter_count, plan
-from estimator.preset_configs import HF_PRESETS
-from estimator.presets import PRESET_SOURCES, PRESETS
+from estimator import load_preset, parameter_count, plan
+from estimator.model.hf_config import load_hf_config
+from estimator.model.preset_configs import HF_PRESETS
+from estimator.model.presets import PRESET_SOURCES, PRESETS
 from meshes import CATALOG, DeviceMesh, device_spec
 
 MiB, GiB = 2**20, 2**30
@@ -125,7 +126,7 @@ def test_stored_configs_are_the_real_ones_trimmed(hf_config, name, hf_id):
     assert HF_PRESETS[name].hf_id == hf_id
     real = json.loads(hf_config(hf_id).read_text())
     _is_subset(HF_PRESETS[name].config, real)
-    parsed_real = ModelSpec.from_json_file(hf_config(hf_id)).to_dict()
+    parsed_real = load_hf_config(hf_config(hf_id)).to_dict()
     parsed_preset = load_preset(name).to_dict()
     parsed_real.pop("name"), parsed_preset.pop("name")
     assert parsed_preset == parsed_real
@@ -157,7 +158,7 @@ def test_architectures_come_through():
 
 
 def test_presets_import_without_jax():
-    code = ("import sys, estimator.presets as p, estimator.preset_configs; "
+    code = ("import sys, estimator.model.presets as p, estimator.model.preset_configs; "
             "assert len(p.PRESETS) >= 32; "
             "assert not {'jax', 'flax', 'typer', 'rich', 'matplotlib'} & set(sys.modules), sys.modules.keys()")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,4 @@
-"""estimator.serving, the checks before any allocation: plan vs mesh, model, layout, live memory.
+"""estimator.planning.serving, the checks before any allocation: plan vs mesh, model, layout, live memory.
 
 Live GPUs are objects with ``memory_stats()`` (as in test_live_stats.py), so a card whose memory
 changes under a plan is simulated by changing what it reports. Allocation itself on 8 simulated
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from estimator import Layout, ModelSpec, load_preset, plan
-from estimator.serving import (
+from estimator.planning.serving import (
     allocate_kv_pool,
     allocate_weights_like,
     check_plan_matches_mesh,
@@ -61,7 +61,7 @@ def eight():
 
 # ------------------------------------------------------------------------- import weight
 def test_import_estimator_stays_light():
-    code = ("import sys, estimator; bad = [m for m in ('jax', 'estimator.serving', 'flax', 'matplotlib') "
+    code = ("import sys, estimator; bad = [m for m in ('jax', 'estimator.planning.serving', 'flax', 'matplotlib') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -61,7 +61,7 @@ def _worker() -> dict:
     import jax
 
     from estimator import Layout, ModelSpec, plan
-    from estimator.serving import (
+    from estimator.planning.serving import (
         allocate_kv_pool,
         allocate_weights_like,
         check_allocation,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from estimator import Layout, ModelSpec, geometry, plan, resolve_model
-from estimator import sweeps as sweep_module
-from estimator.frontier import (
+from estimator.sweeps import grid as sweep_module
+from estimator.sweeps.frontier import (
     BATCH_TOKENS,
     FITS,
     KV_PAGES,
@@ -20,7 +20,7 @@ from estimator.frontier import (
     REASONS,
     STATIC_MEMORY,
 )
-from estimator.sweeps import sweep, sweep_frontier
+from estimator.sweeps.grid import sweep, sweep_frontier
 from meshes import CATALOG, DeviceMesh, InputError, SimulatedDevice
 
 MiB = 2**20
@@ -378,7 +378,7 @@ def test_to_xarray_without_xarray_says_how(two_layouts, monkeypatch):
 def test_import_estimator_stays_light():
     import subprocess
 
-    code = ("import sys, estimator; bad = [m for m in ('jax', 'estimator.sweeps', 'typer', "
+    code = ("import sys, estimator; bad = [m for m in ('jax', 'estimator.sweeps.grid', 'typer', "
             "'rich', 'matplotlib') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 

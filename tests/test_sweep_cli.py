@@ -8,9 +8,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from estimator.cli import app
-from estimator.cli_sweep import _LazyProgress, parse_axis
-from estimator.sweeps import sweep_frontier
+from estimator.cli.app import app
+from estimator.cli.sweep import _LazyProgress, parse_axis
+from estimator.sweeps.grid import sweep_frontier
 from meshes import InputError
 
 runner = CliRunner()

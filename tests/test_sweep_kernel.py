@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from estimator import sweep_kernel as k
+from estimator.sweeps import kernel as k
 
 I32 = 2**31 - 1
 

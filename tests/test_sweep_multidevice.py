@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent("""
     import jax
     import numpy as np
 
-    import estimator.sweeps as sm
+    import estimator.sweeps.grid as sm
     from meshes import CATALOG, DeviceMesh, SimulatedDevice
 
     assert len(jax.devices()) == 8, jax.devices()

@@ -1,7 +1,7 @@
 """A frontier sweep on a 2-process JAX runtime (jax.distributed, 4 simulated CPU devices each)
 gives the frontiers of one process.
 
-Two ``python -m estimator.sweep_distributed`` processes on localhost (a free port, gloo CPU
+Two ``python -m estimator.sweeps.distributed`` processes on localhost (a free port, gloo CPU
 collectives), the grid's batch axis sharded over their 8 devices; process 0 writes the frontiers,
 which must equal those of the same sweep in a third, single-device process.
 """
@@ -39,7 +39,7 @@ def _env(devices: int) -> dict:
 def test_two_processes_give_the_one_process_frontiers(tmp_path):
     pytest.importorskip("jax")
     port = _free_port()
-    cmd = [sys.executable, "-m", "estimator.sweep_distributed", *ARGS]
+    cmd = [sys.executable, "-m", "estimator.sweeps.distributed", *ARGS]
     procs = [subprocess.Popen([*cmd, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
                                "--process-id", str(i), "--out", str(tmp_path / "two.npz")],
                               cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from test_sweep import MICRO, assert_cells_match_plan, assert_frontiers_equal
 
 from estimator import ModelSpec
-from estimator.sweeps import sweep, sweep_frontier
+from estimator.model.hf_config import load_hf_config
+from estimator.sweeps.grid import sweep, sweep_frontier
 from meshes import CATALOG, DeviceMesh, SimulatedDevice
 
 TINY = ModelSpec(name="tiny", model_type="llama", num_layers=4, hidden_size=64,
@@ -112,7 +113,7 @@ ARCHS = {
 def test_mixed_kv_kinds_equal_plan(hf_config, data):
     hf_id = data.draw(st.sampled_from(sorted(ARCHS)))
     mesh, layouts = ARCHS[hf_id]
-    model = ModelSpec.from_json_file(hf_config(hf_id))
+    model = load_hf_config(hf_config(hf_id))
     # lengths around windows, caps and max_position_embeddings; batches around page counts
     lengths = data.draw(st.lists(st.one_of(st.integers(1, 300_000), st.integers(1, 3 * 10**6),
                                            st.sampled_from([4095, 4096, 4097, 131072, 131073])),

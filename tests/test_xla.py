@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from estimator import DeviceMesh, Layout, ModelSpec, geometry, parameter_count, plan
-from estimator.partitioning import ShardedTensor
+from estimator.core.partitioning import ShardedTensor
 from meshes import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def report(xla, cpu1):
 
 
 def test_import_estimator_does_not_import_flax():
-    code = ("import sys, estimator, estimator.plan, estimator.partitioning; "
+    code = ("import sys, estimator, estimator.planning.plan, estimator.core.partitioning; "
             "assert 'estimator.xla' not in sys.modules; "
             "from estimator.xla import XlaCompileError, CompileReport; "  # flax-free names
             "assert 'flax' not in sys.modules, 'flax imported'; print('light')")
@@ -352,7 +352,7 @@ def test_analytic_moe_term_charges_vllms_fused_moe_caches():
     residual + normed copy 8192·2·2048 values, and per (token, expert) pair the fused-MoE caches
     2·768 + 768 + 2048 values (vLLM fused_experts_impl), bf16 — worked out by hand."""
     from estimator import load_preset
-    from estimator.activations import analytic_activation_bytes, moe_dispatch_bytes
+    from estimator.planning.activations import analytic_activation_bytes, moe_dispatch_bytes
 
     geom = geometry(load_preset("qwen3-30b-a3b"), Layout.parse("tp1"))
     pairs = 8192 * 8

@@ -31,11 +31,11 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from estimator.geometry import Geometry, geometry
-from estimator.layout import Layout
-from estimator.model_spec import ModelSpec
-from estimator.models import resolve_model
-from estimator.partitioning import ShardedTensor
+from estimator.core.geometry import Geometry, geometry
+from estimator.core.layout import Layout
+from estimator.core.partitioning import ShardedTensor
+from estimator.model.resolve import resolve_model
+from estimator.model.spec import ModelSpec
 from estimator.xla.decoder import Decoder, StageArrays, stage_arrays, stage_config
 from estimator.xla.errors import XlaCompileError
 from estimator.xla.report import (

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from estimator.geometry import Geometry
-from estimator.partitioning import ShardedTensor, bytes_per_device, kv_pool_arrays, weight_arrays
+from estimator.core.geometry import Geometry
+from estimator.core.partitioning import ShardedTensor, bytes_per_device, kv_pool_arrays, weight_arrays
 from meshes.validation import InputError
 
 ATTENTION_BLOCK = 256  # query / key block of the prefill attention (flash-style, bounded scores)

@@ -11,17 +11,17 @@ import os
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-from estimator.kv_params import (
+from estimator.seed.jenga import plan_jenga_geometry
+from estimator.seed.kv_manager import kv_cache_memory_size, max_seq_len_fitting_in_cache
+from estimator.seed.kv_params import (
     KVCacheParams,
     KVCacheQuantizationConfig,
     compute_max_seq_len_fitting_in_cache,
     compute_num_device_blocks,
     estimated_memory_size,
 )
-from estimator.max_jenga import plan_jenga_geometry
-from estimator.max_kv_manager import kv_cache_memory_size, max_seq_len_fitting_in_cache
-from estimator.max_log import collect
-from estimator.memory_estimator import (
+from estimator.seed.log import collect
+from estimator.seed.memory_estimator import (
     ArchConfig,
     Architecture,
     KVCacheConfig,

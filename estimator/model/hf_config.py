@@ -1,0 +1,445 @@
+"""HF ``config.json`` → ModelSpec, one small reader per model family.
+
+Configs are JSON data: parsed, never executed; nothing is fetched. Each family's reader names
+the config keys it relies on, so a missing key is one clear error naming it. A config is read only
+as a regular file of at most ``MAX_JSON_BYTES`` bytes nested at most ``MAX_JSON_DEPTH`` levels,
+every count is an integer in range before anything is built from it (``num_hidden_layers`` at most
+``MAX_LAYERS``), and any other shape of config a reader cannot use is an InputError naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from estimator.model.spec import MAX_LAYERS, ModelSpec
+from meshes.validation import (
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    InputError,
+    check_int,
+    parse_json,
+    plain_text,
+    read_regular_file,
+)
+
+Config = Mapping[str, Any]
+
+
+def read_config_json(path: Path) -> dict[str, Any]:
+    """Parse ``path`` as a JSON object, with one clear error for each way it can be unusable.
+
+    Only a regular file of at most MAX_JSON_BYTES bytes is read (a FIFO or /dev/zero is refused
+    before it is opened), and JSON nested deeper than MAX_JSON_DEPTH levels is refused."""
+    if not os.path.lexists(path):
+        raise InputError("model", str(path), "an existing config.json file or a preset name "
+                         "(kvfit models lists them)")
+    raw = read_regular_file("model", path, MAX_JSON_BYTES, what="config.json file")
+    config = parse_json("model", path, raw, max_depth=MAX_JSON_DEPTH)
+    if not isinstance(config, dict):
+        raise InputError("model", str(path), "a JSON object (an HF config.json)")
+    return config
+
+
+class _Reader:
+    """Key access that names the missing key and the model type."""
+
+    def __init__(self, config: Config, model_type: str, where: str = "config.json") -> None:
+        self.config, self.model_type, self.where = config, model_type, where
+
+    def need(self, key: str, *alternatives: str) -> Any:
+        for k in (key, *alternatives):
+            if self.config.get(k) is not None:
+                return self.config[k]
+        raise InputError(f"{self.where}[{key!r}]", None, f"present for model_type {self.model_type!r}")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.config.get(key)
+        return default if value is None else value
+
+    def count(self, key: str, *alternatives: str, minimum: int = 1, maximum: int = 2**40,
+              default: int | None = None) -> int:
+        """An integer field in [minimum, maximum] (``default`` when absent and a default is given)."""
+        if default is not None and all(self.config.get(k) is None for k in (key, *alternatives)):
+            value = default
+        else:
+            value = self.need(key, *alternatives)
+        return check_int(f"{self.where}[{key!r}]", value, minimum=minimum, maximum=maximum)
+
+    def layers(self, key: str = "num_hidden_layers", *alternatives: str) -> int:
+        """The layer count, capped at MAX_LAYERS before any per-layer tuple is built."""
+        return self.count(key, *alternatives, maximum=MAX_LAYERS)
+
+
+def _base(r: _Reader, name: str) -> dict[str, Any]:
+    """Fields every decoder family shares."""
+    c = r.config
+    hidden = check_int("hidden_size", r.need("hidden_size"))
+    heads = check_int("num_attention_heads", r.need("num_attention_heads"))
+    return dict(
+        name=name, model_type=r.model_type, num_layers=r.layers(),
+        hidden_size=hidden, num_attention_heads=heads,
+        num_kv_heads=r.get("num_key_value_heads", heads), head_dim=r.get("head_dim", hidden // heads),
+        vocab_size=r.need("vocab_size"), intermediate_size=r.need("intermediate_size"),
+        max_position_embeddings=r.need("max_position_embeddings"),
+        weight_dtype=c.get("torch_dtype") or c.get("dtype") or "bfloat16",
+        tie_word_embeddings=bool(r.get("tie_word_embeddings", False)),
+        attention_bias=bool(r.get("attention_bias", False)),
+        **_quantization(c.get("quantization_config")),
+    )
+
+
+def _quantization(q: Any) -> dict[str, Any]:
+    if not q:
+        return {}
+    if not isinstance(q, Mapping):
+        raise InputError("quantization_config", q, "a JSON object with quant_method (fp8, awq, gptq, mxfp4)")
+    method = str(q.get("quant_method", "")).lower()
+    modules = q.get("modules_to_not_convert") or []
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise InputError("quantization_config.modules_to_not_convert", modules, "a list of module names")
+    exclude = tuple(modules)
+    if method == "fp8":
+        block = q.get("weight_block_size")
+        if block is not None and (not isinstance(block, list) or len(block) != 2 or block[0] != block[1]):
+            raise InputError("quantization_config.weight_block_size", block, "a square [b, b] block")
+        edge = check_int("quantization_config.weight_block_size", block[0], maximum=2**20) if block else 128
+        return dict(weight_quant="fp8_block" if block else "fp8", quant_block=edge, quant_exclude=exclude)
+    if method in ("awq", "gptq"):
+        bits = q.get("bits", q.get("w_bit", 4))
+        if bits != 4 or isinstance(bits, bool):
+            raise InputError("quantization_config.bits", bits, f"4 for {method}")
+        group = q.get("group_size", q.get("q_group_size", 128))
+        return dict(weight_quant=method, quant_block=check_int("quantization_config.group_size", group,
+                                                               maximum=2**20),
+                    quant_exclude=exclude)
+    if method == "mxfp4":
+        return dict(weight_quant="mxfp4", quant_block=32, quant_exclude=exclude)
+    raise InputError("quantization_config.quant_method", method, "fp8, awq, gptq or mxfp4")
+
+
+def _sliding_all(r: _Reader, spec: dict[str, Any]) -> None:
+    """Mistral v0.1 / Phi-3 style: every layer sees a window when the config sets one."""
+    window = r.get("sliding_window")
+    if window and r.get("use_sliding_window", True) is not False:
+        if r.model_type.startswith("qwen"):
+            first_full = r.count("max_window_layers", minimum=0, default=spec["num_layers"])
+            spec["layer_types"] = tuple("sliding_attention" if i >= first_full else "full_attention"
+                                        for i in range(spec["num_layers"]))
+        else:
+            spec["layer_types"] = ("sliding_attention",) * spec["num_layers"]
+        spec["sliding_window"] = window
+        if spec["layer_types"] and "sliding_attention" not in spec["layer_types"]:
+            spec["layer_types"], spec["sliding_window"] = (), 0
+
+
+def _explicit_layer_types(r: _Reader, spec: dict[str, Any]) -> bool:
+    types = r.get("layer_types")
+    if not types:
+        return False
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise InputError("config.json['layer_types']", types, "a list of layer kinds")
+    if len(types) > MAX_LAYERS:
+        raise InputError("config.json['layer_types']", f"{len(types)} entries", f"at most {MAX_LAYERS:,} layers")
+    aliases = {"attention": "full_attention", "linear_attention": "linear_attention"}
+    spec["layer_types"] = tuple(aliases.get(t, t) for t in types)
+    spec["sliding_window"] = r.get("sliding_window", 0)
+    return True
+
+
+def _dense(r: _Reader, name: str) -> dict[str, Any]:
+    spec = _base(r, name)
+    if r.model_type in ("qwen2", "qwen2_moe"):
+        spec["attention_bias"] = True
+    spec["qk_norm"] = r.model_type in ("qwen3", "qwen3_moe")
+    if not _explicit_layer_types(r, spec):
+        _sliding_all(r, spec)
+    return spec
+
+
+def _mixtral(r: _Reader, name: str) -> dict[str, Any]:
+    spec = _dense(r, name)
+    spec.update(num_experts=r.need("num_local_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
+                moe_intermediate_size=r.need("intermediate_size"))
+    return spec
+
+
+def _qwen_moe(r: _Reader, name: str) -> dict[str, Any]:
+    spec = _dense(r, name)
+    if r.get("decoder_sparse_step", 1) != 1 or r.get("mlp_only_layers"):
+        raise InputError("decoder_sparse_step/mlp_only_layers",
+                         (r.get("decoder_sparse_step"), r.get("mlp_only_layers")),
+                         "1 and [] (every layer an MoE layer)")
+    shared = r.get("shared_expert_intermediate_size", 0)
+    spec.update(num_experts=r.need("num_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
+                moe_intermediate_size=r.need("moe_intermediate_size"), num_shared_experts=int(bool(shared)),
+                shared_expert_intermediate_size=shared, shared_expert_gate=bool(shared))
+    return spec
+
+
+def _qwen3_next(r: _Reader, name: str) -> dict[str, Any]:
+    spec = _qwen_moe(r, name)
+    interval = check_int("full_attention_interval", r.need("full_attention_interval"))
+    if not _explicit_layer_types(r, spec):
+        spec["layer_types"] = tuple("full_attention" if (i + 1) % interval == 0 else "linear_attention"
+                                    for i in range(spec["num_layers"]))
+    spec.update(qk_norm=True, gated_attention=True, linear_key_heads=r.need("linear_num_key_heads"),
+                linear_key_dim=r.need("linear_key_head_dim"),
+                linear_value_heads=r.need("linear_num_value_heads"),
+                linear_value_dim=r.need("linear_value_head_dim"),
+                ssm_conv_kernel=r.need("linear_conv_kernel_dim"))
+    return spec
+
+
+def _deepseek(r: _Reader, name: str) -> dict[str, Any]:
+    spec = _base(r, name)
+    spec.update(
+        num_kv_heads=r.get("num_key_value_heads", spec["num_attention_heads"]),
+        head_dim=r.need("qk_nope_head_dim") + r.need("qk_rope_head_dim"),
+        kv_lora_rank=r.need("kv_lora_rank"), q_lora_rank=r.get("q_lora_rank", 0),
+        qk_nope_head_dim=r.need("qk_nope_head_dim"), qk_rope_head_dim=r.need("qk_rope_head_dim"),
+        v_head_dim=r.need("v_head_dim"),
+        num_experts=r.need("n_routed_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
+        moe_intermediate_size=r.need("moe_intermediate_size"),
+        num_shared_experts=r.get("n_shared_experts", 0),
+        first_dense_layers=r.get("first_k_dense_replace", 0),
+        router_bias=r.get("topk_method") == "noaux_tc",
+        mtp_layers=r.get("num_nextn_predict_layers", 0),
+        index_n_heads=r.get("index_n_heads", 0), index_head_dim=r.get("index_head_dim", 0),
+    )
+    if r.get("moe_layer_freq", 1) != 1:
+        raise InputError("config.json['moe_layer_freq']", r.get("moe_layer_freq"), "1")
+    return spec
+
+
+def _glm4_moe(r: _Reader, name: str) -> dict[str, Any]:
+    spec = _base(r, name)
+    spec.update(qk_norm=bool(r.get("use_qk_norm", False)), num_experts=r.need("n_routed_experts"),
+                num_experts_per_token=r.need("num_experts_per_tok"),
+                moe_intermediate_size=r.need("moe_intermediate_size"),
+                num_shared_experts=r.get("n_shared_experts", 0),
+                first_dense_layers=r.get("first_k_dense_replace", 0), router_bias=True,
+                mtp_layers=r.get("num_nextn_predict_layers", 0))
+    return spec
+
+
+def _gemma(r: _Reader, name: str) -> dict[str, Any]:
+    spec = _base(r, name)
+    spec.update(norms_per_layer=4, tie_word_embeddings=bool(r.get("tie_word_embeddings", True)),
+                qk_norm=r.model_type.startswith("gemma3"))
+    if not _explicit_layer_types(r, spec):
+        n, window = spec["num_layers"], r.need("sliding_window")
+        if r.model_type == "gemma2":  # even layers slide (Gemma2DecoderLayer.is_sliding)
+            kinds = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
+        else:
+            period = r.count("sliding_window_pattern", "_sliding_window_pattern", default=6)
+            kinds = ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(n)]
+        spec.update(layer_types=tuple(kinds), sliding_window=window)
+    return spec
+
+
+def _gpt_oss(r: _Reader, name: str) -> dict[str, Any]:
+    spec = _base(r, name)
+    _explicit_layer_types(r, spec)
+    spec.update(weight_dtype="bfloat16", attention_out_bias=spec["attention_bias"], attention_sinks=True,
+                num_experts=r.need("num_local_experts"),
+                num_experts_per_token=r.need("num_experts_per_tok", "experts_per_token"),
+                moe_intermediate_size=r.need("intermediate_size"), router_bias=True, expert_bias=True)
+    return spec
+
+
+def _llama4(r: _Reader, name: str) -> dict[str, Any]:
+    spec = _base(r, name)
+    n = spec["num_layers"]
+    step = r.get("interleave_moe_layer_step", 1)
+    if step != 1:
+        raise InputError("config.json['interleave_moe_layer_step']", step, "1 (every layer MoE)")
+    chunk = r.count("attention_chunk_size", minimum=0, default=0)
+    nope = r.get("no_rope_layers") or [int((i + 1) % 4 != 0) for i in range(n)]
+    if not isinstance(nope, list) or len(nope) < n:
+        raise InputError("config.json['no_rope_layers']", nope, f"a list of {n} flags (one per layer)")
+    spec.update(num_experts=r.need("num_local_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
+                moe_intermediate_size=r.need("intermediate_size"), num_shared_experts=1)
+    if chunk:  # rope layers attend within chunks; the no-rope layers (every 4th) are global
+        spec.update(layer_types=tuple("chunked_attention" if nope[i] else "full_attention" for i in range(n)),
+                    sliding_window=chunk)
+    return spec
+
+
+def _phi(r: _Reader, name: str) -> dict[str, Any]:
+    spec = _base(r, name)
+    spec.update(attention_bias=True, attention_out_bias=True, gated_mlp=False, mlp_bias=True,
+                norms_per_layer=1, layernorm_bias=True, lm_head_bias=True)
+    return spec
+
+
+def _mamba_like(r: _Reader, name: str, kinds: tuple[str, ...]) -> dict[str, Any]:
+    """Fields of a (hybrid) Mamba model; attention-free models get a nominal head layout."""
+    c = r.config
+    hidden = check_int("hidden_size", r.need("hidden_size", "d_model"))
+    heads = r.count("num_attention_heads", default=1)
+    expand = r.get("expand", r.get("mamba_expand", 2))
+    return dict(
+        name=name, model_type=r.model_type, num_layers=len(kinds), hidden_size=hidden,
+        num_attention_heads=heads, num_kv_heads=r.get("num_key_value_heads", heads),
+        head_dim=r.get("head_dim", hidden // heads), vocab_size=r.need("vocab_size"),
+        intermediate_size=r.get("intermediate_size", 0) or 4 * hidden,
+        max_position_embeddings=r.get("max_position_embeddings", 1 << 20),
+        weight_dtype=c.get("torch_dtype") or c.get("dtype") or "bfloat16",
+        tie_word_embeddings=bool(r.get("tie_word_embeddings", True)),
+        layer_types=kinds, ssm_inner_size=r.get("intermediate_size_ssm", expand * hidden),
+        ssm_state_size=r.need("state_size", "d_state", "mamba_d_state", "ssm_state_size"),
+        ssm_conv_kernel=r.need("conv_kernel", "d_conv", "mamba_d_conv"),
+        ssm_n_groups=r.get("n_groups", r.get("mamba_n_groups", 0)),
+        ssm_n_heads=r.get("num_heads", r.get("mamba_n_heads", 0)),
+        ssm_head_dim=r.get("head_dim" if r.model_type == "mamba2" else "mamba_d_head",
+                           r.get("mamba_head_dim", 0)),
+    )
+
+
+def _mamba(r: _Reader, name: str) -> dict[str, Any]:
+    kinds = ("mamba" if r.model_type == "mamba" else "mamba2",) * r.layers("num_hidden_layers", "n_layer")
+    spec = _mamba_like(r, name, kinds)
+    spec.update(intermediate_size=spec["ssm_inner_size"], gated_mlp=False, norms_per_layer=1)
+    if r.model_type == "mamba2":
+        spec.update(head_dim=spec["ssm_head_dim"] or 64)
+    return spec
+
+
+def _jamba(r: _Reader, name: str) -> dict[str, Any]:
+    n = r.layers()
+    period = r.count("attn_layer_period")
+    offset = r.count("attn_layer_offset", minimum=0, maximum=period - 1)
+    kinds = tuple("full_attention" if i % period == offset else "mamba" for i in range(n))
+    spec = _mamba_like(r, name, kinds)
+    e_period, e_offset = r.get("expert_layer_period", 1), r.get("expert_layer_offset", 0)
+    if r.get("num_experts", 1) > 1 and not (e_period == 2 and e_offset == 1):
+        raise InputError("expert_layer_period/offset", (e_period, e_offset), "2 and 1 (Jamba's layout)")
+    spec.update(intermediate_size=r.need("intermediate_size"), max_position_embeddings=r.get(
+        "max_position_embeddings", 262144))
+    if r.get("num_experts", 1) > 1:
+        spec.update(num_experts=r.need("num_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
+                    moe_intermediate_size=r.need("intermediate_size"), first_dense_layers=0)
+    return spec
+
+
+def _granite_hybrid(r: _Reader, name: str) -> dict[str, Any]:
+    types = r.need("layer_types")
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types) or len(types) > MAX_LAYERS:
+        raise InputError("config.json['layer_types']", plain_text(types, 80),
+                         f"a list of at most {MAX_LAYERS:,} layer kinds")
+    kinds = tuple("mamba2" if t == "mamba" else "full_attention" for t in types)
+    spec = _mamba_like(r, name, kinds)
+    spec.update(intermediate_size=r.get("shared_intermediate_size", r.get("intermediate_size", 0)),
+                max_position_embeddings=r.get("max_position_embeddings", 131072))
+    if r.get("num_local_experts", 0):
+        spec.update(num_experts=r.need("num_local_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
+                    moe_intermediate_size=r.need("intermediate_size"), num_shared_experts=1,
+                    shared_expert_intermediate_size=r.need("shared_intermediate_size"))
+    return spec
+
+
+def _nemotron_h(r: _Reader, name: str) -> dict[str, Any]:
+    pattern = r.need("hybrid_override_pattern")
+    if not isinstance(pattern, str) or len(pattern) > MAX_LAYERS:
+        raise InputError("hybrid_override_pattern", plain_text(pattern, 80),
+                         f"a string of at most {MAX_LAYERS:,} letters M, * and -")
+    codes = {"M": "mamba2", "*": "full_attention", "-": "mlp_only"}
+    unknown = sorted(set(pattern) - set(codes))
+    if unknown:
+        raise InputError("hybrid_override_pattern", pattern, "letters M (Mamba2), * (attention), - (MLP)")
+    if len(pattern) != r.layers():
+        raise InputError("hybrid_override_pattern", f"{len(pattern)} layers",
+                         f"one letter per layer (num_hidden_layers={r.config['num_hidden_layers']})")
+    spec = _mamba_like(r, name, tuple(codes[ch] for ch in pattern))
+    spec.update(intermediate_size=r.need("intermediate_size"), gated_mlp=False, norms_per_layer=1)
+    return spec
+
+
+READERS: dict[str, Callable[[_Reader, str], dict[str, Any]]] = {
+    "llama": _dense, "mistral": _dense, "qwen2": _dense, "qwen3": _dense, "phi3": _dense,
+    "phi": _phi, "mixtral": _mixtral, "qwen2_moe": _qwen_moe, "qwen3_moe": _qwen_moe,
+    "qwen3_next": _qwen3_next, "deepseek_v2": _deepseek, "deepseek_v3": _deepseek,
+    "deepseek_v32": _deepseek, "kimi_k2": _deepseek, "glm4_moe": _glm4_moe, "gemma2": _gemma,
+    "gemma3": _gemma, "gemma3_text": _gemma, "gpt_oss": _gpt_oss, "llama4": _llama4,
+    "llama4_text": _llama4, "mamba": _mamba, "mamba2": _mamba, "jamba": _jamba,
+    "granitemoehybrid": _granite_hybrid, "nemotron_h": _nemotron_h,
+}
+SUPPORTED_MODEL_TYPES = tuple(READERS)
+
+
+def load_hf_config(path: str | Path) -> ModelSpec:
+    """ModelSpec from an HF ``config.json`` on disk, read as bounded JSON data (never executed)."""
+    path = Path(path)
+    config = read_config_json(path)
+    return spec_from_hf_config(config, config_name(config, path))
+
+
+def config_name(config: dict, path: Path) -> str:
+    """A model's name from its config: ``_name_or_path`` when the config records it, else the file's
+    stem (``deepseek-ai__DeepSeek-V3.json``), else the folder of a plain ``config.json``."""
+    recorded = config.get("_name_or_path")
+    if isinstance(recorded, str) and plain_text(recorded).strip() and not recorded.startswith(("/", ".")):
+        return plain_text(recorded).strip()
+    if path.stem != "config":
+        return path.stem
+    return path.resolve().parent.name or path.stem
+
+
+def spec_from_hf_config(config: Config, name: str | None = None) -> ModelSpec:
+    """ModelSpec for any supported family; multimodal configs plan their text model and count
+    the vision tower's parameters into the weights.
+
+    A config whose values a reader cannot use (a string where a number belongs, a list too short)
+    is an InputError naming the model, never a traceback: configs are user data."""
+    if not isinstance(config, Mapping):
+        raise InputError("model", plain_text(config, 80), "a JSON object (an HF config.json)")
+    name = name or str(config.get("_name_or_path") or "model")
+    try:
+        return _spec_from_hf_config(config, name)
+    except InputError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError,
+            OverflowError, RecursionError, MemoryError) as err:
+        raise InputError("model", plain_text(name, 80), "a config.json whose fields have the types and "
+                         f"ranges of an HF {plain_text(config.get('model_type'), 40)!s} config "
+                         f"({type(err).__name__}: {plain_text(err, 120)})") from None
+
+
+def _spec_from_hf_config(config: Config, name: str) -> ModelSpec:
+    model_type = config.get("model_type")
+    text = config.get("text_config")
+    vision = config.get("vision_config")
+    if isinstance(text, Mapping):  # multimodal wrapper: plan the text model
+        merged = {**text, "model_type": text.get("model_type", model_type)}
+        for key in ("torch_dtype", "dtype", "tie_word_embeddings", "quantization_config"):
+            if key in config and key not in text:
+                merged[key] = config[key]
+        config, model_type = merged, merged["model_type"]
+    if not isinstance(model_type, str) or model_type not in READERS:
+        raise InputError("model_type", plain_text(model_type, 80), f"one of {', '.join(SUPPORTED_MODEL_TYPES)}")
+    spec = READERS[model_type](_Reader(config, model_type), name)
+    if isinstance(vision, Mapping):
+        spec["vision_params"] = vision_tower_params(vision, spec["hidden_size"])
+    elif vision is not None:
+        raise InputError("vision_config", plain_text(vision, 80), "a JSON object")
+    return ModelSpec(**spec)
+
+
+def vision_tower_params(vision: Config, text_hidden: int) -> int:
+    """Parameters of a ViT encoder (SigLIP / Llama-4 style) and a linear projector to the text.
+
+    Per layer: q, k, v, o with biases, fc1/fc2 with biases, two LayerNorms; patch embedding,
+    learned positions and a post LayerNorm; the projector maps the vision width to the text width.
+    """
+    r = _Reader(vision, plain_text(vision.get("model_type", "vision"), 40), "vision_config")
+    h, inter = r.count("hidden_size", maximum=2**24), r.count("intermediate_size", maximum=2**26)
+    layers = r.layers()
+    patch, image = r.count("patch_size", maximum=2**16), r.count("image_size", maximum=2**20)
+    channels = r.count("num_channels", default=3, maximum=2**16)
+    per_layer = 4 * (h * h + h) + 2 * h * inter + inter + h + 4 * h
+    positions = (image // patch) ** 2
+    embed = channels * patch * patch * h + h + positions * h
+    return layers * per_layer + embed + 2 * h + h * text_hidden + h

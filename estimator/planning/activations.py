@@ -1,0 +1,57 @@
+"""Analytic activation peak per device: the largest live set of one prefill step, and the sampler.
+
+A deliberately simple, stated model (the XLA-backed measurement replaces it where compiled):
+one layer's live tensors at ``tokens`` prefill tokens on a tensor shard — the residual stream and
+its normed copy (``2 · hidden``) plus the largest of
+
+* attention: ``q + attention output + k + v`` of the shard,
+* a dense MLP: ``3 · intermediate / tp`` (gate, up, their product),
+* routed experts, dispatched as vLLM's fused MoE does (vllm/model_executor/layers/fused_moe/
+  fused_moe.py, ``fused_experts_impl``): for every (token, expert) pair
+  ``intermediate_cache1`` (2·I), ``intermediate_cache2`` (I) and ``intermediate_cache3``
+  (hidden), i.e. ``tokens · top_k · (3·I + hidden)`` values, I being the expert width a
+  device holds (split over 'tensor' unless the experts are);
+
+all in the activation dtype, against the fp32 logits of ``sampler_rows`` sequences over this
+shard's vocabulary slice; the larger wins.
+
+Evidence for the MoE term (no fitted constant; one H200, JAX 0.11.2, 2026-12-02,
+benchmarks/RESULTS.md §5): XLA's temp bytes of the reference decoder, whose MoE keeps these
+caches, over this model: Qwen3-30B-A3B 1.11–1.12× at 2k–16k prefill tokens, Mixtral-8x7B
+0.96–1.35× at 2k–16k (the same steps compiled for a full-card pool: 0.81× and 0.97×). The term it
+replaces (``3 · moe_intermediate · top_k`` per token, no ``hidden``-wide cache3) read 2.1× under
+XLA for Qwen3-30B-A3B in a run of the same day.
+"""
+
+from __future__ import annotations
+
+from estimator.core.geometry import Geometry
+
+LOGITS_BYTES = 4  # samplers compute logits in fp32
+
+
+def moe_dispatch_bytes(geom: Geometry, tokens: int, act: int) -> int:
+    """Per-device bytes of the fused-MoE caches for ``tokens`` tokens (0 for a dense model)."""
+    m, layout = geom.model, geom.layout
+    if not m.is_moe:
+        return 0
+    tp = layout.tensor
+    inner = m.moe_intermediate_size if layout.expert >= tp else -(-m.moe_intermediate_size // tp)
+    # experts over data × tensor gather every replica's tokens before dispatch (estimator.xla)
+    gathered = tokens * (layout.data if layout.expert > 1 and layout.expert == layout.data * tp
+                         and layout.data > 1 else 1)
+    return gathered * m.num_experts_per_token * (3 * inner + m.hidden_size) * act
+
+
+def analytic_activation_bytes(geom: Geometry, tokens: int, sampler_rows: int) -> int:
+    """Per-device activation peak, in bytes, for ``tokens`` batched prefill tokens."""
+    m, tp = geom.model, geom.layout.tensor
+    act = m.weight_bytes_per_param if m.weight_bytes_per_param >= 2 else 2
+    q_shard = m.num_attention_heads // tp * m.head_dim
+    kv_shard = geom.kv_heads_per_shard * m.head_dim
+    attention = tokens * act * (2 * q_shard + 2 * kv_shard)
+    dense_layers = not m.is_moe or m.first_dense_layers > 0
+    mlp = tokens * act * 3 * (-(-m.intermediate_size // tp)) if dense_layers else 0
+    layer_peak = tokens * act * 2 * m.hidden_size + max(attention, mlp, moe_dispatch_bytes(geom, tokens, act))
+    logits = sampler_rows * (-(-m.vocab_size // tp)) * LOGITS_BYTES
+    return max(layer_peak, logits)

@@ -1,0 +1,1 @@
+"""Design-review reports: Markdown and PNG figures (the only place matplotlib is imported)."""
