@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from estimator import Layout, ModelSpec, geometry
+from estimator.core.partition_rules import default_rules, shard_weights, weight_bytes_per_stage
 from estimator.model.checkpoint import (
     MAX_HEADER_BYTES,
     CheckpointTensor,
@@ -23,7 +24,6 @@ from estimator.model.checkpoint import (
     read_header,
     read_index,
 )
-from estimator.model.partition_rules import default_rules, shard_weights, weight_bytes_per_stage
 from meshes import InputError
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")

@@ -76,10 +76,15 @@ def test_dummy_sampler_over_max_num_seqs_by_version():
     # V1, FlashInfer top-k/top-p: bf16 logits 2 + fp32 logits 4 + fp32 probabilities 4 = 10 B
     # (H100 V1 logs of Llama-3.1-8B at 1024 seqs print 1.21–1.24 GiB: 1024 × 128,256 × 10 B = 1.22 GiB);
     # its band reaches the native sort path (23 B)
-    for version in ("0.33", "0.10", "0.9"):
+    for version in ("0.33", "0.10"):
         p = vllm(version=version, max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
         act = next(t for t in p.non_kv.terms if t.name == "activation").band
         assert (act.central, act.high) == (1024 * 128256 * 10, 1024 * 128256 * 23)
+    # V1 0.8.x–0.9.0: FlashInfer >= 0.2.3 off in V1 (vllm PR #14815 until PR #15777): the native sort,
+    # band down to FlashInfer's figure
+    p = vllm(version="0.9", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
+    act = next(t for t in p.non_kv.terms if t.name == "activation").band
+    assert (act.low, act.central, act.high) == tuple(1024 * 128256 * b for b in (8, 23, 26))
     # V0, PyTorch-native sort: 2 + 4 + sorted fp32 4 + int64 indices 8 + sorted probabilities 4 + mask 1
     v0 = vllm(version="v0", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
     assert v0.non_kv.get("activation") == 1024 * 128256 * 23
@@ -184,3 +189,4 @@ def test_dp_expert_parallel_gathers_tokens_before_the_experts() -> None:
     model = load_hf_config(cfg)
     assert forward_bytes(model, 1, 8, 8192, moe_gather=8) == 4_966_055_936
     assert forward_bytes(model, 1, 8, 8192) == 8192 * 176128  # no DP gather: one chunk, all tokens
+

@@ -18,8 +18,8 @@ flax = pytest.importorskip("flax")
 from flax import nnx  # noqa: E402
 
 from estimator import Layout, ModelSpec, geometry, load_preset  # noqa: E402
-from estimator.model.flax_weights import flax_abstract_shardings, flax_weight_shards  # noqa: E402
-from estimator.model.partition_rules import PartitionRules  # noqa: E402
+from estimator.core.flax_weights import flax_abstract_shardings, flax_weight_shards  # noqa: E402
+from estimator.core.partition_rules import PartitionRules  # noqa: E402
 from meshes import InputError  # noqa: E402
 
 
@@ -211,8 +211,8 @@ def test_regex_rules_that_leave_a_parameter_unmatched():
 def test_flax_is_imported_only_by_this_path():
     import subprocess
 
-    code = ("import sys, estimator, estimator.model.checkpoint, estimator.model.partition_rules, "
-            "estimator.model.flax_weights; "
+    code = ("import sys, estimator, estimator.model.checkpoint, estimator.core.partition_rules, "
+            "estimator.core.flax_weights; "
             "print(sorted(m for m in ('flax', 'safetensors') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

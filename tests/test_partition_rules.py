@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from estimator import DeviceMesh, Layout, ModelSpec, geometry, load_preset
-from estimator.model.partition_rules import (
+from estimator.core.partition_rules import (
     FALLBACK,
     REPLICATED,
     PartitionRule,

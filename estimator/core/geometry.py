@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from estimator.core.dtypes import canonical_dtype
 from estimator.core.kv_spec import KVSpecs, PoolGroups, kv_specs
 from estimator.core.layout import Layout, stage_layers
+from estimator.model.dtypes import canonical_dtype
 from estimator.model.spec import ModelSpec
 from estimator.model.weights import kv_heads_per_shard, shard_shape, tensor_bytes, weight_tensors
 from meshes.validation import InputError, check_int

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from estimator.core.dtypes import canonical_dtype, dtype_bytes
+from estimator.model.dtypes import canonical_dtype, dtype_bytes
 from estimator.model.spec import RECURRENT_TYPES, ModelSpec
 from estimator.model.weights import kv_heads_per_shard
 from meshes.validation import InputError, check_int

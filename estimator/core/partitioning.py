@@ -155,7 +155,7 @@ def kv_pool_arrays(geom: Geometry, pages_per_replica: int) -> tuple[ShardedTenso
 
 def bytes_per_device(arrays: tuple[ShardedTensor, ...], geom: Geometry) -> dict[int, int]:
     """Bytes one device of each stage holds of ``arrays``."""
-    from estimator.core.dtypes import dtype_bytes
+    from estimator.model.dtypes import dtype_bytes
 
     sizes = {"data": geom.layout.data, "tensor": geom.layout.tensor}
     totals = {s.stage: 0 for s in geom.stages}

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
-from estimator.core.dtypes import canonical_dtype, dtype_bytes
 from estimator.core.layout import Layout
 from estimator.engines.non_kv import Band, NonKV
+from estimator.model.dtypes import canonical_dtype, dtype_bytes
 from estimator.model.resolve import resolve_model
 from estimator.model.spec import ModelSpec
 from meshes.catalog import GiB

@@ -31,8 +31,11 @@ Terms (bytes on one device):
     probabilities 4 + masks 1 = 23 B live at once; the FlashInfer kernel (``VLLM_USE_FLASHINFER_SAMPLER``
     unset means on in V1, off in V0) keeps the bf16 logits, the fp32 copy and fp32 probabilities,
     10 B (public H100 V1 logs of Llama-3.1-8B at max_num_seqs 1024 print 1.21–1.24 GiB of
-    activation peak: 1024 × 128,256 × 10 B = 1.22 GiB). V1: FlashInfer, band up to the native
-    23 B (an install without FlashInfer); V0: native.
+    activation peak: 1024 × 128,256 × 10 B = 1.22 GiB). V1 from the 0.2x line (PR #40376):
+    FlashInfer, band up to the native 23 B (an install without FlashInfer); V1 "0.10" (0.10–0.19,
+    FlashInfer only where installed and on by default, PR #26859): the same band; V1 "0.9"
+    (0.8.x–0.9.0): native, FlashInfer >= 0.2.3 being off in V1 (PR #14815; ``NATIVE_DEFAULT_V1``),
+    band down to FlashInfer's; V0: native.
 - ``non_torch``: memory the process gains outside the torch allocator:
   * a base (cuBLAS/cuDNN workspaces, CUDA module loading), calibration.json ``non_torch_base_gib``;
   * with tensor parallelism, the custom all-reduce buffers — ``meta_size() + max_size``
@@ -212,9 +215,25 @@ NATIVE_SAMPLER_BYTES = (18, 23, 26)  # sort-based top-k/top-p; low: after the so
 FLASHINFER_SAMPLER_BYTES = (8, 10, 23)  # FlashInfer kernel; high: a fallback to the native path
 
 
+# V1 releases whose default top-k/top-p path is the PyTorch-native sort (vllm-project/vllm
+# vllm/v1/sample/ops/topk_topp_sampler.py ``TopKTopPSampler.__init__``): FlashInfer >= 0.2.3 was
+# switched off in V1 by PR #14815 (2025-03-14) until PR #15777 (merged 2025-05-21, after v0.9.0)
+# adapted to its API, so the V1 "0.9" bucket (0.8.x–0.9.0) sorts natively whatever is installed.
+# The "0.10" bucket (0.10–0.19) is mixed: FlashInfer where installed up to PR #26859
+# (2025-10-15, "Disable FlashInfer sampler by default"), then the native / Triton path until
+# PR #40376 (2026-04-20, "Enable FlashInfer top-k/top-p sampler by default"); it keeps the
+# FlashInfer central with the native sort as its high end (public H100 logs at 1024 seqs print
+# the FlashInfer figure). The 0.2x line on: FlashInfer.
+NATIVE_DEFAULT_V1 = ("0.9",)
+
+
 def sampler_bytes_per_logit(version: str) -> tuple[int, int, int]:
     """(low, central, high) peak bytes per logit of the dummy sampler run for a vLLM version."""
-    return NATIVE_SAMPLER_BYTES if version.startswith("v0") else FLASHINFER_SAMPLER_BYTES
+    if version.startswith("v0"):
+        return NATIVE_SAMPLER_BYTES
+    if version in NATIVE_DEFAULT_V1:
+        return FLASHINFER_SAMPLER_BYTES[0], NATIVE_SAMPLER_BYTES[1], NATIVE_SAMPLER_BYTES[2]
+    return FLASHINFER_SAMPLER_BYTES
 ACTIVATION_BAND = (0.9, 1.0, 1.35)
 
 
@@ -357,14 +376,25 @@ def custom_all_reduce_bytes(tensor: int, link: str) -> int:
 
 
 def non_torch_band(engine: str, version: str, *, tensor: int, pipeline: int, link: str,
-                   custom_ar: bool = True) -> Band:
-    """Non-torch memory of one rank: base + (TP) custom all-reduce + NCCL + (PP) NCCL p2p."""
+                   custom_ar: bool = True, data: int = 1) -> Band:
+    """Non-torch memory of one rank: base + (TP) custom all-reduce + NCCL + (PP) NCCL p2p
+    (+ ``data`` > 1: the data-parallel group's NCCL communicator).
+
+    ``data``: size of a device-side data-parallel group (vLLM V1 ``--data-parallel-size``). vLLM
+    builds the DP group with a device communicator like the TP group's: ``CudaCommunicator``
+    creates a ``PyNcclCommunicator`` for every group but the EP one and custom all-reduce only for
+    TP (vllm/distributed/device_communicators/cuda_communicator.py ``CudaCommunicator.__init__``,
+    vllm-project/vllm v0.10.x: ``use_pynccl = "ep" not in unique_name``, "only tp uses custom
+    allreduce"), so a DP group is charged one NCCL communicator (the same fitted per-link term) and
+    no custom all-reduce buffers."""
     base = fitted(engine, "non_torch_base_gib", version)
     total = base * GiB
     if tensor > 1:
         total += fitted(engine, "nccl_tp_gib", version, link) * GiB
         if custom_ar:
             total += custom_all_reduce_bytes(tensor, link)
+    if data > 1:
+        total += fitted(engine, "nccl_tp_gib", version, link) * GiB
     if pipeline > 1:
         total += fitted(engine, "nccl_pp_gib") * GiB
     return Band.of(total, total, total)

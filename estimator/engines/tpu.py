@@ -13,7 +13,6 @@ vLLM core's (estimator.engines.vllm.vllm_core; legacy: the ≤ 0.2x core). Page 
 
 from __future__ import annotations
 
-from estimator.core.dtypes import dtype_bytes
 from estimator.core.geometry import geometry
 from estimator.core.kv_spec import KVSpec, kv_specs
 from estimator.engines.base import (
@@ -39,6 +38,7 @@ from estimator.engines.vllm import (
     holds_kv,
     vllm_core,
 )
+from estimator.model.dtypes import dtype_bytes
 from meshes.validation import InputError
 
 NAME = "tpu"

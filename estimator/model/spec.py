@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from estimator.core.dtypes import canonical_dtype, dtype_bytes
+from estimator.model.dtypes import canonical_dtype, dtype_bytes
 from meshes.validation import InputError, check_choice, check_int, plain_text
 
 # what one layer's sequence mixer is; the KV kind follows from it (estimator.core.kv_spec)

@@ -230,8 +230,8 @@ def _stage_weights(weights: str | os.PathLike[str] | Mapping[int, int] | None, m
             raise InputError("weights", sorted(got), f"bytes per device for stages {sorted(analytic)}")
         source, notes = "the given table", []
     else:
+        from estimator.core.partition_rules import weight_bytes_per_stage
         from estimator.model.checkpoint import read_checkpoint  # reads headers only; imports nothing heavy
-        from estimator.model.partition_rules import weight_bytes_per_stage
 
         ckpt = read_checkpoint(weights)
         got = weight_bytes_per_stage(ckpt.tensors, model, layout)

@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from estimator.core.dtypes import canonical_dtype, dtype_bytes
 from estimator.core.geometry import Geometry, geometry
 from estimator.core.layout import Layout
 from estimator.core.paging import pages_that_fit, scaled_budget
 from estimator.core.partitioning import STAGE_AXES, ShardedTensor, kv_pool_arrays, weight_arrays
+from estimator.model.dtypes import canonical_dtype, dtype_bytes
 from estimator.model.resolve import resolve_model
 from estimator.model.spec import ModelSpec
 from estimator.planning.plan import DeviceRow, MemoryPlan

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from estimator.core.dtypes import ALIASES
+from estimator.model.dtypes import ALIASES
 from meshes.validation import InputError
 
 # max.dtype.DType -> size_in_bytes, MAX 26.7.0 (every member; sub-byte formats report 1).

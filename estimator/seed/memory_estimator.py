@@ -16,7 +16,7 @@ the KV-capacity and draft clamps and the max-batch-total-tokens default. Log lin
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from io import StringIO
 from typing import Any
@@ -222,6 +222,26 @@ def _vision_facts(arch: Any, model_config: Any) -> tuple[int, Any]:
 def _arch_facts(arch: Any, arch_config: Any) -> Any:
     """The ``arch`` MAX would read: the given one, else ArchConfig's own facts."""
     return arch if arch is not None else arch_config
+
+
+def _max_bisect(kv_at: Callable[[int], int], budget: int, lower: int, upper: int) -> tuple[bool, int]:
+    """MAX 26.7.0's binary search (memory_estimation.py, ``_find_valid_max_length`` and
+    ``_find_valid_batch_size``), step for step: the midpoint's KV size is computed, and logged,
+    before the bounds are checked, so the side effects match MAX's call for call."""
+    found, inferred = False, upper
+    while not found:
+        inferred = (lower + upper) // 2
+        kv = kv_at(inferred)
+        if lower > upper:
+            break
+        if upper - lower <= 1:
+            found = kv <= budget
+            break
+        if kv > budget:
+            upper = inferred - 1
+        else:
+            lower = inferred
+    return found, inferred
 
 
 class MemoryEstimator:
@@ -494,26 +514,17 @@ class MemoryEstimator:
                                is_di_enabled: bool = False, model_name: str = "",
                                legacy: bool | None = None) -> tuple[bool, int, int]:
         """MAX's binary search over [1, max_length], step for step (one KV sizing per step)."""
-        found, lower, upper = False, 1, max_length
-        inferred = upper
-        while not found:
-            inferred = (lower + upper) // 2
+        batch = max_batch_size
+
+        def kv_at(length: int) -> int:
+            nonlocal batch
             if not user_provided_max_batch_size:
-                max_batch_size = cls._infer_optimal_batch_size(arch_config, devices)
-            kv = cls._calculate_kv_cache_size(arch_config, max_batch_size,
-                                              available_kv_cache_memory, inferred,
-                                              is_di_enabled=is_di_enabled, legacy=legacy)
-            if lower > upper:
-                break
-            if upper - lower <= 1:
-                if kv <= available_kv_cache_memory:
-                    found = True
-                break
-            if kv > available_kv_cache_memory:
-                upper = inferred - 1
-            else:
-                lower = inferred
-        return found, inferred, max_batch_size
+                batch = cls._infer_optimal_batch_size(arch_config, devices)
+            return cls._calculate_kv_cache_size(arch_config, batch, available_kv_cache_memory, length,
+                                                is_di_enabled=is_di_enabled, legacy=legacy)
+
+        found, inferred = _max_bisect(kv_at, available_kv_cache_memory, 1, max_length)
+        return found, inferred, batch
 
     @classmethod
     def _find_valid_batch_size(cls, available_kv_cache_memory: int, original_max_length: int,
@@ -524,24 +535,9 @@ class MemoryEstimator:
         """MAX's binary search over [1, batch] at the original length ((False, -1) unless set)."""
         if not user_provided_max_batch_size:
             return False, -1
-        found, lower, upper = False, 1, max_batch_size
-        inferred = max_batch_size
-        while not found:
-            inferred = (lower + upper) // 2
-            kv = cls._calculate_kv_cache_size(arch_config, inferred, available_kv_cache_memory,
-                                              original_max_length, is_di_enabled=is_di_enabled,
-                                              legacy=legacy)
-            if lower > upper:
-                break
-            if upper - lower <= 1:
-                if kv <= available_kv_cache_memory:
-                    found = True
-                break
-            if kv > available_kv_cache_memory:
-                upper = inferred - 1
-            else:
-                lower = inferred
-        return found, inferred
+        return _max_bisect(lambda batch: cls._calculate_kv_cache_size(
+            arch_config, batch, available_kv_cache_memory, original_max_length,
+            is_di_enabled=is_di_enabled, legacy=legacy), available_kv_cache_memory, 1, max_batch_size)
 
     @classmethod
     def _raise_oom_error(cls, arch_config: Any, user_provided_max_length: bool,

@@ -56,11 +56,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from estimator.core.dtypes import canonical_dtype
 from estimator.core.geometry import Geometry, geometry
 from estimator.core.kv_spec import NO_LIMIT, PoolGroups, kv_specs
 from estimator.core.layout import Layout, stage_layers
 from estimator.core.paging import pages_that_fit, scaled_budget
+from estimator.model.dtypes import canonical_dtype
 from estimator.model.resolve import resolve_model
 from estimator.model.spec import ModelSpec
 from estimator.planning.activations import analytic_activation_bytes

@@ -5,7 +5,7 @@ The model constructor runs under ``nnx.eval_shape`` inside
 ``ShapeDtypeStruct`` and any mesh can be planned without its devices. Each parameter's spec
 comes either from its sharding annotation (``nnx.with_partitioning(init, ('embed', 'mlp'))``)
 mapped through a logical → mesh rules table, or from a regex table
-(:class:`estimator.model.partition_rules.PartitionRules`) applied to the state paths
+(:class:`estimator.core.partition_rules.PartitionRules`) applied to the state paths
 (``layers.0.attn.q.kernel``). Bytes per device are
 ``NamedSharding(mesh, spec).shard_shape(shape)`` × bits per element / 8.
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from estimator.model.partition_rules import (
+from estimator.core.partition_rules import (
     PAD_MODES,
     PartitionRules,
     SpecItem,
