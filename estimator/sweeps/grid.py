@@ -206,50 +206,49 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
     act = np.asarray(act_values, dtype=dtype)[inverse.reshape(-1)]
     slack, reserved = ref.speculative_slack_tokens, ref.reserved_pages
     ranges = stage_layers(model.num_layers, layout.pipeline)
-    stage_of = [r.stage for r in ref.devices]
+    kvs = [kv_specs(model, layout.tensor, d, plan_kwargs.get("kv_scale_block")) for d in kv_cache_dtypes]
+    n_d, n_u, n_b = len(kvs), len(utilizations), act.size
+    # devices alike in (free, static bytes, stage) answer alike: one row each, in device order
+    groups = list(dict.fromkeys(zip(free, static, (r.stage for r in ref.devices), strict=True)))
     budgets = {f: [scaled_budget(f, u) for u in utilizations] for f in set(free)}
-    out = []
-    for kv_dtype in kv_cache_dtypes:
-        kv = kv_specs(model, layout.tensor, kv_dtype, plan_kwargs.get("kv_scale_block"))
-        for page in page_sizes:
-            pools = [kv.pool(page, layers) for layers in ranges]
-            holding = [pool for pool in pools if pool.page_bytes]
-            request = _request_pages(holding, lengths, slack)
-            # devices alike in (free, static bytes, page bytes) answer alike: one row each, in order
-            groups = list(dict.fromkeys((f, st, pools[s].page_bytes)
-                                        for f, st, s in zip(free, static, stage_of, strict=True)
-                                        if pools[s].page_bytes))
-            if groups:  # [U, G, B]: every utilization, device group and batch value at once
-                base = np.asarray([[budgets[f][i] - st for f, st, _ in groups]
-                                   for i in range(len(utilizations))], dtype=dtype)
-                page_bytes = np.asarray([pb for _, _, pb in groups], dtype=dtype)
-                kv_budget = base[:, :, None] - act[None, None, :]
-                fit = np.where(kv_budget > 0, kv_budget // page_bytes[None, :, None], 0)
-                tight = np.argmin(fit, axis=1)  # [U, B]: the first device with the fewest pages
-                at = (np.arange(len(utilizations))[:, None], tight, np.arange(act.size)[None, :])
-                fit, kv_budget, page_bytes = fit[at], kv_budget[at], page_bytes[tight]
-            else:  # no device holds KV pages
-                first = np.asarray([budgets[free[0]][i] - static[0] for i in range(len(utilizations))],
-                                   dtype=dtype)
-                kv_budget = first[:, None] - act[None, :]
-                fit = page_bytes = np.zeros(kv_budget.shape, dtype)
-            usable = np.maximum(fit - reserved, 0)
-            cap = _length_caps(holding, usable, slack, model.max_position_embeddings)
-            kv_budget = np.maximum(kv_budget, INT64_MIN).astype(np.int64)
-            usable, page_bytes = usable.astype(np.int64), np.asarray(page_bytes).astype(np.int64)
-            out += [ConfigConstants(layout, layout.data, reserved, usable[i], cap[i], kv_budget[i],
-                                    page_bytes[i], request) for i in range(len(utilizations))]
-    return out
-
-
-def _length_caps(holding: list[PoolGroups], usable: np.ndarray, slack: int, max_position: int) -> np.ndarray:
-    """plan.length_cap on an array of usable page counts: the tightest stage's longest request,
-    the model's context limit where no stage limits the length (and a page fits)."""
-    caps = np.full(usable.shape, NO_LIMIT, dtype=usable.dtype)
-    for pool in holding:
-        most = pool.max_tokens(usable)
-        caps = np.minimum(caps, np.where(most < NO_LIMIT, np.maximum(most - slack, 0), NO_LIMIT))
-    return np.where(caps >= NO_LIMIT, np.where(usable > 0, max_position, 0), caps).astype(np.int64)
+    base = np.asarray([[budgets[f][i] - st for f, st, _ in groups] for i in range(n_u)], dtype=dtype)
+    kv_budget = base[:, :, None] - act[None, None, :]  # [U, G, B], whatever the KV dtype and page
+    tokens = lengths.astype(np.int64) + slack  # ≤ 2^31 + 2^22: every product below fits int64
+    table: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+    for j, page in enumerate(page_sizes):
+        pools = [[kv.pool(page, layers) for layers in ranges] for kv in kvs]  # [D][stage]
+        rows = [g for g, (_, _, stage) in enumerate(groups) if pools[0][stage].page_bytes]
+        if rows:  # [D, U, G, B]: every KV dtype, utilization, device group and batch at once
+            pb = np.asarray([[pools[d][groups[g][2]].page_bytes for g in rows] for d in range(n_d)], dtype=dtype)
+            budget_rows = kv_budget[:, rows, :]
+            fit = np.where(budget_rows[None] > 0, budget_rows[None] // pb[:, None, :, None], 0)
+            tight = np.argmin(fit, axis=2)  # [D, U, B]: the first device with the fewest pages
+            fit = np.take_along_axis(fit, tight[:, :, None, :], axis=2)[:, :, 0, :]
+            tight_budget = budget_rows[np.arange(n_u)[None, :, None], tight, np.arange(n_b)[None, None, :]]
+            page_bytes = np.take_along_axis(pb[:, None, :], tight, axis=2)
+        else:  # no device holds KV pages
+            tight_budget = np.broadcast_to(kv_budget[:, 0, :], (n_d, n_u, n_b))
+            fit = page_bytes = np.zeros((n_d, n_u, n_b), dtype)
+        usable = np.maximum(fit - reserved, 0)
+        cap = np.full(usable.shape, NO_LIMIT, dtype=usable.dtype)
+        request = np.zeros((n_d, tokens.size), np.int64)
+        for stage in (s for s in range(len(ranges)) if pools[0][s].page_bytes):
+            # dtypes change a pool's page bytes and its pages of recurrent state, never its
+            # groups: the first dtype's rule, shifted by each dtype's state pages, serves them all
+            ref_pool = pools[0][stage]
+            shift = np.asarray([pools[d][stage].state_pages - ref_pool.state_pages for d in range(n_d)])
+            most = ref_pool.max_tokens(usable - shift[:, None, None])
+            cap = np.minimum(cap, np.where(most < NO_LIMIT, np.maximum(most - slack, 0), NO_LIMIT))
+            np.maximum(request, ref_pool.pages(tokens)[None, :] + shift[:, None], out=request)
+        cap = np.where(cap >= NO_LIMIT, np.where(usable > 0, model.max_position_embeddings, 0), cap)
+        request[request <= 0] = INT64_MAX  # no stage holds pages: no batch fits, as in plan()
+        for d in range(n_d):
+            table[d, j] = (usable[d].astype(np.int64), cap[d].astype(np.int64),
+                           np.maximum(tight_budget[d], INT64_MIN).astype(np.int64),
+                           np.asarray(page_bytes[d]).astype(np.int64), request[d])
+    return [ConfigConstants(layout, layout.data, reserved, usable[i], cap[i], budget[i], pb[i], request)
+            for d in range(n_d) for j in range(len(page_sizes))
+            for usable, cap, budget, pb, request in [table[d, j]] for i in range(n_u)]
 
 
 def _request_pages(holding: list[PoolGroups], lengths: np.ndarray, slack: int) -> np.ndarray:
