@@ -49,7 +49,8 @@ def safe(value: object, limit: int = 200) -> str:
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Preset name (kvfit models) or path to an HF "
                                        "config.json.")]
-MeshOpt = Annotated[str, typer.Option("--mesh", help="Mesh preset: 8xH100-80GB, 2x8xH100-80GB, v5e-16, ...")]
+MeshOpt = Annotated[str, typer.Option("--mesh", help="Mesh preset (8xH100-80GB, 2x8xH100-80GB, v5e-16, ...; "
+                                       "kvfit devices lists them) or live: this machine's JAX devices, read live.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")]
 LayoutOpt = Annotated[str | None, typer.Option("--layout", help="Layout such as tp8, dp2xtp4, pp2xtp4.")]
