@@ -135,3 +135,17 @@ def test_same_option_under_two_names_is_refused():
     with pytest.raises(InputError) as err:  # an attached short form after the long one
         check_repeated_options(["plan", "--model", "llama-3.1-70b", "-mllama-3.1-8b"])
     assert err.value.field == "-m"
+
+
+@pytest.mark.parametrize(("args", "code"), [([], 0), (["--model", "llama-3.1-70b", "--mesh", "8xH100-80GB",
+                                                       "--max-model-len", "32768", "--max-num-seqs", "64"], 1)])
+def test_a_reader_that_stops_early_keeps_the_verdict(args, code):
+    """``kvfit plan | head -1``: the pipe closes mid-output, the exit code is still the plan's verdict."""
+    exe = shutil.which("kvfit")
+    if exe is None:
+        pytest.skip("the kvfit console script is not installed")
+    proc = subprocess.Popen([exe, "plan", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader goes away before kvfit writes (it takes ~0.3 s to start)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err

@@ -430,9 +430,40 @@ def _debug_requested(argv: list[str]) -> bool:
     return env in ("1", "true", "yes", "on") or "--debug" in argv[:argv.index("--") if "--" in argv else None]
 
 
+class _PipeSafeStdout:
+    """stdout that stops writing, quietly, once its reader has gone (``kvfit plan | head -1``), so
+    the command still ends with its own exit code instead of a broken-pipe error."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self.reader_gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.reader_gone = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())  # nothing more reaches the pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
     """Console entry point: exit 0 fits, 1 does not fit, 2 bad input, 3 a bug, 130 interrupted;
     every error is one line on stderr (the traceback of a bug only with --debug / KVFIT_DEBUG=1)."""
+    sys.stdout = _PipeSafeStdout(sys.stdout)
     argv = sys.argv[1:] or ["--help"]
     debug = _debug_requested(argv)
     if debug:
