@@ -47,6 +47,11 @@ def minimum(a: Any, b: Any) -> Any:
     return a - (a - b) * (a > b)
 
 
+def maximum(a: Any, b: Any) -> Any:
+    """``max(a, b)`` for ints and integer arrays alike."""
+    return a + (b - a) * (b > a)
+
+
 def select(condition: Any, a: Any, b: Any) -> Any:
     """``a if condition else b`` for ints and integer arrays alike."""
     return b + (a - b) * condition

@@ -25,7 +25,10 @@ XLA for Qwen3-30B-A3B in a run of the same day.
 
 from __future__ import annotations
 
+from typing import Any
+
 from estimator.core.geometry import Geometry
+from estimator.core.kv_spec import maximum
 
 LOGITS_BYTES = 4  # samplers compute logits in fp32
 
@@ -43,8 +46,9 @@ def moe_dispatch_bytes(geom: Geometry, tokens: int, act: int) -> int:
     return gathered * m.num_experts_per_token * (3 * inner + m.hidden_size) * act
 
 
-def analytic_activation_bytes(geom: Geometry, tokens: int, sampler_rows: int) -> int:
-    """Per-device activation peak, in bytes, for ``tokens`` batched prefill tokens."""
+def analytic_activation_bytes(geom: Geometry, tokens: int, sampler_rows: Any) -> Any:
+    """Per-device activation peak, in bytes, for ``tokens`` batched prefill tokens; ``sampler_rows``
+    an int, or an integer array (one peak per row count: the sweep asks for every batch at once)."""
     m, tp = geom.model, geom.layout.tensor
     act = m.weight_bytes_per_param if m.weight_bytes_per_param >= 2 else 2
     q_shard = m.num_attention_heads // tp * m.head_dim
@@ -54,4 +58,4 @@ def analytic_activation_bytes(geom: Geometry, tokens: int, sampler_rows: int) ->
     mlp = tokens * act * 3 * (-(-m.intermediate_size // tp)) if dense_layers else 0
     layer_peak = tokens * act * 2 * m.hidden_size + max(attention, mlp, moe_dispatch_bytes(geom, tokens, act))
     logits = sampler_rows * (-(-m.vocab_size // tp)) * LOGITS_BYTES
-    return max(layer_peak, logits)
+    return maximum(layer_peak, logits)

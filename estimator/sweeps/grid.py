@@ -198,7 +198,7 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
                                                "page_size": page_sizes[0]})
     activation = _activation_model(model, mesh, layout, geom, ref, kwargs)
     keys, inverse = np.unique(activation.key(batches), return_inverse=True)
-    act_values = [activation.bytes(int(k)) for k in keys]
+    act_values = [int(x) for x in np.broadcast_to(activation.bytes(keys.astype(np.int64)), keys.shape).tolist()]
     free = [stats.free for stats in mesh.stats]
     static = [r.weights_bytes + r.signal_bytes + r.reserve_bytes for r in ref.devices]
     exact = max(map(abs, [*free, *static, *act_values])) >= 2**61  # Python ints in object arrays
@@ -276,7 +276,7 @@ def _activation_model(model: ModelSpec, mesh: DeviceMesh, layout: Layout, geom: 
                       ref: MemoryPlan, kwargs: dict[str, Any]) -> _Activation:
     charged = ref.devices[0].activation_bytes
     if kwargs.get("activation_bytes") is not None:  # fixed by the caller
-        return _Activation(lambda b: np.zeros_like(b), lambda _: charged)
+        return _Activation(lambda b: np.zeros_like(b), lambda rows: 0 * rows + charged)
     tokens = kwargs["max_batch_input_tokens"]
     if kwargs.get("activations", "analytic") == "analytic":  # depends on min(b, tokens) only
         if analytic_activation_bytes(geom, tokens, min(512, tokens)) != charged:
