@@ -9,7 +9,6 @@ copy), and the package refuses to let such an import shadow its public functions
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.util
 import sys
 import types
@@ -45,8 +44,9 @@ MOVED: dict[str, str] = {
 }
 
 
-class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds an old module name and loads it as the module that now holds the code."""
+class _Alias:
+    """Finds an old module name and loads it as the module that now holds the code (a meta-path
+    finder and its loader; importlib.abc is not imported: it pulls in importlib.resources)."""
 
     _own_specs: dict[str, Any] = {}  # noqa: RUF012 (one finder per process)
 
