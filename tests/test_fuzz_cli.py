@@ -208,8 +208,9 @@ def broken_config(draw: Any) -> dict:
     config = json.loads(json.dumps(FAMILIES[draw(st.sampled_from(sorted(FAMILIES)))]))
     for _ in range(draw(st.integers(1, 3))):
         target = config
-        if "text_config" in config and draw(st.booleans()):
-            target = config[draw(st.sampled_from(["text_config", "vision_config"]))]
+        nested = [k for k in ("text_config", "vision_config") if isinstance(config.get(k), dict)]
+        if nested and draw(st.booleans()):  # an earlier step may have replaced or deleted one
+            target = config[draw(st.sampled_from(nested))]
         if not isinstance(target, dict) or not target:
             continue
         key = draw(st.sampled_from(sorted(target)))
