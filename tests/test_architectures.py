@@ -223,3 +223,20 @@ def test_unknown_model_type_lists_the_supported_ones():
 def test_unsupported_quantization_is_named():
     with pytest.raises(InputError, match="quant_method"):
         spec({**MISTRAL_V01, "quantization_config": {"quant_method": "bitsandbytes"}})
+
+
+def test_llama4_maverick_interleaves_dense_and_moe_layers(hf_config):
+    """interleave_moe_layer_step = 2: layers 1, 3, …, 47 are MoE (HF ``moe_layers``), the others a
+    dense MLP of intermediate_size_mlp; 128 experts of 8192 plus one shared expert of 8192."""
+    from estimator.model.hf_config import load_hf_config
+
+    m = load_hf_config(hf_config("meta-llama/Llama-4-Maverick-17B-128E-Instruct"))
+    assert [i for i in range(m.num_layers) if m.is_moe_layer(i)] == list(range(1, 48, 2))
+    assert (m.intermediate_size, m.moe_intermediate_size, m.num_experts) == (16384, 8192, 128)
+    h = 5120
+    attention = h * (40 * 128) * 2 + h * (8 * 128) * 2  # q, o; k, v
+    dense = 3 * h * 16384
+    moe = 128 * 3 * h * 8192 + 3 * h * 8192 + 128 * h  # experts, shared expert, router
+    norms = 2 * h
+    text = 24 * (attention + dense + norms) + 24 * (attention + moe + norms) + 2 * 202048 * h + h
+    assert parameter_count(m) == text + m.vision_params

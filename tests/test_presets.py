@@ -32,7 +32,8 @@ MESH_OF = {
     "qwen3-235b-a22b": ("8xH200-141GB", "tp8"), "qwen3-235b-a22b-fp8": ("4xH200-141GB", "tp4"),
     "qwen3-coder-480b-a35b": ("8xB200-192GB", "tp8"), "qwen3-next-80b-a3b-thinking": ("4xH100-80GB", "tp4"),
     "gpt-oss-20b": ("1xL4-24GB", None), "gpt-oss-120b": ("1xH100-80GB", None),
-    "llama-4-scout": ("4xH100-80GB", "tp4"), "llama-3.3-70b": ("2xMI300X-192GB", "tp2"),
+    "llama-4-scout": ("4xH100-80GB", "tp4"), "llama-4-maverick": ("8xH200-141GB", "tp8"),
+    "llama-3.3-70b": ("2xMI300X-192GB", "tp2"),
     "gemma-3-27b": ("1xH100-80GB", None), "glm-4.5": ("8xH200-141GB", "tp8"), "phi-4": ("1xL40S-48GB", None),
     "gemma-3-1b": ("1xT4-16GB", None), "gemma-3-4b": ("v5e-1", None), "gemma-3-12b": ("v7x-1", None),
 }
@@ -75,6 +76,7 @@ PUBLISHED = {
     "gemma-3-1b": (1000e6, 0.005), "gemma-3-4b": (4301e6, 0.005), "gemma-3-12b": (12188e6, 0.005),
     "gemma-3-27b": (27433e6, 0.005), "glm-4.5": (355e9, 0.01), "minimax-m2.5": (230e9, 0.01),
     "phi-4": (14.7e9, 0.005), "llama-4-scout": (109e9, 0.015),
+    "llama-4-maverick": (400e9, 0.005),  # "400B total parameters" (HF model card), vision tower included
 }
 
 
@@ -106,6 +108,7 @@ VENDORED = {
     "qwen3-next-80b-a3b-thinking": "Qwen/Qwen3-Next-80B-A3B-Thinking",
     "gpt-oss-20b": "openai/gpt-oss-20b", "gpt-oss-120b": "openai/gpt-oss-120b",
     "llama-4-scout": "meta-llama/Llama-4-Scout-17B-16E-Instruct",
+    "llama-4-maverick": "meta-llama/Llama-4-Maverick-17B-128E-Instruct",
     "llama-3.3-70b": "meta-llama/Llama-3.3-70B-Instruct", "gemma-3-27b": "google/gemma-3-27b-it",
     "glm-4.5": "zai-org/GLM-4.5", "phi-4": "microsoft/phi-4",
 }

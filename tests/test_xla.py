@@ -265,7 +265,9 @@ def test_compiled_steps_run_and_write_their_slots(xla, cpu1):
     dict(gated_attention=True, attention_sinks=True, vision_params=1000),  # gated heads, sinks
     dict(num_experts=4, num_experts_per_token=2, moe_intermediate_size=64, router_bias=True,
          expert_bias=True, num_shared_experts=1, shared_expert_gate=True, first_dense_layers=1),
-], ids=["sandwich-norms", "phi2-parallel", "gated-sinks-vision", "moe-shared"])
+    dict(num_experts=4, num_experts_per_token=1, moe_intermediate_size=64, num_shared_experts=1,
+         moe_layer_step=2),  # Llama-4 Maverick: MoE every second layer, dense MLP between
+], ids=["sandwich-norms", "phi2-parallel", "gated-sinks-vision", "moe-shared", "moe-interleaved"])
 def test_feature_variants_compile_with_exact_weights(xla, cpu1, fields):
     spec = dataclasses.replace(TINY, **fields)
     weights = plan(spec, cpu1, page_size=PAGE).devices[0].weights_bytes

@@ -255,7 +255,7 @@ def forward_bytes_per_token(model: ModelSpec, tensor: int, kv_heads_per_shard: i
     if model.is_moe and moe:
         mi = -(-model.moe_intermediate_size // tp)
         moe = model.num_experts_per_token * (max(2 * mi, h) + mi)  # workspace13 + workspace2
-        mlp = max(mlp if model.first_dense_layers else 0, moe)
+        mlp = max(mlp if model.has_dense_layers else 0, moe)
     return a * (3 * h + max(attention, mlp))
 
 
@@ -347,7 +347,7 @@ def lora_slot_bytes(model: ModelSpec, tensor: int, *, max_loras: int, max_lora_r
     tp, r, h = tensor, max_lora_rank, model.hidden_size
     q = model.num_attention_heads * model.head_dim
     kv = model.num_kv_heads * model.head_dim
-    inter = model.intermediate_size if not model.is_moe or model.first_dense_layers else 0
+    inter = model.intermediate_size if model.has_dense_layers else 0
     col = 3 * r * h + r * (-(-(q + 2 * kv) // tp))  # qkv_proj: 3 slices
     row = r * (-(-q // tp)) + r * h  # o_proj
     if inter:

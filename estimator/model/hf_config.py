@@ -253,15 +253,15 @@ def _gpt_oss(r: _Reader, name: str) -> dict[str, Any]:
 def _llama4(r: _Reader, name: str) -> dict[str, Any]:
     spec = _base(r, name)
     n = spec["num_layers"]
-    step = r.get("interleave_moe_layer_step", 1)
-    if step != 1:
-        raise InputError("config.json['interleave_moe_layer_step']", step, "1 (every layer MoE)")
+    step = r.count("interleave_moe_layer_step", default=1, maximum=n)
     chunk = r.count("attention_chunk_size", minimum=0, default=0)
     nope = r.get("no_rope_layers") or [int((i + 1) % 4 != 0) for i in range(n)]
     if not isinstance(nope, list) or len(nope) < n:
         raise InputError("config.json['no_rope_layers']", nope, f"a list of {n} flags (one per layer)")
     spec.update(num_experts=r.need("num_local_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
-                moe_intermediate_size=r.need("intermediate_size"), num_shared_experts=1)
+                moe_intermediate_size=r.need("intermediate_size"), num_shared_experts=1, moe_layer_step=step)
+    if step > 1:  # Maverick: the layers between MoE layers have a dense MLP of intermediate_size_mlp
+        spec["intermediate_size"] = r.need("intermediate_size_mlp")
     if chunk:  # rope layers attend within chunks; the no-rope layers (every 4th) are global
         spec.update(layer_types=tuple("chunked_attention" if nope[i] else "full_attention" for i in range(n)),
                     sliding_window=chunk)

@@ -62,6 +62,7 @@ class ModelSpec:
     shared_expert_intermediate_size: int = 0
     shared_expert_gate: bool = False  # sigmoid gate on the shared expert (Qwen2-MoE, Qwen3-Next)
     first_dense_layers: int = 0  # leading layers with a dense MLP instead of experts
+    moe_layer_step: int = 1  # every n-th layer is MoE, the others dense (Llama-4 interleave_moe_layer_step)
     router_bias: bool = False  # e_score_correction_bias (DeepSeek V3) / router bias (gpt-oss)
     expert_bias: bool = False  # biases on every expert's projections (gpt-oss)
     # per-layer sequence mixers: empty = every layer full attention (or MLA when kv_lora_rank)
@@ -115,6 +116,7 @@ class ModelSpec:
         if self.num_experts and not (self.moe_intermediate_size and self.num_experts_per_token):
             raise InputError(f"{self.name}.moe_intermediate_size", self.moe_intermediate_size,
                              "a positive width (and num_experts_per_token) when num_experts > 0")
+        check_int(f"{self.name}.moe_layer_step", self.moe_layer_step, maximum=max(self.num_layers, 1))
         if self.first_dense_layers > self.num_layers:
             raise InputError(f"{self.name}.first_dense_layers", self.first_dense_layers,
                              f"at most num_layers={self.num_layers}")
@@ -154,7 +156,14 @@ class ModelSpec:
         return self.layer_type(layer) in ATTENTION_TYPES
 
     def is_moe_layer(self, layer: int) -> bool:
-        return self.is_moe and layer >= self.first_dense_layers
+        """Routed experts in this layer: past the leading dense layers, every ``moe_layer_step``-th
+        (HF Llama-4: ``moe_layers = range(step − 1, layers, step)``)."""
+        return self.is_moe and layer >= self.first_dense_layers and (layer + 1) % self.moe_layer_step == 0
+
+    @property
+    def has_dense_layers(self) -> bool:
+        """Some layer has a dense MLP (a dense model, leading dense layers, or interleaved MoE)."""
+        return not self.is_moe or self.first_dense_layers > 0 or self.moe_layer_step > 1
 
     def with_weight_dtype(self, dtype: str) -> ModelSpec:
         return replace(self, weight_dtype=dtype, weight_quant="")

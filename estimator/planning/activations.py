@@ -54,7 +54,7 @@ def analytic_activation_bytes(geom: Geometry, tokens: int, sampler_rows: Any) ->
     q_shard = m.num_attention_heads // tp * m.head_dim
     kv_shard = geom.kv_heads_per_shard * m.head_dim
     attention = tokens * act * (2 * q_shard + 2 * kv_shard)
-    dense_layers = not m.is_moe or m.first_dense_layers > 0
+    dense_layers = m.has_dense_layers
     mlp = tokens * act * 3 * (-(-m.intermediate_size // tp)) if dense_layers else 0
     layer_peak = tokens * act * 2 * m.hidden_size + max(attention, mlp, moe_dispatch_bytes(geom, tokens, act))
     logits = sampler_rows * (-(-m.vocab_size // tp)) * LOGITS_BYTES
