@@ -1,7 +1,7 @@
 """Every KV kind and weight format, with numbers worked out by hand from the architectures.
 
-Fixtures below are the project's own, written from the published architecture facts, so these
-tests run without ../shared; tests marked with ``hf_config`` also read the real configs there.
+Fixtures below are the project's own, written from the published architecture facts; tests that
+take ``hf_config`` also read the real HF configs vendored in tests/model_configs.
 """
 
 from __future__ import annotations
