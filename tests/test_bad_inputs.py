@@ -387,3 +387,34 @@ def test_api_grid_caps_and_report_paths(tmp_path):
     for out in (Path("/proc/kvfit-report"), a_file, a_file / "sub"):
         with pytest.raises(InputError, match="out"):
             write_report("llama-3.1-8b", ["1xH100-80GB"], [None], out)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"reserve_null_page": "x"}, "reserve_null_page"), ({"reserve_null_page": None}, "reserve_null_page"),
+    ({"include_mtp": []}, "include_mtp"), ({"kv_scale_block": []}, "kv_scale_block"),
+    ({"weights": 1.5}, "weights"), ({"xla_options": "x"}, "xla_options"),
+])
+def test_plan_refuses_options_of_the_wrong_type(kwargs, field):
+    from estimator import plan
+
+    with pytest.raises(InputError) as err:
+        plan("llama-3.1-8b", "1xH100-80GB", **kwargs)
+    assert err.value.field == field
+
+
+def test_an_engine_knob_given_as_none_means_its_default():
+    from estimator.engines import engine_plan
+
+    unset = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="trtllm", band=False)
+    given_none = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="trtllm", band=False,
+                             free_gpu_memory_fraction=None, max_num_tokens=None, max_beam_width=None)
+    assert given_none.kv_tokens == unset.kv_tokens > 0
+
+
+@pytest.mark.parametrize("devices", [True, "cpu", [object()], []])
+def test_sweep_refuses_compute_devices_that_are_not_devices(devices):
+    from estimator.sweeps import sweep_frontier
+
+    with pytest.raises(InputError) as err:
+        sweep_frontier("llama-3.1-8b", "1xH100-80GB", batch_sizes=[1], lengths=[128], compute_devices=devices)
+    assert err.value.field == "compute_devices"

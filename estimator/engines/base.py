@@ -240,7 +240,8 @@ def make_setup(engine: str, versions: tuple[str, ...], knob_specs: Mapping[str, 
         if name not in knob_specs:
             raise unknown_knob(engine, name, given[name], knob_specs)
     for name, spec in knob_specs.items():
-        value = given.get(name, spec.default)
+        value = given.get(name)
+        value = spec.default if value is None else value  # None given means the engine's default
         resolved[name] = spec.check(name, value) if value is not None else None
     return Setup(engine, version, model, mesh, layout, resolved, measured)
 

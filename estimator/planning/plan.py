@@ -131,6 +131,8 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
     if layout.expert > 1 and not model.is_moe:
         raise InputError("expert_parallel_size", layout.expert, f"1 for {model.name}, a dense model")
     check_choice("speculative_method", speculative_method, SPEC_METHODS)
+    _check_types(reserve_null_page=reserve_null_page, include_mtp=include_mtp, kv_scale_block=kv_scale_block,
+                 weights=weights, xla_options=xla_options)
     util = check_fraction("device_memory_utilization", device_memory_utilization)
     tokens = check_int("max_batch_input_tokens", max_batch_input_tokens)
     reserve = check_int("runtime_reserve_bytes", runtime_reserve_bytes, minimum=0)
@@ -182,6 +184,22 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
                        max_batch_size, speculative_slack(num_draft_tokens, speculative_method),
                        int(reserve_null_page))
     return replace(result, warnings=(*result.warnings, *weight_notes)) if weight_notes else result
+
+
+def _check_types(*, reserve_null_page: object, include_mtp: object, kv_scale_block: object, weights: object,
+                 xla_options: object) -> None:
+    """The options whose type alone can be wrong, refused before any work."""
+    if not isinstance(reserve_null_page, bool):
+        raise InputError("reserve_null_page", reserve_null_page, "True or False")
+    if include_mtp is not None and not isinstance(include_mtp, bool):
+        raise InputError("include_mtp", include_mtp, "True, False or None (when speculating with mtp)")
+    if kv_scale_block is not None:
+        check_int("kv_scale_block", kv_scale_block, maximum=2**20)
+    if weights is not None and not isinstance(weights, str | os.PathLike | Mapping):
+        raise InputError("weights", weights, "a safetensors checkpoint path or {stage: bytes per device}")
+    if xla_options is not None and not isinstance(xla_options, Mapping):
+        raise InputError("xla_options", xla_options, "a mapping of estimator.xla options, e.g. "
+                         "{'allow_cpu_proxy': True}")
 
 
 class ActivationModel(Protocol):

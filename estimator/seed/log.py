@@ -16,6 +16,9 @@ from contextvars import ContextVar
 
 LOGGER_NAME = "kvfit.max"
 logger = logging.getLogger(LOGGER_NAME)
+# a library's loggers print nothing until the application configures logging (Python's logging
+# HOWTO, "Configuring Logging for a Library"); records still propagate to its handlers
+logging.getLogger("kvfit").addHandler(logging.NullHandler())
 
 _sinks: ContextVar[tuple[list[tuple[str, str]], ...]] = ContextVar("kvfit_max_sinks", default=())
 

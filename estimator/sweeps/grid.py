@@ -613,9 +613,14 @@ def _devices(compute_devices: Any) -> list[Any]:
         return [jax.devices()[0]]
     if isinstance(compute_devices, jax.sharding.Mesh):
         return list(np.asarray(compute_devices.devices).reshape(-1))
-    devices = list(compute_devices)
-    if not devices:
-        raise InputError("compute_devices", devices, "at least one jax device (or None)")
+    allowed = "None, a jax.sharding.Mesh, or a sequence of jax devices"
+    if isinstance(compute_devices, jax.Device):
+        compute_devices = [compute_devices]
+    if isinstance(compute_devices, str | bytes) or not isinstance(compute_devices, Iterable):
+        raise InputError("compute_devices", compute_devices, allowed)
+    devices = list(itertools.islice(compute_devices, 1 << 20))
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise InputError("compute_devices", devices[:4], allowed + " (at least one)")
     return devices
 
 
