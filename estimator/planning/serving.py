@@ -356,7 +356,13 @@ def _allocate(tensors: Sequence[ShardedTensor], meshes: Sequence[jax.sharding.Me
 
 
 def _dtype_name(dtype: Any) -> str:
-    return canonical_dtype(dtype if isinstance(dtype, str) else np.dtype(dtype).name, "dtype")
+    if isinstance(dtype, str):
+        return canonical_dtype(dtype, "dtype")
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        raise InputError("dtype", dtype, "a dtype name (bfloat16, float8_e4m3fn, ...) or a numpy/jnp dtype") from None
+    return canonical_dtype(name, "dtype")
 
 
 def allocate_weights_like(plan: MemoryPlan, mesh: DeviceMesh, *, model: ModelSpec | str | None = None,
