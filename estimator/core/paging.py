@@ -11,11 +11,6 @@ from fractions import Fraction
 SPEC_METHODS = ("none", "eagle", "mtp", "dflash", "dflash2")
 
 
-def pages_for_tokens(tokens: int, page_size: int) -> int:
-    """Pages one request of ``tokens`` tokens occupies."""
-    return -(-tokens // page_size)
-
-
 def pages_that_fit(budget_bytes: int, page_bytes: int) -> int:
     """Whole pages of ``page_bytes`` in ``budget_bytes`` (0 when the budget is not positive)."""
     return budget_bytes // page_bytes if budget_bytes > 0 else 0
@@ -26,12 +21,15 @@ def scaled_budget(free_bytes: int, utilization: float) -> int:
     return int(free_bytes * Fraction(str(utilization)))
 
 
-def speculative_slack(num_draft_tokens: int, method: str = "eagle") -> int:
-    """Extra KV tokens per request for speculative decoding (MAX ``spec_decode_cache_slack``).
-
-    ``3·n + 1``, plus one more when the method drafts all n tokens in one step (dflash).
-    """
+def spec_decode_slack(num_draft_tokens: int, drafts_per_step: int) -> int:
+    """Extra KV tokens per request for speculative decoding (MAX 26.7.0 ``spec_decode_cache_slack``,
+    nn/kv_cache/cache_params.py): ``3·n + 1``, plus one more when all n drafts come in one step."""
     if num_draft_tokens <= 0:
         return 0
+    return 3 * num_draft_tokens + (1 if drafts_per_step == num_draft_tokens else 0) + 1
+
+
+def speculative_slack(num_draft_tokens: int, method: str = "eagle") -> int:
+    """The slack for ``method`` (SPEC_METHODS): eagle and mtp draft one token a step, dflash all n."""
     per_step = {"none": 0, "eagle": 1, "mtp": 1}.get(method, num_draft_tokens)
-    return 3 * num_draft_tokens + (1 if per_step == num_draft_tokens else 0) + 1
+    return spec_decode_slack(num_draft_tokens, per_step)

@@ -20,6 +20,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from estimator.core.paging import spec_decode_slack
 from estimator.seed.kv_quant import (
     KVCacheQuantizationConfig,
     block_bytes,
@@ -348,10 +349,9 @@ class KVCacheParams:
 
 def spec_decode_cache_slack(params: KVCacheParams) -> int:
     """Extra KV positions per request: 0 without drafts, else 3·n + (1 if block draft) + 1."""
-    if params.num_draft_tokens <= 0:
+    if params.num_draft_tokens <= 0:  # before the method is read: MAX raises for an unknown one only here
         return 0
-    extra = 1 if params.num_draft_tokens_per_step == params.num_draft_tokens else 0
-    return 3 * params.num_draft_tokens + extra + 1
+    return spec_decode_slack(params.num_draft_tokens, params.num_draft_tokens_per_step)
 
 
 def _leaves_blocks(params: KVCacheParams, max_batch_size: int | None, max_seq_len: int | None,
