@@ -162,7 +162,8 @@ def test_markup_and_escape_bytes_in_a_model_name(tmp_path, capsys, monkeypatch):
 
 # ------------------------------------------------------------------ sweep grids and output paths
 def test_sweep_grid_caps_before_allocating(tmp_path, capsys, monkeypatch):
-    from estimator.cli.sweep import MAX_AXIS_VALUES, MAX_CSV_CELLS
+    from estimator.cli.sweep import MAX_CSV_CELLS
+    from estimator.sweeps.axes import MAX_AXIS_VALUES
 
     t0 = time.perf_counter()
     csv = str(tmp_path / "cells.csv")

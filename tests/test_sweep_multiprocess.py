@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = "tp8,dp2xtp4,pp2xtp4"
-BATCHES, LENGTHS = "1:300", "512:65536:512"  # 300 batch values × 128 lengths
+BATCHES, LENGTHS = "1:300:1", "512:65536:512"  # 300 batch values × 128 lengths
 ARGS = ["--model", "llama-3.1-8b", "--mesh", "8xH100-80GB", "--layouts", LAYOUTS,
         "--batch-sizes", BATCHES, "--lengths", LENGTHS, "--chunk-cells", "4096"]
 

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from estimator.sweeps import grid as sweeps
+from estimator.sweeps.axes import parse_axis
 from meshes.validation import InputError, check_int
 
 
@@ -82,22 +83,6 @@ def frontier_arrays(result: sweeps.SweepFrontier) -> dict[str, np.ndarray]:
     return out
 
 
-def _axis(field: str, text: str) -> list[int]:
-    """``a:b[:step]`` (inclusive) or ``a,b,c``."""
-    try:
-        if ":" in text:
-            parts = [int(p) for p in text.split(":")]
-            if len(parts) not in (2, 3):
-                raise ValueError
-            start, stop, step = parts[0], parts[1], parts[2] if len(parts) == 3 else 1
-            if step < 1 or stop < start:
-                raise ValueError
-            return list(range(start, stop + 1, step))
-        return [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise InputError(field, text, "START:STOP[:STEP] (inclusive) or a comma list of integers") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """One process of a distributed frontier sweep (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m estimator.sweeps.distributed",
@@ -122,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         layouts = args.layouts.split(",") if args.layouts else None
         dtypes = tuple(args.kv_cache_dtypes.split(",")) if args.kv_cache_dtypes else (None,)
         result = sweep_frontier_distributed(
-            args.model, args.mesh, layouts=layouts, batch_sizes=_axis("batch_sizes", args.batch_sizes),
-            lengths=_axis("lengths", args.lengths), kv_cache_dtypes=dtypes, chunk_cells=args.chunk_cells)
+            args.model, args.mesh, layouts=layouts, batch_sizes=parse_axis("--batch-sizes", args.batch_sizes),
+            lengths=parse_axis("--lengths", args.lengths), kv_cache_dtypes=dtypes, chunk_cells=args.chunk_cells)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
