@@ -413,3 +413,12 @@ def test_virtual_device_mode_plans_without_memory():
         set_virtual_device_count(0)
     assert (est.planned_max_batch_size, est.footprint, est.available_cache_memory,
             est.planned_max_length) == (1, 0, 1024**4, 4096)
+
+
+def test_a_quant_config_that_is_no_config_is_refused_not_defaulted():
+    """A dict has neither field: it used to become f32 scales at granularity 128 silently."""
+    from meshes import InputError
+
+    with pytest.raises(InputError) as err:
+        KVCacheParams("float8_e4m3fn", 8, 128, 4, kvcache_quant_config={"scale_dtype": "float16"})
+    assert err.value.field == "kvcache_quant_config"

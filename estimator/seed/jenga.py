@@ -25,12 +25,8 @@ from dataclasses import dataclass
 from math import lcm
 from typing import Any
 
+from estimator.core.kv_spec import cdiv
 from estimator.seed.text import human_bytes
-
-
-def _ceildiv(a: int, b: int) -> int:
-    """``max.support.math.ceildiv``: ``-(a // -b)``."""
-    return -(a // -b)
 
 
 def max_padding_fraction() -> float:
@@ -55,9 +51,6 @@ class JengaGeometry:
     ratios: dict[str, int]
     padded_sizes: dict[str, int]
 
-    def padding_fraction(self, cache_id: str, data_bytes: int) -> float:
-        """Share of ``cache_id``'s padded page that is padding."""
-        return self.padded_sizes[cache_id] / data_bytes - 1
 
 
 def _smallest_tiling_page(huge: int, data: int, row: int) -> int | None:
@@ -100,7 +93,7 @@ def _candidates(sizes: Mapping[str, int], rows: Mapping[str, int], ceiling: int)
     found = set()
     for data in sizes.values():
         for ratio in range(1, _max_tiling_ratio() + 1):
-            size = _ceildiv(ratio * data, grid) * grid
+            size = cdiv(ratio * data, grid) * grid
             if size < floor:
                 continue
             if size > ceiling:
@@ -167,7 +160,7 @@ def pristine_pool_can_satisfy(allocatable_huge_blocks: int, ratios: Mapping[str,
     claimable = allocatable_huge_blocks
     for cache_id, blocks in demand.items():
         if blocks > 0:
-            claimable -= _ceildiv(blocks, ratios[cache_id])
+            claimable -= cdiv(blocks, ratios[cache_id])
     return claimable >= 0
 
 
@@ -177,7 +170,7 @@ def max_seq_len_fitting_in_geometry(leaves: Mapping[str, Any], block_size: int,
     """MAX ``_max_seq_len_fitting_in_geometry``: longest single request an empty pool serves."""
 
     def fits(seq_len: int) -> bool:
-        num_blocks = _ceildiv(seq_len, block_size)
+        num_blocks = cdiv(seq_len, block_size)
         demand = {leaf_id: leaf.blocks_to_reserve(num_blocks,
                                                   enable_prefix_caching=enable_prefix_caching)
                   for leaf_id, leaf in leaves.items()}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 
+from estimator.core.kv_spec import cdiv
 from estimator.seed.jenga import (
     JengaGeometry,
     max_seq_len_fitting_in_geometry,
@@ -88,7 +89,7 @@ def jenga_max_seq_len_fitting_in_cache(params: KVCacheParams, available_bytes: i
 def jenga_memory_size(params: KVCacheParams, available_bytes: int, max_batch_size: int,
                       max_seq_len: int) -> int:
     """Bytes over all devices the Jenga slab needs for a full batch (at most the budget)."""
-    num_blocks = -(-(max_seq_len + spec_decode_cache_slack(params)) // params.page_size)
+    num_blocks = cdiv(max_seq_len + spec_decode_cache_slack(params), params.page_size)
     demand = {k: max_batch_size * leaf.blocks_to_reserve(
         num_blocks, enable_prefix_caching=params.enable_prefix_caching)
         for k, leaf in params.leaves().items()}
@@ -108,7 +109,7 @@ def jenga_memory_size(params: KVCacheParams, available_bytes: int, max_batch_siz
         return geometry
 
     geometry = geometry_for(available_bytes)
-    needed = 1 + sum(-(-blocks // geometry.ratios[k]) for k, blocks in demand.items())
+    needed = 1 + sum(cdiv(blocks, geometry.ratios[k]) for k, blocks in demand.items())
     size = min(available_bytes, needed * geometry.huge_page_bytes * n)
     while size < available_bytes:
         planned = geometry_for(size)

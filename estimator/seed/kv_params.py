@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
+from estimator.core.kv_spec import cdiv
 from estimator.core.paging import spec_decode_slack
 from estimator.seed.kv_quant import (
     KVCacheQuantizationConfig,
@@ -41,14 +41,9 @@ __all__ = ["KVCacheParams", "KVCacheQuantizationConfig", "KVLeaf", "compute_max_
            "compute_num_device_blocks", "estimated_memory_size", "human_bytes", "logger",
            "spec_decode_cache_slack"]
 
-SPECULATIVE_METHODS = ("eagle", "mtp", "dflash", "dflash2", "dspark")  # MAX SpeculativeMethod
 KV_CONNECTORS = ("null", "tiered", "rust_tiered", "dkv")  # MAX KVConnectorType
 TIERED_CONNECTORS = ("tiered", "rust_tiered")  # MAX TIERED_CONNECTOR_TYPES
 SCALE_TMA_ALIGN_BYTES = 16  # cache_params.py _SCALE_TMA_ALIGN_BYTES: scale rows pad to 16 B
-
-
-def _ceildiv(a: int, b: int) -> int:
-    return -(a // -b)
 
 
 @dataclass(frozen=True)
@@ -73,7 +68,7 @@ class KVLeaf:
         """Pages one request of ``num_blocks`` slots draws: all of them, or the window's span."""
         if self.window_size is None:
             return num_blocks
-        return min(num_blocks, _ceildiv(self.window_size - 1, self.page_size) + 1)
+        return min(num_blocks, cdiv(self.window_size - 1, self.page_size) + 1)
 
 
 def _group_id(window_size: int | None) -> str:
@@ -130,6 +125,8 @@ class KVCacheParams:
             object.__setattr__(self, "speculative_method", None)
         quant = self.kvcache_quant_config
         if quant is not None and not isinstance(quant, KVCacheQuantizationConfig):
+            if not hasattr(quant, "scale_dtype") and not hasattr(quant, "quantization_granularity"):
+                raise InputError("kvcache_quant_config", quant, "a KVCacheQuantizationConfig (or MAX's)")
             quant = KVCacheQuantizationConfig(getattr(quant, "scale_dtype", "float32"),
                                               getattr(quant, "quantization_granularity", 128))
             object.__setattr__(self, "kvcache_quant_config", quant)
@@ -338,11 +335,6 @@ class KVCacheParams:
         return compute_max_seq_len_fitting_in_cache(self, available_cache_memory,
                                                     self._null(include_null_block))
 
-    def uncapped_memory_size(self, max_batch_size: int, max_seq_len: int) -> int:
-        """KV bytes the workload needs over all replicas (null page included), not capped."""
-        per_request = math.ceil((max_seq_len + self.slack) / self.page_size)
-        pages = per_request * max_batch_size + int(self.include_null_block)
-        return pages * self.bytes_per_block * self.data_parallel_degree
 
 
 # ---- MAX's module functions (nn/kv_cache/cache_params.py), same names and defaults ---------
@@ -357,7 +349,7 @@ def spec_decode_cache_slack(params: KVCacheParams) -> int:
 def _leaves_blocks(params: KVCacheParams, max_batch_size: int | None, max_seq_len: int | None,
                    include_null_block: bool) -> int:
     # bytes_per_block == 0: every leaf plateaus, a request costs its largest leaf's blocks.
-    slots = _ceildiv(max_seq_len, params.page_size) if max_seq_len else 1
+    slots = cdiv(max_seq_len, params.page_size) if max_seq_len else 1
     per_request = max((leaf.blocks_to_reserve(slots,
                                               enable_prefix_caching=params.enable_prefix_caching)
                        for leaf in params.leaves().values()), default=0)
@@ -451,8 +443,3 @@ def compute_max_seq_len_fitting_in_cache(params: KVCacheParams, available_cache_
     blocks = compute_num_device_blocks(params, available_cache_memory, 1, None,
                                        include_null_block=include_null_block)
     return max(1, blocks * params.page_size - spec_decode_cache_slack(params))
-
-
-def leaf_pages(params: KVCacheParams) -> Mapping[str, int]:
-    """``{leaf id: page bytes per device}`` — the sizes MAX's Jenga pool tiles."""
-    return {k: v.bytes_per_page for k, v in params.leaves().items()}

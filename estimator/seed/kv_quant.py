@@ -131,13 +131,6 @@ def validate_quantization(dtype: str, head_dim: int,
         raise ValueError("KVCache quantization granularity must evenly divide KV head dimension.")
 
 
-def value_bytes_per_token(*, head_dim: int, dtype: str, kv_heads: int = 1, num_layers: int = 1,
-                          kv_dim: int = 2, quant: KVCacheQuantizationConfig | None = None) -> int:
-    """Value bytes one token stores on one device: kv_dim · layers · heads · stored dim · size."""
-    return (kv_dim * num_layers * kv_heads * storage_head_dim(head_dim, dtype, quant)
-            * dtype_size(dtype))
-
-
 def scale_bytes_per_token(*, head_dim: int, dtype: str, quant: KVCacheQuantizationConfig | None,
                           kv_heads: int = 1, num_layers: int = 1, kv_dim: int = 2) -> int:
     """Scale bytes one token stores on one device (0 when MAX stores no scales for this cache).

@@ -437,7 +437,7 @@ class MemoryEstimator:
     @classmethod
     def _static_memory_size(cls, model_weights_size: int, activation_memory_size: int,
                             signal_buffer_size: int = 0) -> int:
-        return model_weights_size + activation_memory_size + signal_buffer_size
+        return cls.static_memory_size(model_weights_size, activation_memory_size, signal_buffer_size)
 
     @classmethod
     def _available_kv_cache_memory(cls, model_weights_size: int, activation_memory_size: int,
