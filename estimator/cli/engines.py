@@ -25,6 +25,7 @@ from estimator.cli.options import (
     check_one_format,
     comma_list,
     err,
+    error_line,
     fail_input,
     gib,
     layout_text,
@@ -250,7 +251,7 @@ def engines_command(
                 err.print(f"[yellow]{p.engine}:[/] {safe(w, 2000)}", highlight=False, soft_wrap=True)
     failed = [p for p in plans if not p.starts]
     for p in failed:
-        typer.echo(f"{p.engine} {p.version} would not start: {p.error}", err=True)
+        typer.echo(f"{p.engine} {p.version} would not start: {error_line(p.error)}", err=True)
     if failed:
         raise typer.Exit(1)
 

@@ -102,18 +102,13 @@ def sweep_table(frontier: Any) -> Table:
     return table
 
 
-def plain(text: object) -> str:
-    """User text for matplotlib: printable, and no mathtext ($ escaped)."""
-    from meshes.validation import plain_text
-
-    return plain_text(text).replace("$", r"\$")
-
-
 PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 
 
 def _plot_frontier(frontier: Any, path: Any) -> None:
     import matplotlib
+
+    from estimator.reports.report import mpl_text
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -121,12 +116,12 @@ def _plot_frontier(frontier: Any, path: Any) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     flat = frontier.max_batch.reshape(-1, frontier.lengths.size)
     for label, row in zip(_config_labels(frontier), flat, strict=True):
-        ax.step(frontier.lengths, row, where="post", label=plain(label))
+        ax.step(frontier.lengths, row, where="post", label=mpl_text(label))
     ax.set(xscale="log", yscale="symlog", xlabel="request length (tokens)",
-           ylabel="max batch that fits", title=f"{plain(frontier.model)} on {plain(frontier.mesh)}")
+           ylabel="max batch that fits", title=f"{mpl_text(frontier.model)} on {mpl_text(frontier.mesh)}")
     ax.legend(fontsize="small")
     for text in ax.get_legend().get_texts():  # $...$ in a user's name is not mathtext
-        text.set_text(plain(text.get_text()))
+        text.set_text(mpl_text(text.get_text()))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -137,10 +137,6 @@ class NonKV:
     def get(self, name: str) -> int:
         return next((t.band.central for t in self.terms if t.name == name), 0)
 
-    def estimated(self) -> tuple[str, ...]:
-        """Names of the terms that are modelled (estimates), not measured or exact."""
-        return tuple(t.name for t in self.terms if not t.measured and t.band.low != t.band.high)
-
     def to_dict(self) -> dict[str, dict[str, object]]:
         return {t.name: {**t.band.to_dict(), "source": t.source, "measured": t.measured}
                 for t in self.terms}

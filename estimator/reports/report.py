@@ -34,7 +34,7 @@ class Report:
     candidates: tuple[Candidate, ...]
 
 
-def _mpl_text(text: object) -> str:
+def mpl_text(text: object) -> str:
     """User text (a model name) for matplotlib: printable, and ``$`` kept literal (not mathtext)."""
     from meshes.validation import plain_text
 
@@ -52,14 +52,14 @@ def memory_bars(candidates: Sequence[Candidate], path: Path) -> Path:
     """One stacked bar per candidate: the tightest device's memory, in GiB, by use."""
     fig = _figure(max(6.0, 1.6 * len(candidates) + 2.5), 4.8)
     ax = fig.subplots()
-    labels = [_mpl_text(c.label).replace(" ", "\n", 1) for c in candidates]
+    labels = [mpl_text(c.label).replace(" ", "\n", 1) for c in candidates]
     bottoms = [0.0] * len(candidates)
     for name, attr, color in SEGMENTS:
         values = [max(getattr(tightest_row(c.plan), attr), 0) / GiB for c in candidates]
         ax.bar(labels, values, bottom=bottoms, color=color, label=name, width=0.6, edgecolor="white")
         bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
     ax.set_ylabel("GiB per device (tightest device)")
-    ax.set_title(f"{_mpl_text(candidates[0].plan.model)}: where each device's memory goes")
+    ax.set_title(f"{mpl_text(candidates[0].plan.model)}: where each device's memory goes")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
