@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from estimator.core.geometry import Geometry
-from estimator.core.kv_spec import maximum
+from estimator.core.kv_spec import cdiv, maximum
 
 LOGITS_BYTES = 4  # samplers compute logits in fp32
 
@@ -39,10 +39,9 @@ def moe_dispatch_bytes(geom: Geometry, tokens: int, act: int) -> int:
     if not m.is_moe:
         return 0
     tp = layout.tensor
-    inner = m.moe_intermediate_size if layout.expert >= tp else -(-m.moe_intermediate_size // tp)
+    inner = m.moe_intermediate_size if layout.expert >= tp else cdiv(m.moe_intermediate_size, tp)
     # experts over data × tensor gather every replica's tokens before dispatch (estimator.xla)
-    gathered = tokens * (layout.data if layout.expert > 1 and layout.expert == layout.data * tp
-                         and layout.data > 1 else 1)
+    gathered = tokens * (layout.data if layout.expert > 1 and layout.expert == layout.data * tp else 1)
     return gathered * m.num_experts_per_token * (3 * inner + m.hidden_size) * act
 
 
@@ -55,7 +54,7 @@ def analytic_activation_bytes(geom: Geometry, tokens: int, sampler_rows: Any) ->
     kv_shard = geom.kv_heads_per_shard * m.head_dim
     attention = tokens * act * (2 * q_shard + 2 * kv_shard)
     dense_layers = m.has_dense_layers
-    mlp = tokens * act * 3 * (-(-m.intermediate_size // tp)) if dense_layers else 0
+    mlp = tokens * act * 3 * cdiv(m.intermediate_size, tp) if dense_layers else 0
     layer_peak = tokens * act * 2 * m.hidden_size + max(attention, mlp, moe_dispatch_bytes(geom, tokens, act))
-    logits = sampler_rows * (-(-m.vocab_size // tp)) * LOGITS_BYTES
+    logits = sampler_rows * cdiv(m.vocab_size, tp) * LOGITS_BYTES
     return maximum(layer_peak, logits)

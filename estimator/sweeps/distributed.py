@@ -77,9 +77,7 @@ def frontier_arrays(result: sweeps.SweepFrontier) -> dict[str, np.ndarray]:
     """The frontier's arrays by name (``max_batch``, ``max_length``, ``reason_counts``, axes)."""
     out = {"max_batch": np.asarray(result.max_batch), "max_length": np.asarray(result.max_length),
            "reason_counts": np.asarray(result.reason_counts)}
-    for name in ("batches", "lengths"):
-        if hasattr(result, name):
-            out[name] = np.asarray(getattr(result, name))
+    out |= {"batches": np.asarray(result.batches), "lengths": np.asarray(result.lengths)}
     return out
 
 
