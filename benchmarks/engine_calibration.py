@@ -717,13 +717,12 @@ class Outcome:
 def leave_one_out(cases: list[Case]) -> list[Outcome]:
     usable = [c for c in cases if not c.skip]
     outcomes: dict[str, Outcome] = {}
-    for c in usable:  # pass 1: constants refitted without the case, no residual band
-        cal = fit(o for o in cases if o is not c)
-        for engine in cal["residual_gib"]:
-            cal["residual_gib"][engine] = {"default": [0.0, 0.0]}
+    refits: dict[str, dict] = {}
+    for c in usable:  # pass 1: constants refitted without the case; central values only
+        refits[c.id] = fit(o for o in cases if o is not c)
         o = Outcome(c)
         try:
-            with calibrated(cal):
+            with calibrated(refits[c.id]):
                 pred = predict(c, band=False)
             o.value = pred.value
             o.error = (pred.value - c.logged) / c.logged
@@ -739,7 +738,7 @@ def leave_one_out(cases: list[Case]) -> list[Outcome]:
         for other in outcomes.values():
             if other.case is not c and not other.failed:
                 others[other.case.engine].append((other.case.version, other.residual_gib))
-        cal = with_residuals(fit(x for x in cases if x is not c), others)
+        cal = with_residuals(refits[c.id], others)
         try:
             with calibrated(cal):
                 pred = predict(c)
