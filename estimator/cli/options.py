@@ -158,55 +158,6 @@ def check_layout_applies(model: str, layout: str | None) -> None:
 
 
 # ------------------------------------------------------------------ output paths, before the work
-_SYSTEM_DIRS = ("/proc", "/sys", "/dev")
-
-
-def check_output_path(field: str, path: str | os.PathLike[str] | None, *, folder: bool = False,
-                      suffixes: tuple[str, ...] = ()) -> Path | None:
-    """Refuse an output path that cannot be written, before any work is done: empty, under
-    /proc, /sys or /dev, under a file, in a folder that does not exist or is not writable, an
-    existing folder where a file is wanted (or the reverse), a suffix not in ``suffixes``."""
-    try:
-        return _check_output_path(field, path, folder, suffixes)
-    except (OSError, ValueError) as err:  # a name too long, a loop of links, a NUL byte
-        reason = getattr(err, "strerror", None) or err
-        raise InputError(field, os.fspath(path or ""), f"a usable path ({reason})") from None
-
-
-def _check_output_path(field: str, path: str | os.PathLike[str] | None, folder: bool,
-                       suffixes: tuple[str, ...]) -> Path | None:
-    if path is None:
-        return None
-    text = os.fspath(path)
-    if not text.strip():
-        raise InputError(field, text, "a non-empty path")
-    target = Path(text).expanduser()
-    resolved = Path(os.path.abspath(target))
-    if any(str(resolved) == d or str(resolved).startswith(d + "/") for d in _SYSTEM_DIRS):
-        raise InputError(field, text, "a path outside /proc, /sys and /dev")
-    if suffixes and target.suffix.lower() not in suffixes:
-        raise InputError(field, text, f"a file name ending in {' or '.join(suffixes)}")
-    if folder:
-        if target.exists() and not target.is_dir():
-            raise InputError(field, text, "a folder (this path is a file)")
-        parent = target
-        while not parent.exists():  # the nearest existing folder above it must be writable
-            parent = parent.parent
-    else:
-        if target.is_dir():
-            raise InputError(field, text, "a file name (this path is a folder)")
-        if target.exists() and not os.access(target, os.W_OK):
-            raise InputError(field, text, "a writable file")
-        parent = target.parent
-        if not parent.exists():
-            raise InputError(field, text, f"a path in an existing folder ({parent} does not exist)")
-    if not parent.is_dir():
-        raise InputError(field, text, f"a path whose folders are folders ({parent} is a file)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(field, text, f"a path in a writable folder ({parent} is not writable)")
-    return target
-
-
 # ------------------------------------------------------------------ Ctrl-C between chunks
 _interrupted = threading.Event()
 

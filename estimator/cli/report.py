@@ -21,14 +21,13 @@ from estimator.cli.options import (
     UtilOpt,
     check_jax_env,
     check_layout_applies,
-    check_output_path,
     error_line,
     fail_input,
     out,
     safe,
     slow_work,
 )
-from meshes.validation import InputError
+from meshes.validation import InputError, check_output_path
 
 
 def report_command(

@@ -18,7 +18,6 @@ from estimator.cli.options import (
     check_jax_env,
     check_layout_applies,
     check_one_format,
-    check_output_path,
     comma_list,
     err,
     fail_input,
@@ -30,7 +29,7 @@ from estimator.cli.options import (
 )
 from estimator.model.presets import DEFAULT_MESH, DEFAULT_MODEL
 from estimator.sweeps.axes import parse_axis
-from meshes.validation import InputError
+from meshes.validation import InputError, check_output_path
 
 MAX_CONFIGS = 256  # layouts × KV dtypes × page sizes × utilisations
 MAX_SWEEP_CELLS = 1 << 32  # cells of the aggregate sweep (bounded memory; ~1e9 cells/s on one CPU)

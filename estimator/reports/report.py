@@ -15,7 +15,7 @@ from typing import Any
 
 from estimator.planning.review import Candidate, compare, comparison_rows, tightest_row
 from meshes.catalog import GiB
-from meshes.validation import InputError
+from meshes.validation import InputError, check_output_path
 
 REPORT_FILES = ("report.md", "memory.png", "feasibility.png")
 SEGMENTS = (("weights", "weights_bytes", "#4C72B0"), ("activations", "activation_bytes", "#DD8452"),
@@ -111,20 +111,9 @@ def write_report(model: str, meshes: Sequence[str], layouts: Sequence[str | None
                  command: Sequence[str] | None = None) -> Report:
     """Write report.md, memory.png and (when one mesh is reviewed) feasibility.png into ``out``.
 
-    ``out`` is checked before any work: a folder that exists or can be created, outside /proc,
-    /sys and /dev (InputError otherwise)."""
-    out = Path(out)
-    resolved = str(out.expanduser().absolute())
-    if not str(out).strip() or any(resolved == d or resolved.startswith(d + "/") for d in ("/proc", "/sys", "/dev")):
-        raise InputError("out", str(out), "a folder path outside /proc, /sys and /dev")
-    try:
-        parent = out
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir() or (out.exists() and not out.is_dir()):
-            raise InputError("out", str(out), f"a folder (or a path under one): {parent} is a file")
-    except OSError as err:
-        raise InputError("out", str(out), f"a usable folder path ({err.strerror or err})") from None
+    ``out`` is checked before any work (meshes.validation.check_output_path): a folder that exists
+    or can be created, outside /proc, /sys and /dev (InputError otherwise)."""
+    out = check_output_path("out", out, folder=True)
     candidates = compare(model, [(m, lay) for m in meshes for lay in layouts], max_length=max_length,
                          max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
                          device_memory_utilization=device_memory_utilization)
