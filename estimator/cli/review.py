@@ -252,10 +252,14 @@ def devices_command(
     print_table(table, as_csv)
     if as_csv:
         return
+    from meshes.stats import MemoryStats
+
     for row in live_rows:
-        stats = row["memory_stats"]
-        text = ("no memory stats (pass a mesh preset or capacity_bytes)" if stats is None else
-                f"limit {gib(stats.get('bytes_limit', 0))} GiB, in use {gib(stats.get('bytes_in_use', 0))} GiB")
+        try:  # the budget key as plans read it (bytes_limit, else bytes_reservable_limit on TPU)
+            ms = MemoryStats.from_jax(row["memory_stats"], device=row["device"])
+            text = f"limit {gib(ms.bytes_limit)} GiB ({ms.budget_key}), in use {gib(ms.bytes_in_use)} GiB"
+        except InputError:
+            text = "no usable memory stats (pass a mesh preset or capacity_bytes)"
         out.print(f"live {safe(row['device'])} ({safe(row['kind'])}): {text}", highlight=False)
 
 
