@@ -131,3 +131,32 @@ def test_mixed_kv_kinds_equal_plan(hf_config, data):
     mesh = DeviceMesh.from_preset(mesh)
     assert_cells_match_plan(result, model, mesh, num_draft_tokens=kw["num_draft_tokens"])
     assert_frontiers_equal(sweep_frontier(model, mesh, **kw), result.frontier())
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=configs())
+def test_layout_constants_equal_the_scalar_set_up(cfg):
+    """The array set-up (layout_constants: KV specs on arrays, one plan() per layout) against its
+    scalar twin (config_constants: one plan() per configuration), column by column."""
+    from estimator.core.layout import Layout
+    from estimator.model.resolve import resolve_model
+    from estimator.sweeps.grid import ConfigTable, config_constants, layout_constants
+    from meshes import InputError
+
+    model, mesh, kw = _split(cfg)
+    model = resolve_model(model)
+    mesh = DeviceMesh.from_preset(mesh) if isinstance(mesh, str) else mesh
+    batches, lengths = np.unique(kw["batch_sizes"]), np.unique(kw["lengths"])
+    plan_kw = dict(max_batch_input_tokens=kw["max_batch_input_tokens"], num_draft_tokens=kw["num_draft_tokens"])
+    for name in kw["layouts"]:
+        layout = Layout.parse(name)
+        try:
+            table = layout_constants(model, mesh, layout, batches, lengths, kv_cache_dtypes=kw["kv_cache_dtypes"],
+                                     page_sizes=kw["page_sizes"], utilizations=kw["utilizations"], **plan_kw)
+        except InputError:
+            continue
+        scalar = ConfigTable.of([config_constants(model, mesh, layout, batches, lengths, kv_cache_dtype=d, page_size=p,
+                                                  utilization=u, **plan_kw)
+                                 for d in kw["kv_cache_dtypes"] for p in kw["page_sizes"] for u in kw["utilizations"]])
+        for column, expected in vars(scalar).items():
+            np.testing.assert_array_equal(getattr(table, column), expected, err_msg=f"{name} {column}")

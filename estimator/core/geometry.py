@@ -9,6 +9,7 @@ are Python ints (exact at any size).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from estimator.core.kv_spec import KVSpecs, PoolGroups, kv_specs
 from estimator.core.layout import Layout, stage_layers
@@ -65,9 +66,19 @@ class Geometry:
 def geometry(model: ModelSpec, layout: Layout, *, kv_cache_dtype: str | None = None,
              page_size: int = 128, kv_scale_block: int | None = None,
              include_mtp: bool = False) -> Geometry:
-    """Weights and KV pages per device for ``model`` under ``layout``."""
+    """Weights and KV pages per device for ``model`` under ``layout``.
+
+    Cached per validated arguments (every input is a frozen value): plan() and a sweep's set-up
+    ask for the same geometry.
+    """
     page_size = check_int("page_size", page_size, maximum=2**31 - 1)
     kv_dtype = canonical_dtype(kv_cache_dtype or model.weight_dtype, "kv_cache_dtype")
+    return _geometry(model, layout, kv_dtype, page_size, kv_scale_block, bool(include_mtp))
+
+
+@lru_cache(maxsize=256)
+def _geometry(model: ModelSpec, layout: Layout, kv_dtype: str, page_size: int, kv_scale_block: int | None,
+              include_mtp: bool) -> Geometry:
     attention = any(model.is_attention_layer(i) for i in range(model.num_layers))
     if attention and model.num_attention_heads % layout.tensor:
         raise InputError("tensor_parallel_size", layout.tensor,

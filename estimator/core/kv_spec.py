@@ -232,6 +232,8 @@ class PoolGroups:
                 growing += count
         if not growing:
             return select(sum(c * n for c, n in caps.items()) <= room, NO_LIMIT, 0)
+        if not caps:  # every group grows with the request: one region
+            return select(room > 0, room // growing * self.page_size, 0)
         growing += sum(caps.values())
         best, saturated, start = 0 * room, 0, 0
         for upper in [*sorted(caps), None]:  # the region start ≤ p ≤ upper

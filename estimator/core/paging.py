@@ -7,6 +7,7 @@ The pages one request holds are the KV specs' business (estimator.core.kv_spec).
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import lru_cache
 
 SPEC_METHODS = ("none", "eagle", "mtp", "dflash", "dflash2")
 
@@ -18,7 +19,12 @@ def pages_that_fit(budget_bytes: int, page_bytes: int) -> int:
 
 def scaled_budget(free_bytes: int, utilization: float) -> int:
     """floor(free · utilization), exact: the utilization is read as the decimal the user wrote."""
-    return int(free_bytes * Fraction(str(utilization)))
+    return int(free_bytes * _decimal(utilization))
+
+
+@lru_cache(maxsize=1024)
+def _decimal(utilization: float) -> Fraction:
+    return Fraction(str(utilization))
 
 
 def spec_decode_slack(num_draft_tokens: int, drafts_per_step: int) -> int:

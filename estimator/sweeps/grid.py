@@ -50,7 +50,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import jax
@@ -106,6 +106,29 @@ class ConfigConstants:
     kv_budget: np.ndarray  # [B] int64, tightest device's KV budget (clamped at −2^63)
     page_bytes: np.ndarray  # [B] int64, tightest device's page bytes
     request_pages: np.ndarray  # [L] int64, pool pages per request (2^63 − 1: never fits)
+
+
+@dataclass(frozen=True)
+class ConfigTable:
+    """The ConfigConstants of many configurations as columns, in C order over (layout, dtype,
+    page size, utilization): what the kernel reads, built without a Python object per row."""
+
+    num_replicas: np.ndarray  # [C] int64
+    reserved_pages: np.ndarray  # [C] int64
+    usable: np.ndarray  # [C, B] int64
+    cap: np.ndarray  # [C, B] int64
+    kv_budget: np.ndarray  # [C, B] int64
+    page_bytes: np.ndarray  # [C, B] int64
+    request_pages: np.ndarray  # [C, L] int64
+
+    def __len__(self) -> int:
+        return self.num_replicas.size
+
+    @classmethod
+    def of(cls, rows: Sequence[ConfigConstants]) -> ConfigTable:
+        """The table of configurations computed one by one (config_constants())."""
+        return cls(*(np.asarray([getattr(r, f.name) for r in rows], dtype=np.int64) for f in fields(cls)))
+
 
 
 def config_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches: np.ndarray,
@@ -172,9 +195,9 @@ def _plan_geometry(model: ModelSpec, layout: Layout, ref: MemoryPlan,
 def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches: np.ndarray,
                      lengths: np.ndarray, *, kv_cache_dtypes: Sequence[str], page_sizes: Sequence[int],
                      utilizations: Sequence[float], max_batch_input_tokens: int,
-                     **plan_kwargs: Any) -> list[ConfigConstants]:
+                     **plan_kwargs: Any) -> ConfigTable:
     """config_constants() of every (dtype, page size, utilization) of one layout, in that C order,
-    with the per-configuration work done on arrays.
+    as one table, with the per-configuration work done on arrays.
 
     One plan() per layout checks every option and gives each device's weights, signal buffers
     and reserve (none depends on the KV dtype, page size or utilization). The KV specs give each
@@ -189,9 +212,9 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
                device_memory_utilization=utilizations[0], **kwargs)
     fixed = plan_kwargs.get("activation_bytes") is not None
     if not fixed and plan_kwargs.get("activations", "analytic") != "analytic":
-        return [config_constants(model, mesh, layout, batches, lengths, kv_cache_dtype=d, page_size=p,
-                                 utilization=u, **kwargs)
-                for d, p, u in itertools.product(kv_cache_dtypes, page_sizes, utilizations)]
+        return ConfigTable.of([config_constants(model, mesh, layout, batches, lengths, kv_cache_dtype=d,
+                                                page_size=p, utilization=u, **kwargs)
+                               for d, p, u in itertools.product(kv_cache_dtypes, page_sizes, utilizations)])
     for page in page_sizes[1:]:
         check_page_size(page, mesh.platform, mla=model.is_mla)
     geom = _plan_geometry(model, layout, ref, {**kwargs, "kv_cache_dtype": kv_cache_dtypes[0],
@@ -214,41 +237,55 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
     base = np.asarray([[budgets[f][i] - st for f, st, _ in groups] for i in range(n_u)], dtype=dtype)
     kv_budget = base[:, :, None] - act[None, None, :]  # [U, G, B], whatever the KV dtype and page
     tokens = lengths.astype(np.int64) + slack  # ≤ 2^31 + 2^22: every product below fits int64
-    table: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
-    for j, page in enumerate(page_sizes):
-        pools = [[kv.pool(page, layers) for layers in ranges] for kv in kvs]  # [D][stage]
-        rows = [g for g, (_, _, stage) in enumerate(groups) if pools[0][stage].page_bytes]
-        if rows:  # [D, U, G, B]: every KV dtype, utilization, device group and batch at once
-            pb = np.asarray([[pools[d][groups[g][2]].page_bytes for g in rows] for d in range(n_d)], dtype=dtype)
-            budget_rows = kv_budget[:, rows, :]
-            fit = np.where(budget_rows[None] > 0, budget_rows[None] // pb[:, None, :, None], 0)
-            tight = np.argmin(fit, axis=2)  # [D, U, B]: the first device with the fewest pages
-            fit = np.take_along_axis(fit, tight[:, :, None, :], axis=2)[:, :, 0, :]
-            tight_budget = budget_rows[np.arange(n_u)[None, :, None], tight, np.arange(n_b)[None, None, :]]
-            page_bytes = np.take_along_axis(pb[:, None, :], tight, axis=2)
-        else:  # no device holds KV pages
-            tight_budget = np.broadcast_to(kv_budget[:, 0, :], (n_d, n_u, n_b))
-            fit = page_bytes = np.zeros((n_d, n_u, n_b), dtype)
-        usable = np.maximum(fit - reserved, 0)
-        cap = np.full(usable.shape, NO_LIMIT, dtype=usable.dtype)
-        request = np.zeros((n_d, tokens.size), np.int64)
-        for stage in (s for s in range(len(ranges)) if pools[0][s].page_bytes):
-            # dtypes change a pool's page bytes and its pages of recurrent state, never its
-            # groups: the first dtype's rule, shifted by each dtype's state pages, serves them all
-            ref_pool = pools[0][stage]
-            shift = np.asarray([pools[d][stage].state_pages - ref_pool.state_pages for d in range(n_d)])
-            most = ref_pool.max_tokens(usable - shift[:, None, None])
-            cap = np.minimum(cap, np.where(most < NO_LIMIT, np.maximum(most - slack, 0), NO_LIMIT))
-            np.maximum(request, ref_pool.pages(tokens)[None, :] + shift[:, None], out=request)
-        cap = np.where(cap >= NO_LIMIT, np.where(usable > 0, model.max_position_embeddings, 0), cap)
-        request[request <= 0] = INT64_MAX  # no stage holds pages: no batch fits, as in plan()
-        for d in range(n_d):
-            table[d, j] = (usable[d].astype(np.int64), cap[d].astype(np.int64),
-                           np.maximum(tight_budget[d], INT64_MIN).astype(np.int64),
-                           np.asarray(page_bytes[d]).astype(np.int64), request[d])
-    return [ConfigConstants(layout, layout.data, reserved, usable[i], cap[i], budget[i], pb[i], request)
-            for d in range(n_d) for j in range(len(page_sizes))
-            for usable, cap, budget, pb, request in [table[d, j]] for i in range(n_u)]
+    n_p = len(page_sizes)
+    pools = [[[kv.pool(page, layers) for layers in ranges] for page in page_sizes] for kv in kvs]  # [D][P][stage]
+    holding = [s for s in range(len(ranges)) if pools[0][0][s].page_bytes]  # alike for every dtype and page
+    rows = [g for g, (_, _, stage) in enumerate(groups) if stage in holding]
+    if rows:  # [D, P, U, B, G]: every KV dtype, page size, utilization, batch and device group at once
+        pb = np.asarray([[[pools[d][j][groups[g][2]].page_bytes for g in rows] for j in range(n_p)]
+                         for d in range(n_d)], dtype=dtype)[:, :, None, None, :]
+        budget_rows = np.moveaxis(kv_budget[:, rows, :], 1, -1)  # [U, B, G]
+        fit = budget_rows // pb
+        np.maximum(fit, 0, out=fit)  # pages_that_fit, on arrays
+        if len(rows) == 1:  # one kind of device holds pages: it is the tightest
+            fit, tight_budget = fit[..., 0], np.broadcast_to(budget_rows[..., 0], (n_d, n_p, n_u, n_b))
+            page_bytes = np.broadcast_to(pb[..., 0], fit.shape)
+        else:
+            tight = np.argmin(fit, axis=-1)[..., None]  # the first device with the fewest pages
+            fit, tight_budget, page_bytes = (np.take_along_axis(a, tight, axis=-1)[..., 0]
+                                             for a in (fit, budget_rows[None, None], pb))
+    else:  # no device holds KV pages
+        tight_budget = np.broadcast_to(kv_budget[None, None, :, 0, :], (n_d, n_p, n_u, n_b))
+        fit = page_bytes = np.zeros((n_d, n_p, n_u, n_b), dtype)
+    usable = fit - reserved
+    np.maximum(usable, 0, out=usable)
+    cap = np.empty(usable.shape, dtype=usable.dtype)
+    request = np.zeros((n_d, n_p, tokens.size), np.int64)
+    for j, stage in itertools.product(range(n_p), holding):
+        # dtypes change a pool's page bytes and its pages of recurrent state, never its groups:
+        # the first dtype's rule, shifted by each dtype's state pages, serves them all
+        ref_pool = pools[0][j][stage]
+        shift = np.asarray([pools[d][j][stage].state_pages - ref_pool.state_pages for d in range(n_d)])
+        most = ref_pool.max_tokens(usable[:, j] - shift[:, None, None] if shift.any() else usable[:, j])
+        if slack:
+            most = np.where(most < NO_LIMIT, np.maximum(most - slack, 0), NO_LIMIT)
+        if stage == holding[0]:
+            cap[:, j] = most
+        else:
+            np.minimum(cap[:, j], most, out=cap[:, j])
+        np.maximum(request[:, j], ref_pool.pages(tokens)[None, :] + shift[:, None], out=request[:, j])
+    if not holding:
+        cap.fill(NO_LIMIT)
+    unlimited = cap >= NO_LIMIT
+    if unlimited.any():
+        cap = np.where(unlimited, np.where(usable > 0, model.max_position_embeddings, 0), cap)
+    request[request <= 0] = INT64_MAX  # no stage holds pages: no batch fits, as in plan()
+    if dtype is object:  # exact budgets below −2^63 are clamped there
+        tight_budget = np.maximum(tight_budget, INT64_MIN)
+    n_c = n_d * n_p * n_u
+    return ConfigTable(np.full(n_c, layout.data, np.int64), np.full(n_c, reserved, np.int64),
+                       *(np.asarray(a, np.int64).reshape(n_c, n_b) for a in (usable, cap, tight_budget, page_bytes)),
+                       np.broadcast_to(request[:, :, None, :], (n_d, n_p, n_u, tokens.size)).reshape(n_c, -1))
 
 
 def _request_pages(holding: list[PoolGroups], lengths: np.ndarray, slack: int) -> np.ndarray:
@@ -307,13 +344,13 @@ def sweep(model: ModelSpec | str, mesh: DeviceMesh | str, *,
     """
     grid = _prepare(model, mesh, layouts, batch_sizes, lengths, kv_cache_dtypes, page_sizes,
                     utilizations, max_batch_input_tokens, plan_kwargs)
-    cells = len(grid.configs) * grid.batches.size * grid.lengths.size
+    cells = grid.n_configs * grid.batches.size * grid.lengths.size
     if cells > MAX_FULL_CELLS:
         raise InputError("batch_sizes × lengths", f"{cells:,} cells", f"at most {MAX_FULL_CELLS:,} cells for "
                          "sweep() (17 B each on the host); sweep_frontier() keeps only frontiers")
     reason, needed, headroom = _run(grid, "full", chunk_cells, compute_devices, progress)
     shape = (*grid.axes["config_shape"], grid.batches.size, grid.lengths.size)
-    available = np.stack([c.usable for c in grid.configs]).reshape(*shape[:-1], 1)
+    available = grid.column("usable").reshape(*shape[:-1], 1)
     reason = reason.reshape(shape)
     return SweepResult(**grid.axes_kwargs(), feasible=reason == 0, reason=reason,
                        pages_needed=needed.reshape(shape),
@@ -342,11 +379,19 @@ def sweep_frontier(model: ModelSpec | str, mesh: DeviceMesh | str, *,
 # --------------------------------------------------------------------------- preparation
 @dataclass(frozen=True)
 class _Grid:
-    configs: tuple[ConfigConstants, ...]  # C order over (layout, dtype, page size, utilization)
+    tables: tuple[ConfigTable, ...]  # one per layout; configs in C order over (layout, dtype, page, util)
     batches: np.ndarray
     lengths: np.ndarray
     limit: int
     axes: dict[str, Any]
+
+    @property
+    def n_configs(self) -> int:
+        return sum(len(t) for t in self.tables)
+
+    def column(self, name: str) -> np.ndarray:
+        """One ConfigTable column over every configuration."""
+        return np.concatenate([getattr(t, name) for t in self.tables])
 
     def axes_kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in self.axes.items() if k != "config_shape"}
@@ -378,17 +423,17 @@ def _prepare(model: ModelSpec | str, mesh: DeviceMesh | str, layouts: Any, batch
     if n_configs > MAX_CONFIGS:  # checked before one plan() per configuration
         raise InputError("layouts × kv_cache_dtypes × page_sizes × utilizations", n_configs,
                          f"at most {MAX_CONFIGS} configurations")
-    configs = tuple(c for lay in layout_list
-                    for c in layout_constants(model, mesh, lay, batches, lengths_, kv_cache_dtypes=dtype_names,
-                                              page_sizes=pages, utilizations=utils, max_batch_input_tokens=limit,
-                                              **plan_kwargs))
+    tables = tuple([layout_constants(model, mesh, lay, batches, lengths_, kv_cache_dtypes=dtype_names,
+                                     page_sizes=pages, utilizations=utils, max_batch_input_tokens=limit,
+                                     **plan_kwargs)
+                    for lay in layout_list])
     axes = dict(model=model.name, mesh=mesh.describe(), layouts=tuple(x.name for x in layout_list),
                 kv_dtypes=tuple(dtype_names), page_sizes=tuple(pages), utilizations=tuple(utils),
                 batches=batches, lengths=lengths_,
                 devices_per_replica=tuple(x.devices_per_replica for x in layout_list),
                 num_replicas=tuple(x.data for x in layout_list), max_batch_input_tokens=limit,
                 config_shape=(len(layout_list), len(dtypes), len(pages), len(utils)))
-    return _Grid(configs, batches, lengths_, limit, axes)
+    return _Grid(tables, batches, lengths_, limit, axes)
 
 
 def _nonempty(field: str, values: Any) -> list:
@@ -449,7 +494,7 @@ def _run(grid: _Grid, mode: str, chunk_cells: int, compute_devices: Any,
     """Evaluate the grid chunk by chunk; ``mode`` is "full" (every cell) or "aggregate"."""
     chunk_cells = check_int("chunk_cells", chunk_cells, maximum=MAX_CHUNK_CELLS)
     devices = _devices(compute_devices)
-    n_cfg, n_b, n_l = len(grid.configs), grid.batches.size, grid.lengths.size
+    n_cfg, n_b, n_l = grid.n_configs, grid.batches.size, grid.lengths.size
     c_pad, b_tile, l_tile = chunk_shape(n_cfg, n_b, n_l, chunk_cells, len(devices))
 
     consts = _stack_constants(grid, c_pad)
@@ -506,17 +551,13 @@ def chunk_shape(n_cfg: int, n_b: int, n_l: int, chunk_cells: int = DEFAULT_CHUNK
 def _stack_constants(grid: _Grid, c_pad: int) -> dict[str, np.ndarray]:
     """Per-config [C] and per-(config, batch) [C, B] int64 arrays, padded to c_pad configs with
     harmless values (no pages)."""
-    pad = c_pad - len(grid.configs)
-
-    def col(values: list[int], fill: int) -> np.ndarray:
-        return np.asarray([*values, *[fill] * pad], dtype=np.int64)
+    pad = c_pad - grid.n_configs
 
     def rows(name: str, fill: int) -> np.ndarray:
-        stacked = np.stack([getattr(c, name) for c in grid.configs])
-        return np.concatenate([stacked, np.full((pad, stacked.shape[1]), fill, np.int64)])
+        parts = [getattr(t, name) for t in grid.tables]
+        return np.concatenate([*parts, np.full((pad, *parts[0].shape[1:]), fill, np.int64)])
 
-    return {"dp": col([c.num_replicas for c in grid.configs], 1),
-            "reserved": col([c.reserved_pages for c in grid.configs], 0),
+    return {"dp": rows("num_replicas", 1), "reserved": rows("reserved_pages", 0),
             "usable": rows("usable", 0), "cap": rows("cap", 0), "kv_budget": rows("kv_budget", 0),
             "page_bytes": rows("page_bytes", 1), "q": rows("request_pages", INT64_MAX)}
 
