@@ -10,8 +10,9 @@ import pytest
 
 from estimator import Layout, ModelSpec, geometry, parameter_count, plan
 from estimator.core.kv_spec import kv_specs
+from estimator.core.sharding import StageMesh, weight_layout
 from estimator.model.hf_config import SUPPORTED_MODEL_TYPES, load_hf_config, spec_from_hf_config
-from estimator.model.weights import shard_shape, tensor_bytes, weight_tensors
+from estimator.model.weights import weight_tensors
 from meshes import InputError
 
 # deepseek-ai/DeepSeek-V3 config.json, architecture keys
@@ -71,11 +72,14 @@ def test_fp8_block_weights_by_hand():
     q_b = next(t for t in weight_tensors(m) if t.name == "self_attn.q_b_proj")
     assert q_b.shape == (128 * 192, 1536)
     # e4m3 values + one fp32 scale per 128×128 block
-    assert tensor_bytes(q_b, m, q_b.shape) == 24576 * 1536 + (24576 // 128) * (1536 // 128) * 4
-    shard = shard_shape(q_b, m, 8, 1)
-    assert tensor_bytes(q_b, m, shard) == 3072 * 1536 + 24 * 12 * 4
+    assert weight_layout(q_b, m, StageMesh(1, 1)).bytes_per_device == \
+        24576 * 1536 + (24576 // 128) * (1536 // 128) * 4
+    tp8 = weight_layout(q_b, m, StageMesh(1, 8))
+    assert tp8.bytes_per_device == 3072 * 1536 + 24 * 12 * 4
+    assert [(a.suffix, a.shape, a.spec) for a in tp8.arrays] == [("", (24576, 1536), ("tensor", None)),
+                                                                ((".scale"), (192, 12), ("tensor", None))]
     router = next(t for t in weight_tensors(m) if t.name == "mlp.router")
-    assert tensor_bytes(router, m, router.shape) == 256 * 7168 * 2  # routers stay bf16
+    assert weight_layout(router, m, StageMesh(1, 8)).bytes_per_device == 256 * 7168 * 2  # bf16, replicated
 
 
 def test_gemma2_window_caps_pages_at_window_over_page_plus_one():
@@ -169,9 +173,9 @@ def test_gpt_oss_mxfp4_experts(hf_config):
     experts = next(t for t in weight_tensors(m) if t.name == "mlp.experts.gate_up_proj")
     assert experts.shape == (128, 2 * 2880, 2880)
     # 4-bit values (half a byte) and one e8m0 scale byte per 32 values
-    assert tensor_bytes(experts, m, experts.shape) == 128 * 5760 * (2880 // 2 + 2880 // 32)
+    assert weight_layout(experts, m, StageMesh(1, 1)).bytes_per_device == 128 * 5760 * (2880 // 2 + 2880 // 32)
     q = next(t for t in weight_tensors(m) if t.name == "self_attn.q_proj")
-    assert tensor_bytes(q, m, q.shape) == 64 * 64 * 2880 * 2  # attention is not converted
+    assert weight_layout(q, m, StageMesh(1, 1)).bytes_per_device == 64 * 64 * 2880 * 2  # attention is not converted
 
 
 def test_awq_and_gptq_groups_by_hand():
@@ -180,8 +184,9 @@ def test_awq_and_gptq_groups_by_hand():
     gptq = spec({**base, "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}})
     down = next(t for t in weight_tensors(awq) if t.name == "mlp.down_proj")  # [4096, 14336]
     values, groups = 4096 * 14336 // 2, 14336 // 128
-    assert tensor_bytes(down, awq, down.shape) == values + groups * 4096 * 2 + groups * 4096 // 2
-    assert tensor_bytes(down, gptq, down.shape) == values + groups * 4096 * 2 + groups * 4096 // 2 + 14336 * 4
+    awq_bytes = values + groups * 4096 * 2 + groups * 4096 // 2  # values, fp16 scales, 4-bit zeros
+    assert weight_layout(down, awq, StageMesh(1, 1)).bytes_per_device == awq_bytes
+    assert weight_layout(down, gptq, StageMesh(1, 1)).bytes_per_device == awq_bytes + 14336 * 4  # + g_idx
 
 
 def test_speculative_slack_and_null_page_shorten_the_longest_request():

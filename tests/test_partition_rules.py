@@ -24,6 +24,7 @@ from estimator.core.partition_rules import (
     Tensor,
     default_rules,
     dtype_bits,
+    layout_mesh,
     rules_for,
     shard_weights,
     stack_experts,
@@ -83,6 +84,8 @@ def analytic(m: ModelSpec, layout: Layout) -> dict[int, int]:
     ("mixtral-8x7b", Layout(tensor=8)), ("mixtral-8x7b", Layout(tensor=8, expert=8)),
     ("mixtral-8x7b", Layout(data=2, tensor=4, expert=8)),
     ("qwen3-30b-a3b", Layout(tensor=4)), ("qwen3-30b-a3b", Layout(tensor=4, expert=4)),
+    ("mixtral-8x7b", Layout(tensor=8, expert=2)), ("qwen3-30b-a3b", Layout(tensor=8, expert=4)),  # ep < tp
+    ("qwen3-30b-a3b", Layout(data=4, tensor=2, expert=4)),  # tp < ep < dp · tp
 ])
 def test_default_rules_equal_geometry(preset, layout):
     m = load_preset(preset)
@@ -172,14 +175,23 @@ def test_stack_experts_groups_whole_experts():
 
 
 def test_rules_for_layouts():
+    """Expert specs on the stage mesh ('data', 'expert', 'tensor'): tp8·ep8 → expert 8 × tensor 1;
+    dp2·tp4·ep8 → data 1 × expert 2 × tensor 4 (experts over expert × tensor); tp8·ep2 → expert 2 ×
+    tensor 4 (whole experts over 'expert', each expert's width over 'tensor')."""
     m = load_preset("mixtral-8x7b")
+
+    def expert_specs(layout):
+        return [r.spec for r in rules_for(m, layout).rules if "experts" in r.pattern]
+
     assert not rules_for(m, Layout(tensor=8)).stack_experts
-    ep = rules_for(m, Layout(tensor=8, expert=8))
-    assert ep.stack_experts and [r.spec for r in ep.rules if "experts" in r.pattern] == [("tensor",)]
-    assert [r.spec for r in rules_for(m, Layout(data=2, tensor=4, expert=8)).rules
-            if "experts" in r.pattern] == [(("data", "tensor"),)]
+    assert rules_for(m, Layout(tensor=8, expert=8)).stack_experts
+    assert expert_specs(Layout(tensor=8, expert=8)) == [("expert", None), ("expert", None, None)]
+    both = ("expert", "tensor")
+    assert expert_specs(Layout(data=2, tensor=4, expert=8)) == [(both, None), (both, None, None)]
+    assert expert_specs(Layout(tensor=8, expert=2)) == [("expert", "tensor"), ("expert", None, "tensor")]
+    assert layout_mesh(Layout(data=2, tensor=4, expert=8)) == {"data": 1, "expert": 2, "tensor": 4}
     with pytest.raises(InputError, match="expert_parallel_size"):
-        rules_for(m, Layout(tensor=8, expert=2))
+        rules_for(m, Layout(tensor=8, expert=3))
 
 
 # ------------------------------------------------------------------------------------ bad input

@@ -35,16 +35,20 @@ CASES = [
     ("dp8", DENSE, "dp8", None, None, None),
     ("moe-dp2xtp4xep8", MOE, "dp2xtp4xep8", None, None, None),
     ("moe-dp2xtp4xep4", MOE, "dp2xtp4xep4", None, None, None),
+    ("moe-tp8xep2", MOE, "tp8xep2", None, None, None),  # expert groups inside the tensor group
+    ("moe-dp4xtp2xep4", MOE, "dp4xtp2xep4", None, None, None),  # an expert group spans 2 replicas
     ("fp8-kv", DENSE, "dp2xtp4", None, "fp8", "float8_e5m2"),
 ]
 
 
 # ------------------------------------------------------------------------- the subprocess
 def _describe(kind, alloc, mesh, layout):
+    from estimator.core.sharding import layout_stage_mesh
+
     index = {d: i for i, d in enumerate(mesh.devices)}
     out = []
     for t, a in zip(alloc.tensors, alloc.arrays, strict=True):
-        sizes = {"data": layout.data, "tensor": layout.tensor}
+        sizes = layout_stage_mesh(layout).sizes
         out.append({
             "kind": kind, "name": t.name, "stage": t.stage, "dtype": str(a.dtype), "table_dtype": t.dtype,
             "shape": list(a.shape), "table_shape": list(t.shape),
@@ -139,7 +143,7 @@ def test_every_shard_has_the_table_shape_dtype_and_spec(cpu8, case):
     assert c["pages"] > 0
     for a in c["arrays"]:
         assert a["shape"] == a["table_shape"], a["name"]
-        assert a["spec"] == a["table_spec"] and a["mesh_axes"] == ["data", "tensor"], a["name"]
+        assert a["spec"] == a["table_spec"] and a["mesh_axes"] == ["data", "expert", "tensor"], a["name"]
         assert a["dtype"] == (c["pool_dtype"] if a["kind"] == "kv" else a["table_dtype"]), a["name"]
         for _, shape, _ in a["shards"]:
             assert shape == a["expected_shard"], (a["name"], shape)
@@ -177,6 +181,23 @@ def test_kv_pool_layout_pages_over_data_heads_over_tensor(cpu8):
     assert tp8["table_shape"][4] == 8 and tp8["expected_shard"][4] == 1  # 4 heads stored twice at tp8
     embed = next(a for a in c["arrays"] if a["name"] == "embed_tokens")
     assert embed["table_shape"] == [1004, 256] and embed["expected_shard"] == [251, 256]  # vocab padded
+
+
+def test_experts_split_over_the_expert_axis_and_their_width_over_tensor(cpu8):
+    """tp8 · ep2 of the tiny MoE (8 experts of width 64, hidden 128): stage mesh data 1 × expert 2 ×
+    tensor 4, so a device holds 4 whole experts, each a quarter of its width (16); dp4 · tp2 · ep4:
+    data 2 × expert 2 × tensor 2, a device holds 2 whole experts, and pages split over 4 replicas."""
+    inside = {a["name"]: a for a in cpu8["moe-tp8xep2"]["arrays"]}
+    gate_up = inside["layers.0.mlp.experts.gate_up_proj"]
+    assert gate_up["table_shape"] == [8, 128, 128] and gate_up["table_spec"] == ["expert", "tensor", None]
+    assert {tuple(shape) for _, shape, _ in gate_up["shards"]} == {(4, 32, 128)}
+    spans = {a["name"]: a for a in cpu8["moe-dp4xtp2xep4"]["arrays"]}
+    down = spans["layers.0.mlp.experts.down_proj"]
+    assert down["table_spec"] == [["expert", "tensor"], None, None]
+    assert {tuple(shape) for _, shape, _ in down["shards"]} == {(2, 128, 64)}
+    pages = cpu8["moe-dp4xtp2xep4"]["pages"]
+    (pool,) = [a for a in spans.values() if a["kind"] == "kv"]
+    assert pool["table_spec"][2] == ["data", "expert"] and pool["expected_shard"][2] == pages
 
 
 def test_pipeline_stages_have_their_own_pool(cpu8):

@@ -142,15 +142,17 @@ def test_sharding_rules_must_map_every_axis_evenly(xla):
 
     arrays = (ShardedTensor("w", 0, (8, 6), ("tensor", None), "bfloat16"),
               ShardedTensor("pool", 0, (10, 4), ("data", None), "bfloat16"))
-    check_rules({"data": "data", "tensor": "tensor"}, arrays[:1], {"data": 2, "tensor": 4})
+    sizes = {"data": 2, "expert": 1, "tensor": 4}
+    every = {"data": "data", "expert": "expert", "tensor": "tensor"}
+    check_rules(every, arrays[:1], sizes)
     with pytest.raises(InputError, match="'tensor'.*unmapped"):
-        check_rules({"data": "data"}, arrays, {"data": 2, "tensor": 4})
+        check_rules({"data": "data", "expert": "expert"}, arrays, sizes)
     with pytest.raises(InputError, match="distinct mesh axis"):
-        check_rules({"data": "x", "tensor": "x"}, arrays, {"data": 2, "tensor": 4})
+        check_rules({"data": "x", "expert": "e", "tensor": "x"}, arrays, sizes)
     with pytest.raises(InputError, match="logical axes"):
-        check_rules({"data": "d", "tensor": "t", "expert": "e"}, arrays, {"data": 2, "tensor": 4})
+        check_rules({**every, "pipeline": "p"}, arrays, sizes)
     with pytest.raises(InputError, match=r"pool\(10, 4\).*divisible by 4"):
-        check_rules({"data": "d", "tensor": "t"}, arrays, {"data": 4, "tensor": 4})
+        check_rules({"data": "d", "expert": "e", "tensor": "t"}, arrays, {"data": 4, "expert": 1, "tensor": 4})
 
 
 def test_renamed_mesh_axes_compile_the_same(xla, cpu1, report):
@@ -362,3 +364,9 @@ def test_analytic_moe_term_charges_vllms_fused_moe_caches():
     assert analytic_activation_bytes(geom, 8192, 1) == 8192 * 2 * 2048 * 2 + 570_425_344
     dense = geometry(load_preset("llama-3.1-8b"), Layout.parse("tp1"))
     assert moe_dispatch_bytes(dense, 8192, 2) == 0
+    # tp8 · ep2: 64 experts per device, each a quarter of its width (768 / 4 = 192)
+    ep2 = geometry(load_preset("qwen3-30b-a3b"), Layout.parse("tp8xep2"))
+    assert moe_dispatch_bytes(ep2, 8192, 2) == pairs * (3 * 192 + 2048) * 2
+    # dp4 · tp2 · ep4: each expert group spans 2 replicas, which gather their tokens; whole experts
+    spans2 = geometry(load_preset("qwen3-30b-a3b"), Layout.parse("dp4xtp2xep4"))
+    assert moe_dispatch_bytes(spans2, 8192, 2) == 2 * pairs * (3 * 768 + 2048) * 2

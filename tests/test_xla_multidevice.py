@@ -66,6 +66,10 @@ SCRIPT = textwrap.dedent("""
     assert parameter_count(moe) > 0
     # expert degree 1: every device holds every expert, its width split over tensor
     check(moe, "dp4xtp2", ("decode",), {0: 3}, 2)
+    # expert groups inside the tensor group: 4 whole experts per device, a quarter of each one's width
+    check(moe, "tp8xep2", ("prefill", "decode"), {0: 3}, 1)
+    # an expert group spanning 2 replicas (tp2 · ep4 over dp4): 2 whole experts per device
+    check(moe, "dp4xtp2xep4", ("prefill", "decode"), {0: 3}, 2)
 
     try:
         compile_report(dense, "8xCPU-host", "tp8", tpu_topology="v5e:2x4")

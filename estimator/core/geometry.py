@@ -13,9 +13,10 @@ from functools import lru_cache
 
 from estimator.core.kv_spec import KVSpecs, PoolGroups, kv_specs
 from estimator.core.layout import Layout, stage_layers
+from estimator.core.sharding import layout_stage_mesh, weight_table
 from estimator.model.dtypes import canonical_dtype
 from estimator.model.spec import ModelSpec
-from estimator.model.weights import kv_heads_per_shard, shard_shape, tensor_bytes, weight_tensors
+from estimator.model.weights import kv_heads_per_shard
 from meshes.validation import InputError, check_int
 
 
@@ -86,23 +87,21 @@ def _geometry(model: ModelSpec, layout: Layout, kv_dtype: str, page_size: int, k
     kv = kv_specs(model, layout.tensor, kv_dtype, kv_scale_block)
     heads = 1 if kv.replicated_across_tensor or not attention else kv_heads_per_shard(model.num_kv_heads,
                                                                                       layout.tensor)
-    tensors = weight_tensors(model, include_mtp)
+    table = weight_table(model, layout_stage_mesh(layout, model), include_mtp)
     ranges = stage_layers(model.num_layers, layout.pipeline)
     stages = []
     for stage, layers in enumerate(ranges):
         first, last = stage == 0, stage == len(ranges) - 1
         weights = 0
-        for t in tensors:
+        for row in table:
+            t = row.tensor
             if t.placement == "layer":
                 copies = sum(1 for i in t.layers if i in layers)
             else:
                 copies = int((t.placement == "first" and first) or (t.placement == "last" and last))
-            if copies:
-                shape = shard_shape(t, model, layout.tensor, layout.expert)
-                weights += copies * tensor_bytes(t, model, shape)
+            weights += copies * row.bytes_per_device
         if model.tie_word_embeddings and last and not first:  # last stage keeps its own LM head
-            embed = next(t for t in tensors if t.name == "embed_tokens")
-            weights += tensor_bytes(embed, model, shard_shape(embed, model, layout.tensor, layout.expert))
+            weights += next(r.bytes_per_device for r in table if r.tensor.name == "embed_tokens")
         pool = kv.pool(page_size, layers)
         stages.append(StageGeometry(stage, layers, weights, pool.page_bytes, kv.token_bytes(layers),
                                     kv.state_bytes(layers), pool))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from estimator.core.sharding import layout_stage_mesh, spec_entry
 from estimator.model.checkpoint import SAFETENSORS_DTYPE_BITS
 from meshes.validation import InputError, check_choice, check_int
 
@@ -424,14 +425,16 @@ _NORMS = r"(^|\.)(input_layernorm|post_attention_layernorm|pre_feedforward_layer
          r"post_feedforward_layernorm|norm)\.weight$"
 
 
-def default_rules(head_dim: int, *, tensor: str = "tensor", expert_axes: Axes = None) -> PartitionRules:
+def default_rules(head_dim: int, *, tensor: Axes = "tensor", expert_axes: Axes = None,
+                  expert_width: Axes = None) -> PartitionRules:
     """Rules for HF Llama / Mistral / Qwen2 / Qwen3 / Mixtral / Qwen-MoE tensor names.
 
     The split kinds of ``estimator.model.weights``: embedding and LM head vocab-parallel (rows padded to
     a multiple of tp), q/gate/up column-parallel, k/v column-parallel over whole heads with heads
     replicated up to tp, o/down row-parallel, norms and routers replicated. Experts: with
     ``expert_axes`` None each expert is split like a dense MLP over ``tensor``; with mesh axes
-    (``"tensor"`` or ``("data", "tensor")``) experts are stacked and whole experts split over them.
+    experts are stacked and whole experts split over them, each expert's width over
+    ``expert_width`` when the expert group is smaller than the tensor group.
     Unused rules are ignored (the table serves several architectures); unmatched tensors are errors.
     """
     head_dim = check_int("head_dim", head_dim)
@@ -451,7 +454,8 @@ def default_rules(head_dim: int, *, tensor: str = "tensor", expert_axes: Axes = 
         rules += [(r"experts\.\d+\.(w1|w3|gate_proj|up_proj)\.weight$", (t, None)),
                   (r"experts\.\d+\.(w2|down_proj)\.weight$", (None, t))]
     else:
-        rules += [(r"experts\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$", (expert_axes,))]
+        rules += [(r"experts\.(w1|w3|gate_proj|up_proj)\.weight$", (expert_axes, expert_width)),
+                  (r"experts\.(w2|down_proj)\.weight$", (expert_axes, None, expert_width))]
     rules += [
         (r"mlp\.(shared_expert\.)?(gate|up)_proj\.(weight|bias)$", (t,)),
         (r"mlp\.(shared_expert\.)?down_proj\.weight$", (None, t)),
@@ -464,23 +468,17 @@ def default_rules(head_dim: int, *, tensor: str = "tensor", expert_axes: Axes = 
 
 
 def layout_mesh(layout: Any) -> dict[str, int]:
-    """The mesh one pipeline stage's weights are split over: ``{"data": dp, "tensor": tp}``."""
-    return {"data": layout.data, "tensor": layout.tensor}
+    """The mesh one pipeline stage's weights are split over: the sharding table's
+    ('data', 'expert', 'tensor') sub-mesh (estimator.core.sharding)."""
+    return layout_stage_mesh(layout).sizes
 
 
 def rules_for(model: Any, layout: Any) -> PartitionRules:
-    """:func:`default_rules` for a ModelSpec under a Layout (experts on the layout's expert axes)."""
-    axes: Axes = None
-    if model.num_experts and layout.expert > 1:
-        if layout.expert == layout.tensor:
-            axes = "tensor"
-        elif layout.expert == layout.tensor * layout.data:
-            axes = ("data", "tensor")
-        else:
-            raise InputError("expert_parallel_size", layout.expert,
-                             f"1, tensor ({layout.tensor}) or data × tensor ({layout.data * layout.tensor}) "
-                             "to lay experts on mesh axes")
-    return default_rules(model.head_dim, expert_axes=axes)
+    """:func:`default_rules` for a ModelSpec under a Layout, on the sharding table's axes."""
+    mesh = layout_stage_mesh(layout, model)
+    experts = spec_entry(mesh.expert_group) if model.num_experts and layout.expert > 1 else None
+    return default_rules(model.head_dim, tensor=spec_entry(mesh.tensor_group), expert_axes=experts,
+                         expert_width=spec_entry(mesh.expert_width_axes) if experts else None)
 
 
 def weight_bytes_per_stage(tensors: Iterable[Any], model: Any, layout: Any,

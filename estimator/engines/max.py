@@ -11,6 +11,7 @@ replica with one null page. Byte figures are pooled over all devices (MAX's scop
 from __future__ import annotations
 
 from estimator.core.kv_spec import kv_specs
+from estimator.core.sharding import StageMesh, weight_table
 from estimator.engines.base import (
     EnginePlan,
     Knob,
@@ -21,7 +22,6 @@ from estimator.engines.base import (
     with_band,
 )
 from estimator.engines.non_kv import Band, NonKV, term
-from estimator.model.weights import weight_tensors
 from estimator.planning.signals import SIGNAL_BUFFER_BYTES
 from estimator.seed.kv_params import KVCacheParams
 from estimator.seed.memory_estimator import (
@@ -64,11 +64,9 @@ def cache_dtype_for_encoding(weight_dtype: str) -> str:
 
 
 def checkpoint_bytes(setup: Setup) -> int:
-    """MAX's weights: the whole checkpoint (every tensor once, as geometry prices it at tp = 1)."""
-    from estimator.model.weights import tensor_bytes
-
-    m = setup.model
-    return sum(tensor_bytes(t, m, t.shape) * t.copies for t in weight_tensors(m))
+    """MAX's weights: the whole checkpoint (every tensor once, as the sharding table prices it on
+    one device)."""
+    return sum(row.bytes_per_device * row.tensor.copies for row in weight_table(setup.model, StageMesh(1, 1)))
 
 
 def compute(setup: Setup, which: str) -> EnginePlan:

@@ -205,38 +205,6 @@ def kv_heads_per_shard(num_kv_heads: int, tensor: int) -> int:
                      f"evenly or replicate evenly)")
 
 
-def _divide(tensor: WeightTensor, dim: int, parts: int, field: str) -> int:
-    size = tensor.shape[dim]
-    if size % parts:
-        raise InputError(field, parts, f"a divisor of {tensor.name}'s split dimension {size}")
-    return size // parts
-
-
-def shard_shape(tensor: WeightTensor, spec: ModelSpec, tp: int, ep: int) -> tuple[int, ...]:
-    """Shape of the slice of ``tensor`` one device holds (tensor degree tp, expert degree ep)."""
-    shape = list(tensor.shape)
-    if tensor.split == VOCAB:  # vocab-parallel: rows padded up to a multiple of tp
-        shape[0] = -(-shape[0] // tp)
-    elif tensor.split == KV:
-        shape[0] = shape[0] // spec.num_kv_heads * kv_heads_per_shard(spec.num_kv_heads, tp)
-    elif tensor.split == COLUMN:
-        shape[0] = _divide(tensor, 0, tp, "tensor_parallel_size")
-    elif tensor.split == ROW:
-        shape[-1] = _divide(tensor, len(shape) - 1, tp, "tensor_parallel_size")
-    elif tensor.split == EXPERTS:  # whole experts over ep devices; the rest of the group splits them
-        if shape[0] % ep:
-            raise InputError("expert_parallel_size", ep, f"a divisor of num_experts={shape[0]}")
-        if tp % ep and ep % tp:
-            raise InputError("expert_parallel_size", ep,
-                             f"a divisor or a multiple of tensor_parallel_size={tp}")
-        shape[0] //= ep
-        inner = tp // ep if tp % ep == 0 else 1
-        if inner > 1 and tensor.expert_inner_dim is not None:
-            shape[tensor.expert_inner_dim] = _divide(tensor, tensor.expert_inner_dim, inner,
-                                                     "tensor_parallel_size")
-    return tuple(shape)
-
-
 def _excluded(spec: ModelSpec, name: str) -> bool:
     full = f"model.layers.0.{name}"
     for pattern in spec.quant_exclude:
@@ -253,21 +221,3 @@ def is_quantized(tensor: WeightTensor, spec: ModelSpec) -> bool:
                                                                 else tensor.name):
         return False
     return spec.weight_quant != "mxfp4" or tensor.split == EXPERTS
-
-
-def tensor_bytes(tensor: WeightTensor, spec: ModelSpec, shape: tuple[int, ...]) -> int:
-    """Bytes of a slice of ``tensor`` with ``shape``, scales and zeros included when quantised."""
-    if not is_quantized(tensor, spec):
-        return math.prod(shape) * spec.weight_bytes_per_param
-    *lead, out, inp = shape
-    k, b = math.prod(lead), spec.quant_block
-    q = spec.weight_quant
-    if q == "fp8_block":  # e4m3 values + one fp32 scale per b×b block
-        return k * (out * inp + -(-out // b) * -(-inp // b) * 4)
-    if q == "fp8":  # e4m3 values + one fp32 scale per matrix
-        return k * (out * inp + 4)
-    if q == "mxfp4":  # 4-bit values + one e8m0 scale per 32 values
-        return k * (out * inp // 2 + out * -(-inp // b))
-    groups = -(-inp // b)  # int4 AWQ/GPTQ: packed values, fp16 scale and packed 4-bit zero per group
-    extra = inp * 4 if q == "gptq" else 0  # g_idx
-    return k * (out * inp // 2 + groups * out * 2 + groups * out // 2 + extra)

@@ -10,7 +10,7 @@ its normed copy (``2 · hidden``) plus the largest of
   fused_moe.py, ``fused_experts_impl``): for every (token, expert) pair
   ``intermediate_cache1`` (2·I), ``intermediate_cache2`` (I) and ``intermediate_cache3``
   (hidden), i.e. ``tokens · top_k · (3·I + hidden)`` values, I being the expert width a
-  device holds (split over 'tensor' unless the experts are);
+  device holds (split over the part of the tensor group the experts are not split over);
 
 all in the activation dtype, against the fp32 logits of ``sampler_rows`` sequences over this
 shard's vocabulary slice; the larger wins.
@@ -25,23 +25,30 @@ XLA for Qwen3-30B-A3B in a run of the same day.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from estimator.core.geometry import Geometry
 from estimator.core.kv_spec import cdiv, maximum
+from estimator.core.sharding import layout_stage_mesh
 
 LOGITS_BYTES = 4  # samplers compute logits in fp32
 
 
 def moe_dispatch_bytes(geom: Geometry, tokens: int, act: int) -> int:
-    """Per-device bytes of the fused-MoE caches for ``tokens`` tokens (0 for a dense model)."""
-    m, layout = geom.model, geom.layout
+    """Per-device bytes of the fused-MoE caches for ``tokens`` tokens (0 for a dense model).
+
+    The expert width a device holds and the tokens it dispatches come from the sharding table's
+    stage mesh: width split over the rest of the tensor group when experts are fewer groups than
+    tp; an expert group spanning k replicas gathers their tokens first (estimator.xla).
+    """
+    m = geom.model
     if not m.is_moe:
         return 0
-    tp = layout.tensor
-    inner = m.moe_intermediate_size if layout.expert >= tp else cdiv(m.moe_intermediate_size, tp)
-    # experts over data × tensor gather every replica's tokens before dispatch (estimator.xla)
-    gathered = tokens * (layout.data if layout.expert > 1 and layout.expert == layout.data * tp else 1)
+    mesh = layout_stage_mesh(geom.layout, m)
+    sizes = mesh.sizes
+    inner = cdiv(m.moe_intermediate_size, math.prod(sizes[a] for a in mesh.expert_width_axes))
+    gathered = tokens * math.prod(sizes[a] for a in mesh.expert_group if a in mesh.data_group)
     return gathered * m.num_experts_per_token * (3 * inner + m.hidden_size) * act
 
 

@@ -2,8 +2,8 @@
 
 ``allocate_kv_pool(plan, mesh)`` builds the paged KV pool and ``allocate_weights_like(plan, mesh)``
 placeholder weights (zeros, no checkpoint) from the one sharded-array table
-(``estimator.core.partitioning``: global padded shapes with PartitionSpecs over ('data', 'tensor') on
-each pipeline stage's sub-mesh), so every device's shards are byte for byte the plan's rows.
+(``estimator.core.partitioning``: global padded shapes with PartitionSpecs over ('data', 'expert',
+'tensor') on each pipeline stage's sub-mesh), so every device's shards are byte for byte the plan's rows.
 Arrays are made by a jitted zeros constructor with ``out_shardings``: each device writes its own
 shard, nothing is built on the host and copied.
 
@@ -34,6 +34,7 @@ from estimator.core.geometry import Geometry, geometry
 from estimator.core.layout import Layout
 from estimator.core.paging import pages_that_fit, scaled_budget
 from estimator.core.partitioning import STAGE_AXES, ShardedTensor, kv_pool_arrays, weight_arrays
+from estimator.core.sharding import layout_stage_mesh
 from estimator.model.dtypes import canonical_dtype, dtype_bytes
 from estimator.model.resolve import resolve_model
 from estimator.model.spec import ModelSpec
@@ -101,7 +102,7 @@ class Weights(Allocation):
 class KVPool(Allocation):
     """The paged KV pool: per pipeline stage one array
     ``[2 (K, V), layers of the stage, pages_per_replica × replicas, page_size, KV heads, head_dim]``,
-    pages split over 'data' (each replica its own pages), heads over 'tensor'.
+    pages split over the data group (each replica its own pages), heads over the tensor group.
     """
 
     pages_per_replica: int
@@ -317,12 +318,16 @@ def _require_live(mesh: DeviceMesh) -> None:
 
 
 def stage_meshes(mesh: DeviceMesh, layout: Layout) -> tuple[jax.sharding.Mesh, ...]:
-    """One ``jax.sharding.Mesh`` ('data', 'tensor') per pipeline stage, over that stage's devices."""
+    """One ``jax.sharding.Mesh`` ('data', 'expert', 'tensor') per pipeline stage, over that stage's
+    devices: its dp × tp grid factored as the sharding table's stage mesh (row-major, so a tensor
+    group stays neighbours and an expert group spans whole axes)."""
     logical = layout.logical_mesh(mesh)  # ('data', 'pipeline', 'tensor'), row-major as coordinates()
     grid = np.empty(logical.size, dtype=object)
     grid[:] = list(logical.devices)
     grid = grid.reshape(logical.axis_sizes)
-    return tuple(jax.sharding.Mesh(grid[:, s, :], STAGE_AXES) for s in range(layout.pipeline))
+    sizes = layout_stage_mesh(layout).sizes
+    shape = tuple(sizes[a] for a in STAGE_AXES)
+    return tuple(jax.sharding.Mesh(grid[:, s, :].reshape(shape), STAGE_AXES) for s in range(layout.pipeline))
 
 
 @lru_cache(maxsize=512)

@@ -1,7 +1,7 @@
 """Abstract lowering of the reference decoder's prefill and decode steps, and XLA's memory analysis.
 
 Nothing is allocated: every argument is a ``jax.ShapeDtypeStruct`` carrying a ``NamedSharding``
-on the stage's compile mesh ('data' × 'tensor'), the step is lowered with the KV pool donated,
+on the stage's compile mesh ('data' × 'expert' × 'tensor'), the step is lowered with the KV pool donated,
 compiled, and ``compiled.memory_analysis()`` is read per device.
 
 Which devices compile it:
@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 from estimator.core.geometry import Geometry, geometry
 from estimator.core.layout import Layout
 from estimator.core.partitioning import ShardedTensor
+from estimator.core.sharding import AXES, layout_stage_mesh
 from estimator.model.resolve import resolve_model
 from estimator.model.spec import ModelSpec
 from estimator.xla.decoder import Decoder, StageArrays, stage_arrays, stage_config
@@ -51,8 +52,8 @@ from meshes.mesh import DeviceMesh
 from meshes.validation import InputError, check_choice, check_int
 
 STEPS = ("prefill", "decode")
-LOGICAL_AXES = ("data", "tensor")  # the axes of a stage sub-mesh in the partitioning table
-DEFAULT_RULES: Mapping[str, str] = {"data": "data", "tensor": "tensor"}
+LOGICAL_AXES = AXES  # the axes of a stage sub-mesh in the sharding table
+DEFAULT_RULES: Mapping[str, str] = {a: a for a in AXES}
 DEFAULT_DECODE_CONTEXT = 2048  # tokens of context behind each decode query (page-table width)
 _TOPOLOGY_2D = ((2, 2), (2, 4), (4, 4), (4, 8), (8, 8), (8, 16), (16, 16))
 _TOPOLOGY_3D = ((2, 2, 1), (2, 2, 2), (2, 2, 4), (2, 4, 4), (4, 4, 4), (4, 4, 8), (4, 8, 8), (8, 8, 8))
@@ -240,10 +241,12 @@ def build_step(geom: Geometry, stage: int, step: str, target: Target, *, pages_p
     layout = geom.layout
     dp, tp = layout.data, layout.tensor
     arrays: StageArrays = stage_arrays(geom, stage, pages_per_replica, layer_loop=layer_loop)
-    check_rules(rules, (*arrays.weights, arrays.pool), {"data": dp, "tensor": tp})
-    d_ax, t_ax = rules["data"], rules["tensor"]
-    mesh = jax.sharding.Mesh(target.devices, (d_ax, t_ax))
-    cfg = stage_config(geom, stage, tensor_axis=t_ax, data_axis=d_ax, backend=target.backend)
+    rules = {"expert": "expert", **rules}  # rules written before the expert axis existed keep working
+    sizes = layout_stage_mesh(layout, geom.model).sizes
+    check_rules(rules, (*arrays.weights, arrays.pool), sizes)
+    mesh = jax.sharding.Mesh(target.devices.reshape(tuple(sizes[a] for a in AXES)), tuple(rules[a] for a in AXES))
+    cfg = stage_config(geom, stage, axis_names=rules, backend=target.backend)
+    d_ax = cfg.data_axis
     abstract = nnx.eval_shape(lambda: Decoder(cfg, arrays))
     graphdef, state = nnx.split(abstract)
     specs = _spec_tree(state, rules)

@@ -1,14 +1,16 @@
 """kvfit's reference decoder: a flax nnx model built from a ModelSpec, sharded by the partitioning table.
 
 One ``Decoder`` is one pipeline stage. Its parameters are exactly ``partitioning.weight_arrays``
-for that stage — same global (padded) shapes, same dtypes, same PartitionSpecs over the logical
-axes ('data', 'tensor') — so the weight bytes XLA sees per device are plan()'s weight bytes per
+for that stage — same global (padded) shapes, same dtypes, same PartitionSpecs over the sharding
+table's axes ('data', 'expert', 'tensor') — so the weight bytes XLA sees per device are plan()'s weight bytes per
 device. Consecutive layers with identical tensors are stacked into one group (a leading layer dim,
 no bytes added) and run with ``lax.scan`` (or unrolled, one group per layer).
 
 The step functions (``prefill``, ``decode``) are written per device (they run inside
-``jax.shard_map``): tensor-parallel matmuls with an all-reduce over 'tensor' after the row-split
-projections, a vocab-parallel embedding and LM head, pages split over 'data'. The paged KV pool
+``jax.shard_map``): tensor-parallel matmuls with an all-reduce over the tensor group after the
+row-split projections, a vocab-parallel embedding and LM head, pages split over the data group,
+experts split whole over the expert group (tokens gathered over the replicas it spans) and, when
+that group is smaller than the tensor group, each expert's width over the rest. The paged KV pool
 ``[2 (K, V), layers, pages, page_size, kv_heads, head_dim]`` is the one ``kv_pool_arrays``
 describes; it is updated in place and donated by the compiler (compile.py).
 
@@ -20,6 +22,7 @@ router normalisation are simplified). Features it cannot express raise ``InputEr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import jax
@@ -28,6 +31,7 @@ from flax import nnx
 
 from estimator.core.geometry import Geometry
 from estimator.core.partitioning import ShardedTensor, bytes_per_device, kv_pool_arrays, weight_arrays
+from estimator.core.sharding import AXES, layout_stage_mesh, spec_entry
 from meshes.validation import InputError
 
 ATTENTION_BLOCK = 256  # query / key block of the prefill attention (flash-style, bounded scores)
@@ -91,7 +95,7 @@ class StageConfig:
     vocab: int  # real vocabulary (padded rows are masked out of sampling)
     tensor: int
     data: int
-    expert_axes: tuple[str, ...]  # mesh axes the experts are split over ((), tensor, data+tensor)
+    expert_axes: tuple[str, ...]  # mesh axes whole experts are split over, major to minor (() = none)
     experts: int
     experts_per_token: int
     gated_mlp: bool
@@ -103,8 +107,10 @@ class StageConfig:
     page_size: int
     kv_dtype: str
     act_dtype: str
-    tensor_axis: str = "tensor"
-    data_axis: str = "data"
+    tensor_axis: str | tuple[str, ...] = "tensor"  # the tensor group's mesh axes
+    data_axis: str | tuple[str, ...] = "data"  # the data group's mesh axes
+    expert_gather_axes: tuple[str, ...] = ()  # data-group axes an expert group spans (tokens gathered)
+    expert_width_axis: str | None = None  # the axis each expert's width is split over, if any
     kv_view: str = ""  # the pool argument's dtype when it is an unsigned view of kv_dtype (XLA:CPU)
 
 
@@ -123,29 +129,35 @@ def _act_dtype(geom: Geometry) -> str:
     return w if w in ("bfloat16", "float16", "float32") else "bfloat16"
 
 
-def stage_config(geom: Geometry, stage: int, *, tensor_axis: str = "tensor",
-                 data_axis: str = "data", backend: str = "") -> StageConfig:
-    """The stage's static config. On XLA:CPU the pool argument is typed as an unsigned integer of
-    the KV dtype's width (same bytes; values bitcast on the way in and out): XLA:CPU would
-    otherwise upcast every bf16/fp8 scatter and gather on the pool to f32, copying the whole pool
-    into temp, which no GPU/TPU does."""
+def stage_config(geom: Geometry, stage: int, *, axis_names: Mapping[str, str] | None = None,
+                 backend: str = "") -> StageConfig:
+    """The stage's static config. ``axis_names`` maps the sharding table's axes ('data', 'expert',
+    'tensor') to the compile mesh's (default: the same names). On XLA:CPU the pool argument is typed
+    as an unsigned integer of the KV dtype's width (same bytes; values bitcast on the way in and
+    out): XLA:CPU would otherwise upcast every bf16/fp8 scatter and gather on the pool to f32,
+    copying the whole pool into temp, which no GPU/TPU does."""
     m, layout = geom.model, geom.layout
     s = geom.stages[stage]
     last = stage == len(geom.stages) - 1
-    axes: tuple[str, ...] = ()
-    if m.is_moe and layout.expert > 1:
-        axes = ("tensor",) if layout.expert == layout.tensor else ("data", "tensor")
-    names = {"tensor": tensor_axis, "data": data_axis}
+    names = {a: a for a in AXES} | dict(axis_names or {})
+    mesh = layout_stage_mesh(layout, m)
+
+    def physical(axes: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(names[a] for a in axes)
+
+    experts = physical(mesh.expert_group) if m.is_moe else ()
     return StageConfig(
         name=m.name, stage=stage, first=stage == 0, last=last, layers=tuple(s.layers),
         hidden=m.hidden_size, head_dim=m.head_dim, q_heads=m.num_attention_heads // layout.tensor,
         kv_heads=geom.kv_heads_per_shard, vocab=m.vocab_size, tensor=layout.tensor,
-        data=layout.data, expert_axes=tuple(names[a] for a in axes), experts=m.num_experts,
+        data=layout.data, expert_axes=experts, experts=m.num_experts,
         experts_per_token=m.num_experts_per_token, gated_mlp=m.gated_mlp,
         gated_attention=m.gated_attention, attention_sinks=m.attention_sinks, qk_norm=m.qk_norm,
         norms_per_layer=m.norms_per_layer, tie_embeddings=m.tie_word_embeddings and stage == 0 and last,
         page_size=geom.page_size, kv_dtype=geom.kv_cache_dtype, act_dtype=_act_dtype(geom),
-        tensor_axis=tensor_axis, data_axis=data_axis,
+        tensor_axis=spec_entry(physical(mesh.tensor_group)), data_axis=spec_entry(physical(mesh.data_group)),
+        expert_gather_axes=tuple(a for a in experts if a in physical(mesh.data_group)),
+        expert_width_axis=spec_entry(physical(mesh.expert_width_axes)) if m.is_moe else None,
         kv_view=f"uint{8 * jnp.dtype(geom.kv_cache_dtype).itemsize}" if backend == "cpu" else "")
 
 
@@ -371,8 +383,8 @@ class Decoder(nnx.Module):
         expert's run is skipped). Never every expert over every token, never a dropped token.
         """
         cfg = self.cfg
-        over_data = cfg.data_axis in cfg.expert_axes
-        xs = jax.lax.all_gather(x, cfg.data_axis, tiled=True) if over_data else x
+        gather = cfg.expert_gather_axes  # an expert group spanning replicas sees all their tokens
+        xs = jax.lax.all_gather(x, gather, tiled=True) if gather else x
         n_tok, k, hidden = xs.shape[0], cfg.experts_per_token, xs.shape[1]
         logits = _linear(xs, p["mlp.router"], p.get("mlp.router.bias"), out=jnp.float32)
         weights, ids = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), k)
@@ -403,8 +415,8 @@ class Decoder(nnx.Module):
         block_expert = jnp.searchsorted(ends, jnp.arange(n_blocks, dtype=jnp.int32) * block, side="right")
         x_rows = jnp.concatenate([xs, jnp.zeros((1, hidden), xs.dtype)])  # row n_tok: padding reads zeros
         scale = jnp.concatenate([(weights.reshape(-1) * mine).astype(xs.dtype), jnp.zeros(1, xs.dtype)])
-        first = (jax.lax.axis_index(cfg.tensor_axis) == 0) if cfg.tensor_axis not in cfg.expert_axes \
-            else True
+        # a bias is added once per expert: by the first of the shards splitting its width
+        first = (jax.lax.axis_index(cfg.expert_width_axis) == 0) if cfg.expert_width_axis else True
 
         def grouped(cache, b, compute):
             """One row block of a grouped matmul: read by pair id, write by pair id."""
@@ -435,8 +447,8 @@ class Decoder(nnx.Module):
         cache3, _ = jax.lax.scan(lambda c, b: grouped(c, b, down_proj),
                                  jnp.zeros((pairs + 1, hidden), xs.dtype), blocks)
         out = cache3[:pairs].reshape(n_tok, k, hidden).sum(axis=1)
-        if over_data:
-            out = jax.lax.psum_scatter(out, cfg.data_axis, scatter_dimension=0, tiled=True)
+        if gather:
+            out = jax.lax.psum_scatter(out, gather, scatter_dimension=0, tiled=True)
         out = jax.lax.psum(out, cfg.tensor_axis)
         if "mlp.shared_expert.gate_proj" in p:
             s = jax.nn.silu(_linear(x, p["mlp.shared_expert.gate_proj"])) * \
