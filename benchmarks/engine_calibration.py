@@ -41,7 +41,6 @@ from estimator.engines.non_kv import (  # noqa: E402
     calibrated,
     custom_all_reduce_bytes,
     fitted,
-    gpu_class,
     interconnect,
 )
 from estimator.model.hf_config import load_hf_config  # noqa: E402
@@ -205,7 +204,8 @@ def resolve_card(gpu: str, total_gib: float | None) -> tuple[DeviceSpec | None, 
              ("l40s", "L40S-48GB"), ("l20", "L40S-48GB"),  # L20: the L40S's 48 GB GDDR6 board memory
              ("a10g", "A10G-24GB"), ("a10 ", "A10-24GB"), ("a10(", "A10-24GB"),
              ("l4", "L4-24GB"), ("t4", "T4-16GB"), ("4090", "RTX4090-24GB"), ("3090", "RTX3090-24GB"),
-             ("5090", "RTX5090-32GB"), ("a4000", "RTXA4000-16GB"), ("a6000", "RTXA6000-48GB"),
+             ("5090", "RTX5090-32GB"), ("a4000", "RTXA4000-16GB"), ("a5000", "RTXA5000-24GB"),
+             ("a6000", "RTXA6000-48GB"),
              ("mi355", "MI355X-288GB"), ("mi325", "MI325X-256GB"), ("mi300", "MI300X-192GB"),
              ("v6e", "TPU-v6e"), ("v5e", "TPU-v5e"), ("v5p", "TPU-v5p")]
     name = None
@@ -333,12 +333,6 @@ def load_case(path: Path) -> Case:
     if "VLLM_PP_LAYER_PARTITION" in flags:
         case.skip = "custom pipeline layer partition (VLLM_PP_LAYER_PARTITION) not modelled"
         return case
-    if flags.get("speculative_config") or flags.get("vision") or flags.get("limit_mm_per_prompt"):
-        case.skip = "speculative decoding / multimodal encoder profiling not modelled"
-        return case
-    if flags.get("kv_transfer_config") or flags.get("kv_connector"):
-        case.skip = "KV connector (LMCache / NIXL) buffers not modelled"
-        return case
     limits = str(flags.get("build_limits", ""))
     if engine == "trtllm" and case.version == "trt-engine" and re.search(r"\bnot\b", limits):
         case.skip = "prebuilt engine whose build limits the log does not state (its runtime buffers depend on them)"
@@ -350,7 +344,13 @@ def load_case(path: Path) -> Case:
         case.skip = str(err)
         return case
     case.target, case.logged = pick_target(engine, logged, case.knobs)
-    if not case.target:
+    # skipped with the model and knobs kept: a term the log prints (e.g. its CUDA-graph estimate)
+    # still counts in the fit
+    if flags.get("speculative_config") or flags.get("vision") or flags.get("limit_mm_per_prompt"):
+        case.skip = "speculative decoding / multimodal encoder profiling not modelled"
+    elif flags.get("kv_transfer_config") or flags.get("kv_connector"):
+        case.skip = "KV connector (LMCache / NIXL) buffers not modelled"
+    elif not case.target:
         case.skip = "no KV figure in the log"
     elif case.logged <= 0:
         case.skip = f"logged {case.target} = {case.logged} (a start-up failure, not a capacity)"
@@ -525,8 +525,9 @@ PRIORS: dict[str, Any] = {
                  "nccl_tp_gib": {"default": {"nvlink": 1.5, "pcie": 0.5}, "v0": {"nvlink": 0.1, "pcie": 0.1},
                                  "v0-early": {"nvlink": 1.5, "pcie": 0.5}},
                  "nccl_pp_gib": 0.2,
-                 # public "Estimated CUDA graph memory" lines: 0.42, 0.59, 0.64, 0.94 GiB
-                 "cuda_graph_gib": {"default": {"large": 0.75, "hbm": 0.75, "other": 0.4}}},
+                 # per extra captured graph (vLLM's floor is 1 MiB): public "Estimated CUDA graph
+                 # memory" lines of 0.42–0.94 GiB at the default 51 PIECEWISE + 35 FULL sizes
+                 "cuda_graph_per_graph_mib": 4.0},
         "sglang": {"non_torch_base_gib": {"default": 0.1},
                    "nccl_tp_gib": {"default": {"nvlink": 1.25, "pcie": 0.5}}, "nccl_pp_gib": 0.2},
         "trtllm": {"non_torch_base_gib": {"default": 0.33},
@@ -561,6 +562,21 @@ def miss_gib(c: Case) -> float | None:
     except (InputError, ValueError, ZeroDivisionError):
         return None
     return (pred.value - c.logged) * pred.bytes_per_unit / GiB
+
+
+def graph_parts(c: Case, cal: dict[str, Any]) -> tuple[float, float]:
+    """(bytes of the largest capture, number of further graphs) of a log's CUDA-graph estimate: the
+    profile's graph term at 0 and at 1 MiB per graph."""
+    terms = []
+    for mib in (0.0, 1.0):
+        trial = json.loads(json.dumps(cal))
+        trial["constants"]["vllm"]["cuda_graph_per_graph_mib"] = mib
+        with calibrated(trial):
+            try:
+                terms.append(predict(c, band=False).nonkv_central.get("cuda_graph", 0))
+            except (InputError, ValueError):
+                return 0.0, 0.0
+    return terms[0], (terms[1] - terms[0]) / 2**20
 
 
 def sub_term_cases(cases: Iterable[Case]) -> list[Case]:
@@ -644,17 +660,19 @@ def fit(cases: Iterable[Case]) -> dict[str, Any]:
             const["nccl_pp_gib"] = round(max(shrunk_median(implied, PRIORS["constants"][engine]["nccl_pp_gib"]),
                                              0.0), 3)
         if engine == "vllm":
-            # the graph memory ≥ 0.21 subtracts ("Estimated CUDA graph memory"): logs of those versions,
-            # per GPU class (the capture sizes follow the class's max_num_seqs)
-            with_graphs = [c for c in own if "cuda_graph" in c.sub and c.version in ("0.2x", "0.33") and c.mesh]
-            for cls in ("large", "hbm", "other"):
-                mine = [c for c in with_graphs
-                        if gpu_class(c.mesh.stats[0].bytes_limit, c.mesh.device_kinds[0]) == cls]
-                if mine:
-                    prior = PRIORS["constants"][engine]["cuda_graph_gib"]["default"][cls]
-                    const["cuda_graph_gib"]["default"][cls] = round(
-                        shrunk_median([c.sub["cuda_graph"] for c in mine], prior), 3)
-                    used.update(str(c.path.relative_to(ROOT)) for c in mine)
+            # the graph memory ≥ 0.21 subtracts ("Estimated CUDA graph memory"): the per-graph cost
+            # each such log implies once the largest capture's activations are taken off
+            implied = []
+            for c in own:
+                if "cuda_graph" not in c.sub or c.version not in ("0.2x", "0.33") or not c.mesh:
+                    continue
+                first, extra = graph_parts(c, cal)
+                if extra:
+                    implied.append((c.sub["cuda_graph"] * GiB - first) / extra / 2**20)
+                    used.add(str(c.path.relative_to(ROOT)))
+            if implied:
+                const["cuda_graph_per_graph_mib"] = round(max(shrunk_median(
+                    implied, PRIORS["constants"][engine]["cuda_graph_per_graph_mib"]), 1.0), 2)
     cal["fitted_on"] = sorted(used)
     return cal
 

@@ -214,6 +214,12 @@ _add(DeviceSpec("RTX5090-32GB", "gpu", 32607 * MiB, 32607 * MiB - _CONTEXT_RESER
 _add(DeviceSpec("RTXA4000-16GB", "gpu", 16376 * MiB, 16376 * MiB - _CONTEXT_RESERVE, 448e9, 76.7e12,
                 "NVIDIA RTX A4000", ("A4000", "RTX-A4000", "RTXA4000")))
 
+# RTX A5000: 24 GB GDDR6, nvidia-smi 24564 MiB ("NVIDIA RTX A5000, 24564 MiB",
+# akash-network/provider-configs PR #83); 768 GB/s; tensor 222.2 TFLOP/s with sparsity -> 111.1
+# dense (NVIDIA RTX A5000 datasheet). Usable by the 500 MiB rule.
+_add(DeviceSpec("RTXA5000-24GB", "gpu", 24564 * MiB, 24564 * MiB - _CONTEXT_RESERVE, 768e9, 111.1e12,
+                "NVIDIA RTX A5000", ("A5000", "RTX-A5000", "RTXA5000")))
+
 # RTX A6000: 48 GB GDDR6 = 48 GiB of chips (NVIDIA RTX A6000 datasheet); no nvidia-smi print found,
 # so memory_bytes is the raw 48 GiB. Usable: torch's "47.53 GiB total capacity" on an A6000
 # (allenai/open-instruct issue #163, ECC off). Turning ECC on takes 1/16 (nvidia-smi then prints

@@ -23,7 +23,7 @@ GiB, MiB = 2**30, 2**20
 SYN = {
     "constants": {
         "vllm": {"non_torch_base_gib": {"default": 0.25}, "nccl_tp_gib": {"default": {"nvlink": 1.0, "pcie": 0.5}},
-                 "nccl_pp_gib": 0.125, "cuda_graph_gib": {"default": {"large": 0.5, "hbm": 0.5, "other": 0.25}}},
+                 "nccl_pp_gib": 0.125, "cuda_graph_per_graph_mib": 2.0},
         "sglang": {"non_torch_base_gib": {"default": 0.0}, "nccl_tp_gib": {"default": {"nvlink": 1.0, "pcie": 0.5}},
                    "nccl_pp_gib": 0.125},
         "trtllm": {"non_torch_base_gib": {"default": 0.25}, "nccl_tp_gib": {"default": {"nvlink": 1.0, "pcie": 0.5}},
@@ -64,11 +64,32 @@ def test_tensor_parallel_buffers_and_pipeline_without_them():
     assert vllm("2xRTX4090-24GB", "tp2").non_kv.get("non_torch") == GiB // 4 + GiB // 2 + CUSTOM_AR
 
 
-@pytest.mark.parametrize(("version", "graph"), [("0.33", GiB // 2), ("0.2x", GiB // 2), ("0.10", 0),
+# Llama-3.1-8B on one H100 (vllm serve defaults: 8192 batched tokens, 1024 seqs): capture sizes up
+# to min(2 · 1024, 512) = 512 — 1, 2, 4, 8..248 by 8, 256..512 by 16: 51 PIECEWISE graphs and, all
+# being ≤ max_num_seqs, 51 FULL ones. The largest capture holds one layer's activations at 512
+# tokens, 110,592 B a token (3 · 4096 hidden + 3 · 14336 MLP, bf16); each further graph 2 MiB (SYN).
+GRAPH_8B = 512 * 110_592 + (50 + 50) * 2 * MiB
+
+
+@pytest.mark.parametrize(("version", "graph"), [("0.33", GRAPH_8B), ("0.2x", GRAPH_8B), ("0.10", 0),
                                                   ("0.9", 0), ("v0", 0)])
 def test_cuda_graph_term_by_version(version, graph):
     assert vllm(version=version, max_model_len=8192).non_kv.get("cuda_graph") == graph
     assert vllm(version=version, max_model_len=8192, enforce_eager=True).non_kv.get("cuda_graph") == 0
+
+
+def test_cuda_graph_term_follows_the_capture_sizes():
+    from estimator.engines.non_kv import cudagraph_capture_sizes
+
+    # a vLLM 0.21.0 log at max_num_seqs 256: "PIECEWISE=51 (largest=512), FULL=35 (largest=256)"
+    sizes = cudagraph_capture_sizes(256, 8192)
+    assert (len(sizes), max(sizes)) == (51, 512) and len([s for s in sizes if s <= 256]) == 35
+    # --max-cudagraph-capture-size 64: 1, 2, 4, 8..64 → 11 sizes per mode
+    small = vllm(version="0.33", max_model_len=8192, max_cudagraph_capture_size=64)
+    assert small.non_kv.get("cuda_graph") == 64 * 110_592 + (10 + 10) * 2 * MiB
+    # 48 seqs: PIECEWISE up to 96 (1, 2, 4, 8..96: 15 sizes), FULL up to 48 (9 sizes)
+    few = vllm(version="0.33", max_model_len=8192, max_num_seqs=48)
+    assert few.non_kv.get("cuda_graph") == 96 * 110_592 + (14 + 8) * 2 * MiB
 
 
 def test_dummy_sampler_over_max_num_seqs_by_version():

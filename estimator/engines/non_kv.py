@@ -53,7 +53,9 @@ Terms (bytes on one device):
     (``nccl_pp_gib``) — a PP run holds no tensor-parallel buffers.
 - ``cuda_graph``: the dummy CUDA-graph capture vLLM subtracts since v0.21
   (vllm/v1/worker/gpu_model_runner.py ``profile_cudagraph_memory``, PR #30515; on by default
-  through ``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS``); per GPU class, calibration.json.
+  through ``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS``) as a function of the capture sizes
+  (``capture_graph_band``): the largest capture's activations plus a fitted per-graph cost for
+  every further size of the PIECEWISE and FULL modes; TRT-LLM a constant per GPU class.
 - ``context``: the CUDA context and libraries already resident when an engine reads free memory
   (SGLang, TRT-LLM measure free memory, so this comes off their budget; vLLM's budget is a share
   of total memory and ignores it).
@@ -401,8 +403,40 @@ NON_TORCH_SOURCE = ("base + NCCL " + CALIBRATION_SOURCE + "; custom all-reduce b
 
 
 def cuda_graph_band(engine: str, version: str, cls: str) -> Band:
+    """A per-GPU-class constant (TRT-LLM's captured graphs; calibration.json ``cuda_graph_gib``)."""
     gib = fitted(engine, "cuda_graph_gib", version, cls)
     return Band.of(gib * GiB, gib * GiB, gib * GiB)
+
+
+def cudagraph_capture_sizes(max_num_seqs: int, max_num_batched_tokens: int,
+                            largest: int | None = None) -> tuple[int, ...]:
+    """vLLM's default CUDA-graph capture sizes (vllm/config/vllm.py ``_set_cudagraph_sizes``, v0.11+):
+    up to ``max_cudagraph_capture_size`` = min(2 · max_num_seqs, 512) (and never past
+    max_num_batched_tokens): 1, 2, 4, then multiples of 8 below 256, then multiples of 16. A
+    0.21.0 log prints "PIECEWISE=51 (largest=512), FULL=35 (largest=256)" at max_num_seqs 256."""
+    top = min(largest or min(2 * max_num_seqs, 512), max_num_batched_tokens)
+    return (*(s for s in (1, 2, 4) if s <= top), *range(8, min(top + 1, 256), 8), *range(256, top + 1, 16))
+
+
+MIN_GRAPH_BYTES = 1 << 20  # vLLM's floor per extra graph ("at least 1 MiB per graph for driver overhead")
+
+
+def capture_graph_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int,
+                       modes: Iterable[Iterable[int]], per_graph_bytes: int) -> Band:
+    """Graph-pool memory of capturing each mode's sizes, as vLLM's ``profile_cudagraph_memory``
+    estimates it (vllm/v1/worker/gpu_model_runner.py, default since v0.21.0, PR #30515): per mode
+    the first (largest) capture's memory plus ``(n − 1) ×`` the second's, the modes sharing one pool
+    (the largest first capture counts once). The first capture holds the step's activations at its
+    size (``forward_bytes``); the per-graph bytes are fitted (calibration.json
+    ``cuda_graph_per_graph_mib``), with vLLM's 1 MiB floor as the band's low end and twice the fit
+    as its high end."""
+    modes = [tuple(m) for m in modes if m]
+    if not modes:
+        return Band.exact(0)
+    first = max(forward_bytes(model, tensor, kv_heads_per_shard, max(m)) for m in modes)
+    extra = sum(len(m) - 1 for m in modes)
+    return Band.of(first + extra * MIN_GRAPH_BYTES, first + extra * per_graph_bytes,
+                   first + extra * 2 * per_graph_bytes)
 
 
 CUDA_GRAPH_SOURCE = ("vllm/v1/worker/gpu_model_runner.py profile_cudagraph_memory (PR #30515, applied by "
@@ -461,7 +495,8 @@ def term(name: str, band: Band, source: str, measured: int | None = None) -> Ter
 
 __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTEXT", "CONTEXT_SOURCE",
            "CUDA_GRAPH_SOURCE", "GPU_CLASSES", "LORA_SOURCE", "NON_TORCH_SOURCE", "RESIDUAL_SOURCE", "Band",
-           "NonKV", "Term", "activation_band", "activation_width", "calibrated", "calibration", "cuda_graph_band",
+           "NonKV", "Term", "activation_band", "activation_width", "calibrated", "calibration", "capture_graph_band",
+           "cuda_graph_band", "cudagraph_capture_sizes",
            "custom_all_reduce_bytes", "fitted", "forward_bytes", "forward_bytes_per_token", "gpu_class",
            "interconnect", "lora_slot_bytes", "mxfp4_padding_bytes", "non_torch_band", "residual_band",
            "rotary_cache_bytes", "sampler_bytes_per_logit", "term"]

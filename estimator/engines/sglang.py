@@ -45,8 +45,9 @@ from estimator.engines.non_kv import (
     NonKV,
     Term,
     activation_band,
-    cuda_graph_band,
-    gpu_class,
+    capture_graph_band,
+    cudagraph_capture_sizes,
+    fitted,
     interconnect,
     non_torch_band,
     residual_band,
@@ -128,7 +129,6 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     geom = geometry(m, lay, kv_cache_dtype=kv_dtype, page_size=page)
     kvs = kv_specs(m, lay.tensor, kv_dtype)
     first = mesh.stats[0]
-    cls = gpu_class(first.bytes_limit, mesh.device_kinds[0])
     d_chunk, d_bs = tier(first.bytes_limit / GiB, lay.tensor)
     chunked = k["chunked_prefill_size"] or d_chunk
     max_bs = k["cuda_graph_max_bs"] or d_bs
@@ -239,7 +239,12 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                             "(input length exceeds the maximum allowed length)")
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=geom.kv_heads_per_shard, tokens=chunked,
                           sampler_rows=min(max_bs, chunked))
-    graph = cuda_graph_band("vllm", "0.33", cls).central if graphs else 0  # a vLLM-sized graph pool
+    # SGLang captures one graph per batch size up to cuda_graph_max_bs into one pool: vLLM's
+    # estimate of that (sizes 1, 2, 4, multiples of 8 ...), one mode
+    graph = capture_graph_band(m, tensor=lay.tensor, kv_heads_per_shard=geom.kv_heads_per_shard,
+                               modes=[cudagraph_capture_sizes(max_bs, chunked, max_bs)],
+                               per_graph_bytes=int(fitted("vllm", "cuda_graph_per_graph_mib") * MiB)
+                               ).central if graphs else 0
     reserve = pre - int(pre * Fraction(str(frac)))
     if error is None and reserve - req_pool < act.central + graph:
         warnings.append(f"the static reserve ({reserve / GiB:.2f} GB) minus the ReqToTokenPool "

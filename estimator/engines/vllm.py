@@ -68,7 +68,9 @@ from estimator.engines.non_kv import (
     NonKV,
     Term,
     activation_band,
-    cuda_graph_band,
+    capture_graph_band,
+    cudagraph_capture_sizes,
+    fitted,
     gpu_class,
     interconnect,
     lora_slot_bytes,
@@ -122,6 +124,8 @@ KNOBS = {
     "cpu_offload_gb": Knob("cpu_offload_gb", 0, lambda f, v: 0.0 if v == 0 else positive_number(f, v),
                            "GiB of weights per GPU kept in CPU memory"),
     "disable_custom_all_reduce": Knob("disable_custom_all_reduce", False, boolean),
+    "max_cudagraph_capture_size": Knob("max_cudagraph_capture_size", None, integer(1, 2**20),
+                                       "default: min(2 · max_num_seqs, 512) (vllm --max-cudagraph-capture-size)"),
     "usage_context": Knob("usage_context", "openai_api_server", choice(USAGE),
                           "openai_api_server (vllm serve) or llm_class (LLM(...)): batch defaults"),
 }
@@ -366,7 +370,7 @@ def _check_length(setup: Setup, requested: int | None) -> tuple[int, bool]:
 
 # ----------------------------------------------------------------------------- profile
 def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, stage_layers: range,
-                 kv_heads_per_shard: int, batched: int, seqs: int, cls: str, graphs: bool) -> NonKV:
+                 kv_heads_per_shard: int, batched: int, seqs: int, graphs: bool) -> NonKV:
     """vLLM's non-KV terms on one worker of pipeline stage ``stage`` (estimator.engines.non_kv)."""
     lay, k, version, measured = setup.layout, setup.knobs, setup.version, setup.measured
     weights = stage_weights + rotary_cache_bytes(m)
@@ -397,7 +401,8 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
                                          custom_ar=not k["disable_custom_all_reduce"],
                                          data=1 if version.startswith("v0") else lay.data),
              NON_TORCH_SOURCE, measured.get("non_torch_bytes")),
-        term("cuda_graph", cuda_graph_band(NAME, version, cls) if graphs else Band.exact(0),
+        term("cuda_graph", graph_band(m, lay.tensor, kv_heads_per_shard, seqs, batched,
+                                      k["max_cudagraph_capture_size"]) if graphs else Band.exact(0),
              CUDA_GRAPH_SOURCE, measured.get("cuda_graph_bytes")),
     ]
     modelled = [t for t in terms if not t.measured and t.name != "weights" and t.band.central]
@@ -405,6 +410,17 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         residual = residual_band(NAME, version, lay.tensor, setup.mesh.stats[0].bytes_limit)
         terms.append(Term("residual", residual, RESIDUAL_SOURCE))
     return NonKV(tuple(terms))
+
+
+def graph_band(m: ModelSpec, tensor: int, kv_heads_per_shard: int, seqs: int, batched: int,
+               largest: int | None) -> Band:
+    """The CUDA-graph estimate of the default FULL_AND_PIECEWISE mode: PIECEWISE graphs at every
+    capture size, FULL (uniform decode) graphs at the sizes up to max_num_seqs (a 0.21.0 log:
+    "PIECEWISE=51 (largest=512), FULL=35 (largest=256)")."""
+    sizes = cudagraph_capture_sizes(seqs, batched, largest)
+    return capture_graph_band(m, tensor=tensor, kv_heads_per_shard=kv_heads_per_shard,
+                              modes=(sizes, [s for s in sizes if s <= seqs]),
+                              per_graph_bytes=int(fitted(NAME, "cuda_graph_per_graph_mib") * 2**20))
 
 
 def compute(setup: Setup, which: str) -> EnginePlan:
@@ -442,7 +458,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
             stage = geom.stages[s]
             nk = non_kv_terms(setup, m, stage_weights=stage.weight_bytes, stage=s, stage_layers=stage.layers,
                               kv_heads_per_shard=geom.kv_heads_per_shard, batched=batched, seqs=seqs,
-                              cls=cls, graphs=graphs)
+                              graphs=graphs)
             requested = scaled(stats.bytes_limit, util, ceil=version == "0.33")
             context = setup.measured.get("context_bytes", CONTEXT.central)
             if stats.free - context < requested and startup_error is None:
