@@ -53,7 +53,11 @@ def maximum(a: Any, b: Any) -> Any:
 
 
 def select(condition: Any, a: Any, b: Any) -> Any:
-    """``a if condition else b`` for ints and integer arrays alike."""
+    """``a if condition else b`` for ints and integer arrays alike (an array's own ``where`` when it
+    has an array namespace: one pass instead of three)."""
+    namespace = getattr(condition, "__array_namespace__", None)
+    if namespace is not None:
+        return namespace().where(condition, a, b)
     return b + (a - b) * condition
 
 
@@ -233,7 +237,7 @@ class PoolGroups:
         if not growing:
             return select(sum(c * n for c, n in caps.items()) <= room, NO_LIMIT, 0)
         if not caps:  # every group grows with the request: one region
-            return select(room > 0, room // growing * self.page_size, 0)
+            return select(room > 0, (room if growing == 1 else room // growing) * self.page_size, 0)
         growing += sum(caps.values())
         best, saturated, start = 0 * room, 0, 0
         for upper in [*sorted(caps), None]:  # the region start ≤ p ≤ upper

@@ -50,7 +50,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import jax
@@ -247,13 +247,15 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
         budget_rows = np.moveaxis(kv_budget[:, rows, :], 1, -1)  # [U, B, G]
         fit = budget_rows // pb
         np.maximum(fit, 0, out=fit)  # pages_that_fit, on arrays
-        if len(rows) == 1:  # one kind of device holds pages: it is the tightest
-            fit, tight_budget = fit[..., 0], np.broadcast_to(budget_rows[..., 0], (n_d, n_p, n_u, n_b))
-            page_bytes = np.broadcast_to(pb[..., 0], fit.shape)
-        else:
-            tight = np.argmin(fit, axis=-1)[..., None]  # the first device with the fewest pages
-            fit, tight_budget, page_bytes = (np.take_along_axis(a, tight, axis=-1)[..., 0]
-                                             for a in (fit, budget_rows[None, None], pb))
+        # the tightest device: the first with the fewest pages (a running minimum over the few groups)
+        budgets = np.broadcast_to(budget_rows, fit.shape)
+        pbs = np.broadcast_to(pb, fit.shape)
+        tight_fit, tight_budget, page_bytes = fit[..., 0], budgets[..., 0], pbs[..., 0]
+        for g in range(1, len(rows)):
+            fewer = fit[..., g] < tight_fit
+            tight_fit, tight_budget, page_bytes = (np.where(fewer, a[..., g], t) for a, t in (
+                (fit, tight_fit), (budgets, tight_budget), (pbs, page_bytes)))
+        fit = tight_fit
     else:  # no device holds KV pages
         tight_budget = np.broadcast_to(kv_budget[None, None, :, 0, :], (n_d, n_p, n_u, n_b))
         fit = page_bytes = np.zeros((n_d, n_p, n_u, n_b), dtype)
@@ -261,19 +263,26 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
     np.maximum(usable, 0, out=usable)
     cap = np.empty(usable.shape, dtype=usable.dtype)
     request = np.zeros((n_d, n_p, tokens.size), np.int64)
-    for j, stage in itertools.product(range(n_p), holding):
+    pages_axis = np.asarray(page_sizes, np.int64)
+    for stage in holding:
         # dtypes change a pool's page bytes and its pages of recurrent state, never its groups:
-        # the first dtype's rule, shifted by each dtype's state pages, serves them all
-        ref_pool = pools[0][j][stage]
-        shift = np.asarray([pools[d][j][stage].state_pages - ref_pool.state_pages for d in range(n_d)])
-        most = ref_pool.max_tokens(usable[:, j] - shift[:, None, None] if shift.any() else usable[:, j])
-        if slack:
-            most = np.where(most < NO_LIMIT, np.maximum(most - slack, 0), NO_LIMIT)
-        if stage == holding[0]:
-            cap[:, j] = most
-        else:
-            np.minimum(cap[:, j], most, out=cap[:, j])
-        np.maximum(request[:, j], ref_pool.pages(tokens)[None, :] + shift[:, None], out=request[:, j])
+        # the first dtype's rule, shifted by each dtype's state pages, serves them all; a pool with
+        # no windowed group and no state is one rule for every page size too (page size an array)
+        ref = pools[0][0][stage]
+        shape = _rule_shape(ref)
+        if not any(w for _, w, _ in shape) and all(
+                _rule_shape(pools[d][j][stage]) == shape and not pools[d][j][stage].state_pages
+                for d in range(n_d) for j in range(n_p)):
+            most = replace(ref, page_size=pages_axis[None, :, None, None]).max_tokens(usable)
+            needed = replace(ref, page_size=pages_axis[:, None]).pages(tokens)[None]  # [1, P, L]
+            _merge_stage(cap, request, most, needed, slack, first=stage == holding[0])
+            continue
+        for j in range(n_p):
+            ref_pool = pools[0][j][stage]
+            shift = np.asarray([pools[d][j][stage].state_pages - ref_pool.state_pages for d in range(n_d)])
+            most = ref_pool.max_tokens(usable[:, j] - shift[:, None, None] if shift.any() else usable[:, j])
+            needed = ref_pool.pages(tokens)[None, :] + shift[:, None]
+            _merge_stage(cap[:, j], request[:, j], most, needed, slack, first=stage == holding[0])
     if not holding:
         cap.fill(NO_LIMIT)
     unlimited = cap >= NO_LIMIT
@@ -286,6 +295,25 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
     return ConfigTable(np.full(n_c, layout.data, np.int64), np.full(n_c, reserved, np.int64),
                        *(np.asarray(a, np.int64).reshape(n_c, n_b) for a in (usable, cap, tight_budget, page_bytes)),
                        np.broadcast_to(request[:, :, None, :], (n_d, n_p, n_u, tokens.size)).reshape(n_c, -1))
+
+
+def _rule_shape(pool: PoolGroups) -> tuple[tuple[type, int, int], ...]:
+    """What a pool's request rule depends on besides the page size: each group's kind, window and
+    pages per page of tokens (not its bytes, which the KV dtype changes)."""
+    return tuple((type(spec), spec.window, count) for spec, count in pool.groups)
+
+
+def _merge_stage(cap: np.ndarray, request: np.ndarray, most: Any, needed: Any, slack: int, *,
+                 first: bool) -> None:
+    """Fold one stage's longest request (``most``, before the speculative slack) and pages per
+    request (``needed``) into the running minimum cap and maximum request, in place."""
+    if slack:
+        most = np.where(most < NO_LIMIT, np.maximum(most - slack, 0), NO_LIMIT)
+    if first:
+        cap[...] = most
+    else:
+        np.minimum(cap, most, out=cap)
+    np.maximum(request, needed, out=request)
 
 
 def _request_pages(holding: list[PoolGroups], lengths: np.ndarray, slack: int) -> np.ndarray:
