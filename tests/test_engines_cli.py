@@ -130,3 +130,16 @@ def test_pipeline_layout_runs_the_engines_that_have_stages():
             "--json")
     assert r.exit_code == 0, r.output
     assert [p["engine"] for p in json.loads(r.output)] == ["vllm", "sglang", "trtllm"]  # MAX has no PP
+
+
+def test_expert_group_inside_the_tensor_group_runs_the_engines_that_allow_it():
+    """vLLM's --enable-expert-parallel spans every data × tensor rank: tp8 · ep2 is no vLLM layout,
+    so by default the comparison leaves vLLM out, and asked for by name it is refused (exit 2)."""
+    args = ("engines", "--model", "qwen3-30b-a3b", "--mesh", "8xH100-80GB", "--layout", "tp8xep2",
+            "--max-model-len", "8192")
+    r = run(*args, "--json")
+    assert "vllm" not in [p["engine"] for p in json.loads(r.stdout)] and r.exit_code in (0, 1), r.output
+    named = run(*args, "--engines", "vllm")
+    assert named.exit_code == 2 and "expert_parallel_size=2" in named.output and "data × tensor = 8" in named.output
+    assert run("engines", "--model", "qwen3-30b-a3b", "--mesh", "8xH100-80GB", "--layout", "tp8xep8",
+               "--engines", "vllm", "--max-model-len", "8192").exit_code == 0

@@ -79,6 +79,7 @@ TrtBeamOpt = Annotated[int | None, _F("--max-beam-width", help="TRT-LLM build li
 
 
 NO_PIPELINE = ("max", "tpu")  # profiles without pipeline stages (they refuse a pp layout)
+EP_OVER_ALL_RANKS = ("vllm",)  # expert parallelism only over every data × tensor rank (they refuse others)
 
 
 def flag_knobs(engine: str, flags: dict[str, Any]) -> dict[str, Any]:
@@ -223,8 +224,11 @@ def engines_command(
         check_one_format(as_json, as_csv)
         text = layout_text(layout, tensor_parallel_size, data_parallel_size, pipeline_parallel_size)
         names = tuple(profile(e).NAME for e in comma_list(engines)) if engines else engines_for(mesh)
-        if not engines and text and Layout.resolve(text, DeviceMesh.from_preset(mesh)).pipeline > 1:
+        lay = Layout.resolve(text, DeviceMesh.from_preset(mesh)) if not engines and text else None
+        if lay and lay.pipeline > 1:
             names = tuple(e for e in names if e not in NO_PIPELINE)  # by default, only those that can
+        if lay and lay.expert not in (1, lay.data * lay.tensor):
+            names = tuple(e for e in names if e not in EP_OVER_ALL_RANKS)
         if not names:
             raise InputError("--engines", engines, "at least one engine")
         sets = parse_sets(knob, names)

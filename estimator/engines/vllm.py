@@ -425,6 +425,13 @@ def graph_band(m: ModelSpec, tensor: int, kv_heads_per_shard: int, seqs: int, ba
 
 def compute(setup: Setup, which: str) -> EnginePlan:
     mesh, lay, k, version = setup.mesh, setup.layout, setup.knobs, setup.version
+    if lay.expert not in (1, lay.data * lay.tensor):
+        # --enable-expert-parallel puts the experts over every data × tensor rank
+        # (vllm/model_executor/layers/fused_moe/config.py FusedMoEParallelConfig.make: ep_size =
+        # dp_size · tp_size); there is no smaller expert group to ask for
+        raise InputError("expert_parallel_size", lay.expert,
+                         f"1 or data × tensor = {lay.data * lay.tensor} for vLLM (--enable-expert-parallel "
+                         "spans every data and tensor rank)")
     m = apply_model_knobs(setup.model, k["quantization"], k["dtype"])
     util = k["gpu_memory_utilization"] or (0.92 if version == "0.33" else 0.9)
     length, auto_fit = _check_length(setup, k["max_model_len"])
