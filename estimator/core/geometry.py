@@ -8,6 +8,7 @@ are Python ints (exact at any size).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -95,8 +96,8 @@ def _geometry(model: ModelSpec, layout: Layout, kv_dtype: str, page_size: int, k
         weights = 0
         for row in table:
             t = row.tensor
-            if t.placement == "layer":
-                copies = sum(1 for i in t.layers if i in layers)
+            if t.placement == "layer":  # t.layers ascending, layers a contiguous range
+                copies = bisect_left(t.layers, layers.stop) - bisect_left(t.layers, layers.start)
             else:
                 copies = int((t.placement == "first" and first) or (t.placement == "last" and last))
             weights += copies * row.bytes_per_device

@@ -22,6 +22,7 @@ and its jitted kernel).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -291,17 +292,21 @@ class KVSpecs:
         page-size-free part of pool(), cached per layer range (sweeps ask for many page sizes)."""
         key = None if layers is None else (layers.start, layers.stop, layers.step)
         if key not in self._groupings:
+            # layers of one kind share one spec object (kv_specs): count them, then read each once
             chosen = self._select(layers)
-            token = [s for s in chosen if s.holds_tokens]
-            state = sum(s.state_bytes for s in chosen)
-            sizes = {s.token_bytes for s in token}
+            counts = Counter(map(id, chosen))
+            distinct = {id(s): s for s in chosen}
+            token = [(distinct[i], n) for i, n in counts.items() if distinct[i].holds_tokens]
+            state = sum(distinct[i].state_bytes * n for i, n in counts.items())
+            sizes = {s.token_bytes for s, _ in token}
             if len(sizes) > 1:
                 raise InputError("layers", sorted(sizes), "one KV size per token for every attention layer")
-            by_key: dict[tuple[str, int], list[KVSpec]] = {}
-            for s in token:
-                by_key.setdefault(s.group_key, []).append(s)
-            per_page = math.gcd(*(len(v) for v in by_key.values())) if by_key else 0
-            groups = tuple((v[0], len(v) // per_page) for v in by_key.values())
+            by_key: dict[tuple[str, int], list] = {}
+            for s, n in token:
+                entry = by_key.setdefault(s.group_key, [s, 0])
+                entry[1] += n
+            per_page = math.gcd(*(n for _, n in by_key.values())) if by_key else 0
+            groups = tuple((first, n // per_page) for first, n in by_key.values())
             self._groupings[key] = (sizes.pop() if sizes else 0, per_page, groups, state)
         return self._groupings[key]
 
@@ -350,21 +355,28 @@ def kv_specs(m: ModelSpec, tp: int, kv_cache_dtype: str | None = None,
                              f"unset for a {dtype} cache (scales are for 8-bit caches)")
     shared_from = m.num_layers - m.kv_shared_layers
     heads = kv_heads_per_shard(m.num_kv_heads, tp) if m.num_kv_heads else 0
-    specs: list[KVSpec] = []
+
+    def spec_of(kind: str) -> KVSpec:
+        if kind == "none":
+            return NoCacheSpec()
+        if kind in RECURRENT_TYPES:
+            return _recurrent(m, kind, tp, dtype)
+        if m.is_mla:
+            latent = m.kv_lora_rank + m.qk_rope_head_dim
+            return MLASpec(latent, width, _scale_bytes(latent, dtype, scale_block), m.index_head_dim)
+        if kind == "full_attention":
+            return FullAttentionSpec(heads, m.head_dim, width, _scale_bytes(m.head_dim, dtype, scale_block))
+        return SlidingWindowSpec(heads, m.head_dim, width, _scale_bytes(m.head_dim, dtype, scale_block),
+                                 sliding_window=m.sliding_window)
+
+    by_kind: dict[str, KVSpec] = {}  # one spec object per kind, shared by its layers
+    specs = []
     for layer in range(m.num_layers):
         kind = m.layer_type(layer)
-        if layer >= shared_from or kind == "mlp_only":
-            specs.append(NoCacheSpec())
-        elif kind in RECURRENT_TYPES:
-            specs.append(_recurrent(m, kind, tp, dtype))
-        elif m.is_mla:
-            latent = m.kv_lora_rank + m.qk_rope_head_dim
-            specs.append(MLASpec(latent, width, _scale_bytes(latent, dtype, scale_block), m.index_head_dim))
-        elif kind == "full_attention":
-            specs.append(FullAttentionSpec(heads, m.head_dim, width, _scale_bytes(m.head_dim, dtype, scale_block)))
-        else:
-            specs.append(SlidingWindowSpec(heads, m.head_dim, width, _scale_bytes(m.head_dim, dtype, scale_block),
-                                           sliding_window=m.sliding_window))
+        kind = "none" if layer >= shared_from or kind == "mlp_only" else kind
+        if kind not in by_kind:
+            by_kind[kind] = spec_of(kind)
+        specs.append(by_kind[kind])
     return KVSpecs(tuple(specs), dtype)
 
 
