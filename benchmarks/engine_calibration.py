@@ -406,11 +406,14 @@ def knobs_for(engine: str, version: str, doc: dict[str, Any], flags: dict[str, A
         frac = number(flags.get("free_gpu_memory_fraction") or flags.get("kv_cache_free_gpu_mem_fraction"))
         if frac and frac < 1:
             knobs["free_gpu_memory_fraction"] = frac
+        # the limits a build command line states (trtllm-build --max_batch_size 2048 ...) count as
+        # flags of their own where the log gives no separate value
+        built = dict(re.findall(r"--(\w+)[ =](\d+)\b", str(flags.get("build", ""))))
         for src, name in (("tokens_per_block", "tokens_per_block"), ("max_batch_size", "max_batch_size"),
                           ("max_num_requests", "max_batch_size"), ("max_num_tokens", "max_num_tokens"),
                           ("max_input_len", "max_input_len"), ("max_beam_width", "max_beam_width"),
                           ("max_seq_len", "max_seq_len"), ("max_tokens", "max_tokens")):
-            v = number(flags.get(src))
+            v = number(flags.get(src)) or number(built.get(src))
             if v:
                 knobs[name] = int(v)
         for name in ("max_input_len", "max_batch_size"):  # "default of build.py 0.5.0 (2048)"
@@ -423,7 +426,7 @@ def knobs_for(engine: str, version: str, doc: dict[str, Any], flags: dict[str, A
             # max_input_len packed tokens (tensorrt_llm/commands/build.py of those releases)
             knobs["max_num_tokens"] = knobs.get("max_batch_size", 256) * knobs.get("max_input_len", 1024)
         if "max_seq_len" not in knobs:
-            out_len = number(flags.get("max_output_len"))
+            out_len = number(flags.get("max_output_len")) or number(built.get("max_output_len"))
             in_len = knobs.get("max_input_len")
             if out_len and in_len:
                 knobs["max_seq_len"] = int(out_len + in_len)
