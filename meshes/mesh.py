@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from meshes.catalog import CATALOG, DeviceSpec, device_spec
@@ -83,13 +84,9 @@ class DeviceMesh:
             import jax
 
             return cls.from_jax(jax.local_devices(), axes)
-        hosts, per_host, spec = _parse_preset(preset)
-        devices = tuple(SimulatedDevice(i, spec, bytes_in_use=bytes_in_use,
-                                        process_index=i // per_host)
-                        for i in range(hosts * per_host))
-        if axes is None:
-            axes = {"host": hosts, "device": per_host} if hosts > 1 else {"device": per_host}
-        return cls.from_devices(devices, axes)
+        if axes is None and isinstance(preset, str) and type(bytes_in_use) is int:
+            return _simulated_preset(preset, bytes_in_use)  # frozen: one object per preset and fill
+        return _build_simulated(preset, bytes_in_use, axes)
 
     @classmethod
     def from_jax(cls, devices: Sequence[Any] | None = None, axes: Mapping[str, int] | None = None,
@@ -198,6 +195,21 @@ def _parse_preset(preset: str) -> tuple[int, int, DeviceSpec]:
     if n_hosts * per_host > MAX_MESH_DEVICES:
         raise InputError("mesh", preset, f"at most {MAX_MESH_DEVICES:,} devices (got {n_hosts * per_host:,})")
     return n_hosts, per_host, spec
+
+
+def _build_simulated(preset: str, bytes_in_use: int, axes: Mapping[str, int] | None) -> DeviceMesh:
+    hosts, per_host, spec = _parse_preset(preset)
+    devices = tuple(SimulatedDevice(i, spec, bytes_in_use=bytes_in_use, process_index=i // per_host)
+                    for i in range(hosts * per_host))
+    if axes is None:
+        axes = {"host": hosts, "device": per_host} if hosts > 1 else {"device": per_host}
+    return DeviceMesh.from_devices(devices, axes)
+
+
+@lru_cache(maxsize=64)
+def _simulated_preset(preset: str, bytes_in_use: int) -> DeviceMesh:
+    """A simulated preset mesh, built once: it reads no environment and is a frozen value."""
+    return _build_simulated(preset, bytes_in_use, None)
 
 
 def _device_kind(device: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 
 from estimator.model.hf_config import load_hf_config
@@ -13,7 +14,12 @@ from meshes.validation import InputError, check_choice
 
 def load_preset(name: str) -> ModelSpec:
     """The embedded preset ``name`` (case-insensitive)."""
-    key = check_choice("model", str(name).strip().lower(), PRESETS)
+    return _preset(check_choice("model", str(name).strip().lower(), PRESETS))
+
+
+@cache
+def _preset(key: str) -> ModelSpec:
+    """Built once per preset: a ModelSpec is a frozen value."""
     return ModelSpec.from_dict({"name": key, **PRESETS[key]})
 
 
