@@ -129,3 +129,15 @@ def test_closed_form_max_tokens_equals_bisection_on_ints_and_arrays(full, window
     expected = [_bisect_max_tokens(pool, u) for u in usable]
     assert [pool.max_tokens(u) for u in usable] == expected
     assert pool.max_tokens(np.asarray(usable, dtype=np.int64)).tolist() == expected
+
+
+def test_select_keeps_scalars_scalar_and_uses_where_on_arrays():
+    """``select`` serves Python ints, NumPy scalars (still hashable) and arrays alike."""
+    import numpy as np
+
+    from estimator.core.kv_spec import select
+
+    assert select(True, 3, 5) == 3 and select(False, 3, 5) == 5
+    scalar = select(np.int64(2) > 1, np.int64(7), 0)
+    assert scalar == 7 and hash(scalar) == hash(7)
+    assert select(np.array([4, 0, 9]) > 1, np.array([1, 2, 3]), -1).tolist() == [1, -1, 3]

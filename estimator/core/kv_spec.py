@@ -56,8 +56,8 @@ def maximum(a: Any, b: Any) -> Any:
 def select(condition: Any, a: Any, b: Any) -> Any:
     """``a if condition else b`` for ints and integer arrays alike (an array's own ``where`` when it
     has an array namespace: one pass instead of three)."""
-    namespace = getattr(condition, "__array_namespace__", None)
-    if namespace is not None:
+    namespace = getattr(condition, "__array_namespace__", None) if getattr(condition, "ndim", 0) else None
+    if namespace is not None:  # (a 0-d condition keeps the arithmetic: a scalar stays a scalar)
         return namespace().where(condition, a, b)
     return b + (a - b) * condition
 
