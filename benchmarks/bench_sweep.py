@@ -10,7 +10,8 @@
    10 utilizations, 256 × 256 cells each; llama-3.1-70b on 8xH100-80GB), in a fresh process: the
    per-configuration constants from the KV specs on arrays (``layout_constants``, what sweep()
    runs) against the scalar path (``config_constants``, one plan() per configuration, the path
-   before), and the share of the whole aggregate sweep spent in Python set-up.
+   before), and the share of the whole aggregate sweep spent in Python set-up — for the first
+   sweep in a process (compile included), a repeated sweep, and a new model in a warm process.
 
 Columns: setup_s is the exact per-config Python (plan() per configuration, constants per batch
 value), paid once per call whatever the cell count; chunks_s the jitted chunks alone;
@@ -146,15 +147,18 @@ def grid_benchmark(n_batch: int, n_length: int, repeats: int, chunk_cells: int) 
     return rows
 
 
+SECOND_MODEL = "qwen2.5-72b"  # another 80-layer model: the many-configuration set-up of a new model
 MANY = dict(model="llama-3.1-70b", mesh="8xH100-80GB", layouts=["tp8", "dp2xtp4", "dp4xtp2", "dp8", "tp4xpp2"],
             dtypes=["bf16", "fp8", "fp16", "fp32"], pages=[16, 32, 64, 128, 256],
             utils=[0.80, 0.82, 0.84, 0.86, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96])
 
 
 def many_configs_child(repeats: int) -> dict:
-    """Set-up (cold: the first call in this process; steady: best of ``repeats`` later calls) and
-    kernel (best of ``repeats`` warm calls) of a 1,000-configuration aggregate sweep, and the
-    scalar set-up path on the same grid."""
+    """Set-up vs kernel of a 1,000-configuration aggregate sweep, like with like: the first call
+    in this process (set-up cold; kernel compiled on the way), later calls (best of ``repeats``,
+    caches of frozen values and the compiled kernel warm), and the set-up of a second model in
+    the warm process (its KV specs, geometry and sharding table built anew); and the scalar
+    set-up path on the same grid."""
     import itertools
 
     import numpy as np
@@ -167,16 +171,21 @@ def many_configs_child(repeats: int) -> dict:
     batches, lengths = np.arange(1, 257), np.arange(1, 257) * 512
     m = MANY
 
-    def prepare():
-        return sw._prepare(m["model"], m["mesh"], m["layouts"], batches, lengths, m["dtypes"], m["pages"],
+    def prepare(model=m["model"]):
+        return sw._prepare(model, m["mesh"], m["layouts"], batches, lengths, m["dtypes"], m["pages"],
                            m["utils"], 8192, {})
 
     t0 = time.perf_counter()
     grid = prepare()
-    setup = time.perf_counter() - t0
-    steady = min(_time(prepare, 1)[1] for _ in range(repeats))  # later calls: caches of frozen values warm
-    sw._run(grid, "aggregate", 2**24, None, None)  # compile
+    first_setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sw._run(grid, "aggregate", 2**24, None, None)  # compiles
+    first_kernel = time.perf_counter() - t0
+    steady = min(_time(prepare, 1)[1] for _ in range(repeats))
     kernel = min(_time(lambda: sw._run(grid, "aggregate", 2**24, None, None), 1)[1] for _ in range(repeats))
+    t0 = time.perf_counter()
+    prepare(SECOND_MODEL)
+    other = time.perf_counter() - t0
     model, mesh = resolve_model(m["model"]), DeviceMesh.from_preset(m["mesh"])
     t0 = time.perf_counter()
     for lay, d, p, u in itertools.product(m["layouts"], m["dtypes"], m["pages"], m["utils"]):
@@ -184,9 +193,11 @@ def many_configs_child(repeats: int) -> dict:
                             utilization=u, max_batch_input_tokens=8192)
     scalar = time.perf_counter() - t0
     return {"configs": grid.n_configs, "cells": grid.n_configs * batches.size * lengths.size,
-            "setup_s": setup, "steady_setup_s": steady, "scalar_setup_s": scalar, "speedup": scalar / setup,
-            "kernel_s": kernel, "setup_share": setup / (setup + kernel),
-            "steady_share": steady / (steady + kernel), "scalar_share": scalar / (scalar + kernel)}
+            "first_setup_s": first_setup, "first_kernel_s": first_kernel,
+            "first_share": first_setup / (first_setup + first_kernel),
+            "setup_s": steady, "kernel_s": kernel, "setup_share": steady / (steady + kernel),
+            "new_model_setup_s": other, "new_model_share": other / (other + kernel),
+            "scalar_setup_s": scalar, "speedup": scalar / steady, "scalar_share": scalar / (scalar + kernel)}
 
 
 def many_configs(repeats: int) -> dict:
@@ -281,9 +292,10 @@ def main() -> None:
         print(json.dumps(many_configs_child(args.many_child)))
         return
     if args.only_setup:
-        print(table([many_configs(args.repeats)], ["configs", "cells", "setup_s", "steady_setup_s",
-                                                   "scalar_setup_s", "speedup", "kernel_s", "setup_share",
-                                                   "steady_share", "scalar_share"], args.markdown))
+        print(table([many_configs(args.repeats)], ["configs", "cells", "first_setup_s", "first_kernel_s",
+                                                   "first_share", "setup_s", "kernel_s", "setup_share",
+                                                   "new_model_setup_s", "new_model_share", "scalar_setup_s",
+                                                   "speedup", "scalar_share"], args.markdown))
         return
     if args.child:
         import jax

@@ -43,23 +43,31 @@ def cdiv(a: Any, b: Any) -> Any:
     return -(-a // b)
 
 
+def _namespace(*values: Any) -> Any:
+    """The array namespace (``numpy``, ``jax.numpy``) of the first value that is an array of rank
+    ≥ 1, or None: ints, and 0-d values whose result should stay a scalar, keep plain arithmetic."""
+    for v in values:
+        if getattr(v, "ndim", 0) and hasattr(v, "__array_namespace__"):
+            return v.__array_namespace__()
+    return None
+
+
 def minimum(a: Any, b: Any) -> Any:
-    """``min(a, b)`` for ints and integer arrays alike (no array namespace needed)."""
-    return a - (a - b) * (a > b)
+    """``min(a, b)`` for ints and integer arrays alike (an array's own ``minimum``: one pass)."""
+    xp = _namespace(a, b)
+    return xp.minimum(a, b) if xp is not None else a - (a - b) * (a > b)
 
 
 def maximum(a: Any, b: Any) -> Any:
     """``max(a, b)`` for ints and integer arrays alike."""
-    return a + (b - a) * (b > a)
+    xp = _namespace(a, b)
+    return xp.maximum(a, b) if xp is not None else a + (b - a) * (b > a)
 
 
 def select(condition: Any, a: Any, b: Any) -> Any:
-    """``a if condition else b`` for ints and integer arrays alike (an array's own ``where`` when it
-    has an array namespace: one pass instead of three)."""
-    namespace = getattr(condition, "__array_namespace__", None) if getattr(condition, "ndim", 0) else None
-    if namespace is not None:  # (a 0-d condition keeps the arithmetic: a scalar stays a scalar)
-        return namespace().where(condition, a, b)
-    return b + (a - b) * condition
+    """``a if condition else b`` for ints and integer arrays alike (an array's own ``where``)."""
+    xp = _namespace(condition)
+    return xp.where(condition, a, b) if xp is not None else b + (a - b) * condition
 
 
 @dataclass(frozen=True)
@@ -224,7 +232,7 @@ class PoolGroups:
         last region whose start still fits holds the answer, ``(room − saturated) // growing``
         clipped to the region's end — one closed form for a scalar and for a whole array.
         """
-        room = usable_pages - self.state_pages
+        room = usable_pages - self.state_pages if self.state_pages else usable_pages
         if not self.groups:
             return select(room >= 0, NO_LIMIT, 0)
         caps: dict[int, int] = {}
@@ -237,8 +245,8 @@ class PoolGroups:
                 growing += count
         if not growing:
             return select(sum(c * n for c, n in caps.items()) <= room, NO_LIMIT, 0)
-        if not caps:  # every group grows with the request: one region
-            return select(room > 0, (room if growing == 1 else room // growing) * self.page_size, 0)
+        if not caps:  # every group grows with the request: one region (≤ 0 rooms give ≤ 0: none)
+            return maximum((room if growing == 1 else room // growing) * self.page_size, 0)
         growing += sum(caps.values())
         best, saturated, start = 0 * room, 0, 0
         for upper in [*sorted(caps), None]:  # the region start ≤ p ≤ upper
@@ -269,11 +277,11 @@ class KVSpecs:
 
     def token_bytes(self, layers: range | None = None) -> int:
         """KV bytes one token adds over ``layers`` (default: all) on this device."""
-        return sum(s.token_bytes for s in self._select(layers))
+        return sum(s.token_bytes * n for s, n in self._counts(layers))
 
     def state_bytes(self, layers: range | None = None) -> int:
         """Recurrent state of one request over ``layers`` on this device."""
-        return sum(s.state_bytes for s in self._select(layers))
+        return sum(s.state_bytes * n for s, n in self._counts(layers))
 
     @property
     def replicated_across_tensor(self) -> bool:
@@ -292,12 +300,9 @@ class KVSpecs:
         page-size-free part of pool(), cached per layer range (sweeps ask for many page sizes)."""
         key = None if layers is None else (layers.start, layers.stop, layers.step)
         if key not in self._groupings:
-            # layers of one kind share one spec object (kv_specs): count them, then read each once
-            chosen = self._select(layers)
-            counts = Counter(map(id, chosen))
-            distinct = {id(s): s for s in chosen}
-            token = [(distinct[i], n) for i, n in counts.items() if distinct[i].holds_tokens]
-            state = sum(distinct[i].state_bytes * n for i, n in counts.items())
+            counts = self._counts(layers)
+            token = [(s, n) for s, n in counts if s.holds_tokens]
+            state = sum(s.state_bytes * n for s, n in counts)
             sizes = {s.token_bytes for s, _ in token}
             if len(sizes) > 1:
                 raise InputError("layers", sorted(sizes), "one KV size per token for every attention layer")
@@ -310,8 +315,15 @@ class KVSpecs:
             self._groupings[key] = (sizes.pop() if sizes else 0, per_page, groups, state)
         return self._groupings[key]
 
-    def _select(self, layers: range | None) -> tuple[KVSpec, ...]:
-        return self.layers if layers is None else tuple(self.layers[i] for i in layers)
+    def _counts(self, layers: range | None) -> tuple[tuple[KVSpec, int], ...]:
+        """Each distinct spec object of ``layers`` (in order of first use) and how many layers use it:
+        layers of one kind share one spec (kv_specs), so each is read once. Cached per range."""
+        key = ("counts", None if layers is None else (layers.start, layers.stop, layers.step))
+        if key not in self._groupings:
+            chosen = self.layers if layers is None else tuple(self.layers[i] for i in layers)
+            distinct = {id(s): s for s in chosen}
+            self._groupings[key] = tuple((distinct[i], n) for i, n in Counter(map(id, chosen)).items())
+        return self._groupings[key]
 
 
 def _scale_bytes(values: int, dtype: str, scale_block: int | None) -> int:

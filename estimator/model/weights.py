@@ -160,8 +160,12 @@ def weight_tensors(spec: ModelSpec, include_mtp: bool = False) -> tuple[WeightTe
     """
     h = spec.hidden_size
     by_shape: dict[tuple, list[int]] = {}
+    by_kind: dict[tuple[str, bool], list[WeightTensor]] = {}  # a layer's tensors follow from its kind
     for layer in range(spec.num_layers):
-        for t in _layer(spec, layer):
+        kind = (spec.layer_type(layer), spec.is_moe_layer(layer))
+        if kind not in by_kind:
+            by_kind[kind] = _layer(spec, layer)
+        for t in by_kind[kind]:
             by_shape.setdefault((t.name, t.shape, t.split, t.linear, t.expert_inner_dim), []).append(layer)
     out = [WeightTensor("embed_tokens", (spec.vocab_size, h), VOCAB, "first")]
     if spec.vision_params:

@@ -245,11 +245,12 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
         pb = np.asarray([[[pools[d][j][groups[g][2]].page_bytes for g in rows] for j in range(n_p)]
                          for d in range(n_d)], dtype=dtype)[:, :, None, None, :]
         budget_rows = np.moveaxis(kv_budget[:, rows, :], 1, -1)  # [U, B, G]
-        fit = budget_rows // pb
-        np.maximum(fit, 0, out=fit)  # pages_that_fit, on arrays
-        # the tightest device: the first with the fewest pages (a running minimum over the few groups)
+        fit = budget_rows // pb  # pages_that_fit on arrays (clamped at 0 below)
         budgets = np.broadcast_to(budget_rows, fit.shape)
         pbs = np.broadcast_to(pb, fit.shape)
+        if len(rows) > 1:
+            np.maximum(fit, 0, out=fit)
+        # the tightest device: the first with the fewest pages (a running minimum over the few groups)
         tight_fit, tight_budget, page_bytes = fit[..., 0], budgets[..., 0], pbs[..., 0]
         for g in range(1, len(rows)):
             fewer = fit[..., g] < tight_fit
@@ -259,7 +260,7 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
     else:  # no device holds KV pages
         tight_budget = np.broadcast_to(kv_budget[None, None, :, 0, :], (n_d, n_p, n_u, n_b))
         fit = page_bytes = np.zeros((n_d, n_p, n_u, n_b), dtype)
-    usable = fit - reserved
+    usable = fit - reserved  # max(max(fit, 0) − reserved, 0) = max(fit − reserved, 0): reserved ≥ 0
     np.maximum(usable, 0, out=usable)
     cap = np.empty(usable.shape, dtype=usable.dtype)
     request = np.zeros((n_d, n_p, tokens.size), np.int64)
@@ -275,6 +276,8 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
                 for d in range(n_d) for j in range(n_p)):
             most = replace(ref, page_size=pages_axis[None, :, None, None]).max_tokens(usable)
             needed = replace(ref, page_size=pages_axis[:, None]).pages(tokens)[None]  # [1, P, L]
+            if stage == holding[0] and not slack:
+                cap = most  # the whole table at once: no copy into it
             _merge_stage(cap, request, most, needed, slack, first=stage == holding[0])
             continue
         for j in range(n_p):
@@ -310,7 +313,8 @@ def _merge_stage(cap: np.ndarray, request: np.ndarray, most: Any, needed: Any, s
     if slack:
         most = np.where(most < NO_LIMIT, np.maximum(most - slack, 0), NO_LIMIT)
     if first:
-        cap[...] = most
+        if cap is not most:
+            cap[...] = most
     else:
         np.minimum(cap, most, out=cap)
     np.maximum(request, needed, out=request)
