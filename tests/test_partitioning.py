@@ -58,7 +58,7 @@ def test_expert_inside_tensor_group_shards_by_hand():
 def test_table_shard_shapes_are_jax_named_sharding_shard_shapes(preset, layout):
     """Every array's per-device shape is what JAX itself gives for its spec on an AbstractMesh of
     the stage's named axes (no devices needed)."""
-    jax = pytest.importorskip("jax")
+    pytest.importorskip("jax")
     from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
 
     from estimator.core.sharding import AXES, layout_stage_mesh
@@ -68,4 +68,3 @@ def test_table_shard_shapes_are_jax_named_sharding_shard_shapes(preset, layout):
     mesh = AbstractMesh(tuple(sizes[a] for a in AXES), AXES)
     for a in (*weight_arrays(g), *kv_pool_arrays(g, 10)):
         assert NamedSharding(mesh, PartitionSpec(*a.spec)).shard_shape(a.shape) == a.shard_shape(sizes), a.name
-    assert jax is not None

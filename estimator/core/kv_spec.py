@@ -265,6 +265,7 @@ class KVSpecs:
     layers: tuple[KVSpec, ...]
     kv_cache_dtype: str
     _groupings: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    _counted: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __iter__(self) -> Iterator[KVSpec]:
         return iter(self.layers)
@@ -318,12 +319,12 @@ class KVSpecs:
     def _counts(self, layers: range | None) -> tuple[tuple[KVSpec, int], ...]:
         """Each distinct spec object of ``layers`` (in order of first use) and how many layers use it:
         layers of one kind share one spec (kv_specs), so each is read once. Cached per range."""
-        key = ("counts", None if layers is None else (layers.start, layers.stop, layers.step))
-        if key not in self._groupings:
+        key = None if layers is None else (layers.start, layers.stop, layers.step)
+        if key not in self._counted:
             chosen = self.layers if layers is None else tuple(self.layers[i] for i in layers)
             distinct = {id(s): s for s in chosen}
-            self._groupings[key] = tuple((distinct[i], n) for i, n in Counter(map(id, chosen)).items())
-        return self._groupings[key]
+            self._counted[key] = tuple((distinct[i], n) for i, n in Counter(map(id, chosen)).items())
+        return self._counted[key]
 
 
 def _scale_bytes(values: int, dtype: str, scale_block: int | None) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from estimator.core.geometry import Geometry
 from estimator.core.sharding import AXES, Entry, layout_stage_mesh, shard_shape, spec_entry, weight_table
+from estimator.model.dtypes import dtype_bytes
 
 STAGE_AXES = AXES  # axes of one pipeline stage's sub-mesh
 
@@ -83,8 +84,6 @@ def kv_pool_arrays(geom: Geometry, pages_per_replica: int) -> tuple[ShardedTenso
 
 def bytes_per_device(arrays: tuple[ShardedTensor, ...], geom: Geometry) -> dict[int, int]:
     """Bytes one device of each stage holds of ``arrays``."""
-    from estimator.model.dtypes import dtype_bytes
-
     sizes = layout_stage_mesh(geom.layout).sizes
     totals = {s.stage: 0 for s in geom.stages}
     for a in arrays:

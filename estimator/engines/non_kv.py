@@ -79,7 +79,7 @@ from pathlib import Path
 from typing import Any
 
 from estimator.model.spec import ModelSpec
-from meshes.catalog import GiB
+from meshes.catalog import GiB, MiB
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
 
@@ -418,11 +418,11 @@ def cudagraph_capture_sizes(max_num_seqs: int, max_num_batched_tokens: int,
     return (*(s for s in (1, 2, 4) if s <= top), *range(8, min(top + 1, 256), 8), *range(256, top + 1, 16))
 
 
-MIN_GRAPH_BYTES = 1 << 20  # vLLM's floor per extra graph ("at least 1 MiB per graph for driver overhead")
+MIN_GRAPH_BYTES = MiB  # vLLM's floor per extra graph ("at least 1 MiB per graph for driver overhead")
 
 
 def capture_graph_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int,
-                       modes: Iterable[Iterable[int]], per_graph_bytes: int) -> Band:
+                       modes: Iterable[Iterable[int]]) -> Band:
     """Graph-pool memory of capturing each mode's sizes, as vLLM's ``profile_cudagraph_memory``
     estimates it (vllm/v1/worker/gpu_model_runner.py, default since v0.21.0, PR #30515): per mode
     the first (largest) capture's memory plus ``(n − 1) ×`` the second's, the modes sharing one pool
@@ -433,6 +433,7 @@ def capture_graph_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int
     modes = [tuple(m) for m in modes if m]
     if not modes:
         return Band.exact(0)
+    per_graph_bytes = int(fitted("vllm", "cuda_graph_per_graph_mib") * MiB)
     first = max(forward_bytes(model, tensor, kv_heads_per_shard, max(m)) for m in modes)
     extra = sum(len(m) - 1 for m in modes)
     return Band.of(first + extra * MIN_GRAPH_BYTES, first + extra * per_graph_bytes,

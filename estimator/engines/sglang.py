@@ -47,7 +47,6 @@ from estimator.engines.non_kv import (
     activation_band,
     capture_graph_band,
     cudagraph_capture_sizes,
-    fitted,
     interconnect,
     non_torch_band,
     residual_band,
@@ -242,9 +241,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     # SGLang captures one graph per batch size up to cuda_graph_max_bs into one pool: vLLM's
     # estimate of that (sizes 1, 2, 4, multiples of 8 ...), one mode
     graph = capture_graph_band(m, tensor=lay.tensor, kv_heads_per_shard=geom.kv_heads_per_shard,
-                               modes=[cudagraph_capture_sizes(max_bs, chunked, max_bs)],
-                               per_graph_bytes=int(fitted("vllm", "cuda_graph_per_graph_mib") * MiB)
-                               ).central if graphs else 0
+                               modes=[cudagraph_capture_sizes(max_bs, chunked, max_bs)]).central if graphs else 0
     reserve = pre - int(pre * Fraction(str(frac)))
     if error is None and reserve - req_pool < act.central + graph:
         warnings.append(f"the static reserve ({reserve / GiB:.2f} GB) minus the ReqToTokenPool "

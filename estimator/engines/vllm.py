@@ -70,7 +70,6 @@ from estimator.engines.non_kv import (
     activation_band,
     capture_graph_band,
     cudagraph_capture_sizes,
-    fitted,
     gpu_class,
     interconnect,
     lora_slot_bytes,
@@ -419,8 +418,7 @@ def graph_band(m: ModelSpec, tensor: int, kv_heads_per_shard: int, seqs: int, ba
     "PIECEWISE=51 (largest=512), FULL=35 (largest=256)")."""
     sizes = cudagraph_capture_sizes(seqs, batched, largest)
     return capture_graph_band(m, tensor=tensor, kv_heads_per_shard=kv_heads_per_shard,
-                              modes=(sizes, [s for s in sizes if s <= seqs]),
-                              per_graph_bytes=int(fitted(NAME, "cuda_graph_per_graph_mib") * 2**20))
+                              modes=(sizes, [s for s in sizes if s <= seqs]))
 
 
 def compute(setup: Setup, which: str) -> EnginePlan:

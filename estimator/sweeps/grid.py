@@ -130,7 +130,6 @@ class ConfigTable:
         return cls(*(np.asarray([getattr(r, f.name) for r in rows], dtype=np.int64) for f in fields(cls)))
 
 
-
 def config_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches: np.ndarray,
                      lengths: np.ndarray, *, kv_cache_dtype: str | None, page_size: int,
                      utilization: float, max_batch_input_tokens: int,
@@ -262,7 +261,7 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
         fit = page_bytes = np.zeros((n_d, n_p, n_u, n_b), dtype)
     usable = fit - reserved  # max(max(fit, 0) − reserved, 0) = max(fit − reserved, 0): reserved ≥ 0
     np.maximum(usable, 0, out=usable)
-    cap = np.empty(usable.shape, dtype=usable.dtype)
+    cap = np.full(usable.shape, NO_LIMIT, dtype=usable.dtype)
     request = np.zeros((n_d, n_p, tokens.size), np.int64)
     pages_axis = np.asarray(page_sizes, np.int64)
     for stage in holding:
@@ -274,20 +273,16 @@ def layout_constants(model: ModelSpec, mesh: DeviceMesh, layout: Layout, batches
         if not any(w for _, w, _ in shape) and all(
                 _rule_shape(pools[d][j][stage]) == shape and not pools[d][j][stage].state_pages
                 for d in range(n_d) for j in range(n_p)):
-            most = replace(ref, page_size=pages_axis[None, :, None, None]).max_tokens(usable)
-            needed = replace(ref, page_size=pages_axis[:, None]).pages(tokens)[None]  # [1, P, L]
-            if stage == holding[0] and not slack:
-                cap = most  # the whole table at once: no copy into it
-            _merge_stage(cap, request, most, needed, slack, first=stage == holding[0])
+            most = _with_slack(replace(ref, page_size=pages_axis[None, :, None, None]).max_tokens(usable), slack)
+            cap = most if stage == holding[0] else np.minimum(cap, most)  # the first stage: no copy
+            np.maximum(request, replace(ref, page_size=pages_axis[:, None]).pages(tokens)[None], out=request)
             continue
         for j in range(n_p):
             ref_pool = pools[0][j][stage]
             shift = np.asarray([pools[d][j][stage].state_pages - ref_pool.state_pages for d in range(n_d)])
             most = ref_pool.max_tokens(usable[:, j] - shift[:, None, None] if shift.any() else usable[:, j])
-            needed = ref_pool.pages(tokens)[None, :] + shift[:, None]
-            _merge_stage(cap[:, j], request[:, j], most, needed, slack, first=stage == holding[0])
-    if not holding:
-        cap.fill(NO_LIMIT)
+            np.minimum(cap[:, j], _with_slack(most, slack), out=cap[:, j])
+            np.maximum(request[:, j], ref_pool.pages(tokens)[None, :] + shift[:, None], out=request[:, j])
     unlimited = cap >= NO_LIMIT
     if unlimited.any():
         cap = np.where(unlimited, np.where(usable > 0, model.max_position_embeddings, 0), cap)
@@ -306,18 +301,9 @@ def _rule_shape(pool: PoolGroups) -> tuple[tuple[type, int, int], ...]:
     return tuple((type(spec), spec.window, count) for spec, count in pool.groups)
 
 
-def _merge_stage(cap: np.ndarray, request: np.ndarray, most: Any, needed: Any, slack: int, *,
-                 first: bool) -> None:
-    """Fold one stage's longest request (``most``, before the speculative slack) and pages per
-    request (``needed``) into the running minimum cap and maximum request, in place."""
-    if slack:
-        most = np.where(most < NO_LIMIT, np.maximum(most - slack, 0), NO_LIMIT)
-    if first:
-        if cap is not most:
-            cap[...] = most
-    else:
-        np.minimum(cap, most, out=cap)
-    np.maximum(request, needed, out=request)
+def _with_slack(most: np.ndarray, slack: int) -> np.ndarray:
+    """A stage's longest request less the speculative slack (no limit stays no limit)."""
+    return np.where(most < NO_LIMIT, np.maximum(most - slack, 0), NO_LIMIT) if slack else most
 
 
 def _request_pages(holding: list[PoolGroups], lengths: np.ndarray, slack: int) -> np.ndarray:
