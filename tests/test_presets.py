@@ -36,6 +36,7 @@ MESH_OF = {
     "llama-3.3-70b": ("2xMI300X-192GB", "tp2"),
     "gemma-3-27b": ("1xH100-80GB", None), "glm-4.5": ("8xH200-141GB", "tp8"), "phi-4": ("1xL40S-48GB", None),
     "gemma-3-1b": ("1xT4-16GB", None), "gemma-3-4b": ("v5e-1", None), "gemma-3-12b": ("v7x-1", None),
+    "mistral-small-3.1-24b": ("1xH100-80GB", None),
 }
 
 
@@ -76,6 +77,7 @@ PUBLISHED = {
     "gemma-3-1b": (1000e6, 0.005), "gemma-3-4b": (4301e6, 0.005), "gemma-3-12b": (12188e6, 0.005),
     "gemma-3-27b": (27433e6, 0.005), "glm-4.5": (355e9, 0.01), "minimax-m2.5": (230e9, 0.01),
     "phi-4": (14.7e9, 0.005), "llama-4-scout": (109e9, 0.015),
+    "mistral-small-3.1-24b": (24e9, 0.005),  # "24B" (Mistral's model card)
     "llama-4-maverick": (400e9, 0.005),  # "400B total parameters" (HF model card), vision tower included
 }
 
@@ -98,6 +100,18 @@ def test_kimi_k2_count_by_hand():
     assert parameter_count(load_preset("kimi-k2")) == total
 
 
+def test_mistral_small_count_by_hand():
+    # text: 40 layers of q 5120·4096, k and v 5120·1024 each, o 4096·5120, gated MLP 3·5120·32768 and
+    # two RMSNorms; untied embedding and head 2·131072·5120; final norm 5120.
+    text = 40 * (2 * 5120 * 4096 + 2 * 5120 * 1024 + 3 * 5120 * 32768 + 2 * 5120) + 2 * 131072 * 5120 + 5120
+    # Pixtral: 24 layers of 4·1024² attention (no biases), gated MLP 3·1024·4096, two RMSNorms; a
+    # 14×14×3 patch convolution and a pre-norm; projector: RMSNorm 1024, patch merger 4·1024 → 1024,
+    # linear 1024 → 5120 and 5120 → 5120 (multimodal_projector_bias false).
+    vision = 24 * (4 * 1024**2 + 3 * 1024 * 4096 + 2 * 1024) + 3 * 14 * 14 * 1024 + 1024
+    projector = 1024 + 4 * 1024 * 1024 + 1024 * 5120 + 5120 * 5120
+    assert parameter_count(load_preset("mistral-small-3.1-24b")) == text + vision + projector
+
+
 # Which vendored config (tests/model_configs, byte copies of the HF files listed in SOURCES.md)
 # each HF preset was trimmed from. Qwen3-235B-A22B (bf16) and Qwen3-Coder-480B are copied from
 # ai-dynamo/aiconfigurator and not vendored; Gemma 3 1B/4B/12B come from google/gemma_pytorch.
@@ -111,6 +125,7 @@ VENDORED = {
     "llama-4-maverick": "meta-llama/Llama-4-Maverick-17B-128E-Instruct",
     "llama-3.3-70b": "meta-llama/Llama-3.3-70B-Instruct", "gemma-3-27b": "google/gemma-3-27b-it",
     "glm-4.5": "zai-org/GLM-4.5", "phi-4": "microsoft/phi-4",
+    "mistral-small-3.1-24b": "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
 }
 
 

@@ -422,23 +422,32 @@ def _spec_from_hf_config(config: Config, name: str) -> ModelSpec:
         raise InputError("model_type", plain_text(model_type, 80), f"one of {', '.join(SUPPORTED_MODEL_TYPES)}")
     spec = READERS[model_type](_Reader(config, model_type), name)
     if isinstance(vision, Mapping):
-        spec["vision_params"] = vision_tower_params(vision, spec["hidden_size"])
+        spec["vision_params"] = vision_tower_params(vision, spec["hidden_size"],
+                                                    config.get("spatial_merge_size", 2))
     elif vision is not None:
         raise InputError("vision_config", plain_text(vision, 80), "a JSON object")
     return ModelSpec(**spec)
 
 
-def vision_tower_params(vision: Config, text_hidden: int) -> int:
-    """Parameters of a ViT encoder (SigLIP / Llama-4 style) and a linear projector to the text.
+def vision_tower_params(vision: Config, text_hidden: int, spatial_merge: int = 2) -> int:
+    """Parameters of a ViT encoder and its projector to the text width.
 
-    Per layer: q, k, v, o with biases, fc1/fc2 with biases, two LayerNorms; patch embedding,
-    learned positions and a post LayerNorm; the projector maps the vision width to the text width.
+    SigLIP / Llama-4 style: per layer q, k, v, o with biases, fc1/fc2 with biases, two LayerNorms;
+    patch embedding, learned positions and a post LayerNorm; a linear projector. Pixtral (Mistral 3,
+    transformers models/pixtral and models/mistral3): no biases, a gated MLP (3 matrices), two
+    RMSNorms a layer, RoPE instead of learned positions, a pre-norm; the projector is an RMSNorm,
+    a patch merger (``spatial_merge``² vision tokens → one) and two linears to the text width.
     """
     r = _Reader(vision, plain_text(vision.get("model_type", "vision"), 40), "vision_config")
     h, inter = r.count("hidden_size", maximum=2**24), r.count("intermediate_size", maximum=2**26)
     layers = r.layers()
     patch, image = r.count("patch_size", maximum=2**16), r.count("image_size", maximum=2**20)
     channels = r.count("num_channels", default=3, maximum=2**16)
+    if vision.get("model_type") == "pixtral":
+        merge = spatial_merge if isinstance(spatial_merge, int) and 0 < spatial_merge <= 64 else 2
+        per_layer = 4 * h * h + 3 * h * inter + 2 * h
+        projector = h + merge * merge * h * h + h * text_hidden + text_hidden * text_hidden
+        return layers * per_layer + channels * patch * patch * h + h + projector
     per_layer = 4 * (h * h + h) + 2 * h * inter + inter + h + 4 * h
     positions = (image // patch) ** 2
     embed = channels * patch * patch * h + h + positions * h
