@@ -78,6 +78,13 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
                                                 {"weight_quant": "fp8_block"}),
     # the vendored GLM-4.7-FP8 config is a trimmed copy without its quantization_config
     "zai-org/glm-4.7-fp8": ("zai-org/GLM-4.7-FP8", {"weight_quant": "fp8"}),
+    # QwQ-32B is a Qwen2.5-32B fine-tune with its architecture (Qwen's model card); the SGLang log
+    # prints the 131072-token context the Qwen2.5-32B-Instruct file holds
+    "qwen/qwq-32b": ("Qwen/Qwen2.5-32B-Instruct", {}),
+    # Qwen2-7B has Qwen2.5-7B's shapes: the dennislee logs' KV lines give 57,344 B a token
+    # (28 layers × 2 × 4 KV heads × 128 × 2 B) and their weights line the 7.6 B parameters; only the
+    # rotary cache's length differs (≤ 24 MiB)
+    "qwen2-7b-instruct": ("Qwen/Qwen2.5-7B", {}),
 }
 # Qwen/Qwen1.5-7B config.json facts (MHA, qkv bias), for the Qwen1.5-7B fine-tune of TRT-LLM #2268
 QWEN15_7B = dict(name="Qwen1.5-7B", model_type="qwen2", num_layers=32, hidden_size=4096,
@@ -101,6 +108,8 @@ KNOWN_BUGS = {
     "(51.75 GB) before sizing the pool, outside mem_fraction_static (the over-allocation the PR fixes)",
     "sglang-pr11309-deepseek-v32-exp-8xb200-dp8-main": "SGLang main before PR #11309 left the DSA indexer "
     "cache out of the per-token cost (kvfit counts it, as the fixed engine does)",
+    "tpu-inference-kerasio-gemma3-1b-v5e-1-tp1": "KerasHub's model wrapper (KerasHubForCausalLM) sizes all "
+    "26 Gemma 3 layers at full length, not as vLLM's sliding-window groups (its 26,624 B a token say so)",
 }
 
 
@@ -241,14 +250,14 @@ def vllm_version(case_doc: dict[str, Any]) -> str:
         return "v0"
     if "<=0.9" in bucket:
         return "0.9"
-    if "0.10-0.19" in bucket:
-        return "0.10"
     m = VERSION_RE.search(text)
+    if m is None and "0.10-0.19" in bucket:
+        return "0.11"
     minor = int(m.group(1)) if m else 20
     if minor < 10:
         return "0.9"
     if minor < 20:
-        return "0.10"
+        return "0.10" if minor == 10 else "0.11"
     return "0.2x" if minor < 30 else "0.33"
 
 
@@ -314,6 +323,14 @@ def load_case(path: Path) -> Case:
         card, why = resolve_card(gpu_text, total)
     else:
         card, why = resolve_card(str(doc.get("gpu", "")), total)
+    if card is not None and re.search(r"no (gpu )?p2p|spans \d+ nodes", json.dumps(flags).lower()):
+        # ranks that cannot reach each other peer-to-peer (the engine printed so) or that sit on
+        # different nodes share no NVLink: priced as the PCIe variant of the card (NCCL over PCIe,
+        # host memory or the network; no custom all-reduce)
+        pcie = {"A100-80GB": "A100-PCIe-80GB", "A100-40GB": "A100-PCIe-40GB", "H100-80GB": "H100-PCIe-80GB"}
+        if card.name in pcie:
+            card = replace(CATALOG[pcie[card.name]], usable_bytes=card.usable_bytes,
+                           memory_bytes=card.memory_bytes)
     if card is None:
         case.skip = why
         return case
@@ -551,7 +568,7 @@ def shrunk_median(values: list[float], prior: float) -> float:
     return statistics.median([*values, *([prior] * PRIOR_WEIGHT)])
 
 
-FAMILIES = {"vllm": {"v0": ("v0",), "v0-early": ("v0-early",), "default": ("0.9", "0.10", "0.2x", "0.33")},
+FAMILIES = {"vllm": {"v0": ("v0",), "v0-early": ("v0-early",), "default": ("0.9", "0.10", "0.11", "0.2x", "0.33")},
             "sglang": {"default": ("0.5.23",)}, "trtllm": {"default": ("pytorch",)}}
 
 

@@ -94,21 +94,25 @@ def test_cuda_graph_term_follows_the_capture_sizes():
 
 def test_dummy_sampler_over_max_num_seqs_by_version():
     # 2048 batched tokens: forward 2048 × 110,592 B = 0.21 GiB; the sampler over 1024 rows dominates
-    # V1, FlashInfer top-k/top-p: bf16 logits 2 + fp32 logits 4 + fp32 probabilities 4 = 10 B
-    # (H100 V1 logs of Llama-3.1-8B at 1024 seqs print 1.21–1.24 GiB: 1024 × 128,256 × 10 B = 1.22 GiB);
-    # its band reaches the native sort path (23 B)
-    for version in ("0.33", "0.10"):
+    # V1 with FlashInfer top-k/top-p (0.10.x, 0.2x on): bf16 logits 2 + fp32 logits 4 + fp32
+    # probabilities 4 = 10 B (H100 V1 logs of Llama-3.1-8B at 1024 seqs print 1.21–1.24 GiB:
+    # 1024 × 128,256 × 10 B = 1.22 GiB); its band reaches V1's native sort path (28 B)
+    logits = 1024 * 128256
+    for version in ("0.33", "0.2x", "0.10"):
         p = vllm(version=version, max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
         act = next(t for t in p.non_kv.terms if t.name == "activation").band
-        assert (act.central, act.high) == (1024 * 128256 * 10, 1024 * 128256 * 23)
-    # V1 0.8.x–0.9.0: FlashInfer >= 0.2.3 off in V1 (vllm PR #14815 until PR #15777): the native sort,
-    # band down to FlashInfer's figure
-    p = vllm(version="0.9", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
-    act = next(t for t in p.non_kv.terms if t.name == "activation").band
-    assert (act.low, act.central, act.high) == tuple(1024 * 128256 * b for b in (8, 23, 26))
+        assert (act.central, act.high) == (logits * 10, logits * 28)
+    # V1 0.8.x–0.9.0 (FlashInfer >= 0.2.3 off: vllm PR #14815 until PR #15777) and 0.11–0.19
+    # (FlashInfer opt-in: PR #26859 until PR #40376): V1's native sort, all of it alive at the final
+    # scatter — bf16 2 + fp32 4 + sorted 4 + int64 indices 8 + top-k mask 1 + sorted probabilities 4
+    # + top-p mask 1 + scattered output 4 = 28 B; band down to FlashInfer's 8 B, up to 30 B
+    for version in ("0.9", "0.11"):
+        p = vllm(version=version, max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
+        act = next(t for t in p.non_kv.terms if t.name == "activation").band
+        assert (act.low, act.central, act.high) == (logits * 8, logits * 28, logits * 30)
     # V0, PyTorch-native sort: 2 + 4 + sorted fp32 4 + int64 indices 8 + sorted probabilities 4 + mask 1
     v0 = vllm(version="v0", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
-    assert v0.non_kv.get("activation") == 1024 * 128256 * 23
+    assert v0.non_kv.get("activation") == logits * 23
     small = vllm(version="0.10", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=64)
     assert small.non_kv.get("activation") == 2048 * 110_592  # the forward pass wins
 

@@ -25,17 +25,16 @@ Terms (bytes on one device):
     vocabulary (vllm/v1/worker/gpu_model_runner.py ``GPUModelRunner._dummy_sampler_run``: logits
     in the model dtype, cast to fp32 by ``Sampler``; the dummy metadata sets ``top_p=0.9,
     top_k=vocab−1`` and asks no logprobs). Bytes per logit (``sampler_bytes_per_logit``) by the
-    top-k/top-p path: PyTorch-native ``apply_top_k_top_p`` (vllm/v1/sample/ops/topk_topp_sampler.py;
-    V0's vllm/model_executor/layers/sampler.py ``_apply_top_k_top_p`` is the same) sorts the fp32
-    logits with int64 indices: bf16 logits 2 + fp32 logits 4 + sorted values 4 + indices 8 + sorted
-    probabilities 4 + masks 1 = 23 B live at once; the FlashInfer kernel (``VLLM_USE_FLASHINFER_SAMPLER``
-    unset means on in V1, off in V0) keeps the bf16 logits, the fp32 copy and fp32 probabilities,
-    10 B (public H100 V1 logs of Llama-3.1-8B at max_num_seqs 1024 print 1.21–1.24 GiB of
-    activation peak: 1024 × 128,256 × 10 B = 1.22 GiB). V1 from the 0.2x line (PR #40376):
-    FlashInfer, band up to the native 23 B (an install without FlashInfer); V1 "0.10" (0.10–0.19,
-    FlashInfer only where installed and on by default, PR #26859): the same band; V1 "0.9"
-    (0.8.x–0.9.0): native, FlashInfer >= 0.2.3 being off in V1 (PR #14815; ``NATIVE_DEFAULT_V1``),
-    band down to FlashInfer's; V0: native.
+    top-k/top-p path. V0's PyTorch-native sort (vllm/model_executor/layers/sampler.py
+    ``_apply_top_k_top_p``): bf16 logits 2 + fp32 logits 4 + sorted values 4 + int64 indices 8 +
+    sorted probabilities 4 + masks 1 = 23 B live at once. V1's native path
+    (vllm/v1/sample/ops/topk_topp_sampler.py ``apply_top_k_top_p``) keeps every intermediate alive
+    until its final ``scatter``: bf16 logits 2 + fp32 logits 4 + sorted values 4 + indices 8 + top-k
+    mask 1 + sorted probabilities 4 (the cumulative sum is written in place) + top-p mask 1 + the
+    scattered output 4 = 28 B. The FlashInfer kernel (``VLLM_USE_FLASHINFER_SAMPLER``) keeps the bf16
+    logits, the fp32 copy and fp32 probabilities, 10 B (public H100 V1 logs of Llama-3.1-8B at
+    max_num_seqs 1024 print 1.21–1.24 GiB of activation peak: 1024 × 128,256 × 10 B = 1.22 GiB).
+    Which path a release takes by default is ``sampler_bytes_per_logit``.
 - ``non_torch``: memory the process gains outside the torch allocator:
   * a base (cuBLAS/cuDNN workspaces, CUDA module loading), calibration.json ``non_torch_base_gib``;
   * with tensor parallelism, the custom all-reduce buffers — ``meta_size() + max_size``
@@ -209,29 +208,33 @@ def interconnect(device_kind: str) -> str:
 # ----------------------------------------------------------------------------- activation
 FUSED_MOE_CHUNK_SIZE = 32768  # vllm/envs.py VLLM_FUSED_MOE_CHUNK_SIZE default
 # (low, central, high) bytes per logit of the dummy sampler run (module docstring)
-NATIVE_SAMPLER_BYTES = (18, 23, 26)  # sort-based top-k/top-p; low: after the sort is freed
-FLASHINFER_SAMPLER_BYTES = (8, 10, 23)  # FlashInfer kernel; high: a fallback to the native path
+V0_NATIVE_SAMPLER_BYTES = (18, 23, 26)  # V0's sort-based top-k/top-p; low: after the sort is freed
+V1_NATIVE_SAMPLER_BYTES = (23, 28, 30)  # V1's sort-based path, peak at its scatter; low: V0's count
+FLASHINFER_SAMPLER_BYTES = (8, 10, 28)  # FlashInfer kernel; high: a fallback to V1's native path
 
 
-# V1 releases whose default top-k/top-p path is the PyTorch-native sort (vllm-project/vllm
-# vllm/v1/sample/ops/topk_topp_sampler.py ``TopKTopPSampler.__init__``): FlashInfer >= 0.2.3 was
-# switched off in V1 by PR #14815 (2025-03-14) until PR #15777 (merged 2025-05-21, after v0.9.0)
-# adapted to its API, so the V1 "0.9" bucket (0.8.x–0.9.0) sorts natively whatever is installed.
-# The "0.10" bucket (0.10–0.19) is mixed: FlashInfer where installed up to PR #26859
-# (2025-10-15, "Disable FlashInfer sampler by default"), then the native / Triton path until
-# PR #40376 (2026-04-20, "Enable FlashInfer top-k/top-p sampler by default"); it keeps the
-# FlashInfer central with the native sort as its high end (public H100 logs at 1024 seqs print
-# the FlashInfer figure). The 0.2x line on: FlashInfer.
-NATIVE_DEFAULT_V1 = ("0.9",)
+# The default top-k/top-p path of each V1 release family (vllm-project/vllm
+# vllm/v1/sample/ops/topk_topp_sampler.py ``TopKTopPSampler.__init__``):
+# - "0.9" (0.8.x–0.9.0): native — FlashInfer >= 0.2.3 was switched off in V1 by PR #14815
+#   (2025-03-14) until PR #15777 (merged 2025-05-21, after v0.9.0) adapted to its API;
+# - "0.10" (0.10.x): FlashInfer, a default dependency of vLLM's CUDA build by then;
+# - "0.11" (0.11–0.19): native — PR #26859 (2025-10-15, "Disable FlashInfer sampler by default")
+#   made FlashInfer opt-in until PR #40376 (2026-04-20, "Enable FlashInfer top-k/top-p sampler by
+#   default"); late releases of the family may take the Triton kernels of PR #33538 (about 14 B a
+#   logit: the band's low end). The 0.19.0 gpt-oss-20b log of the corpus implies ≈ 27 B;
+# - "0.2x" and "0.33": FlashInfer (PR #40376), band up to V1's native path (no FlashInfer installed).
+NATIVE_DEFAULT_V1 = ("0.9", "0.11")
 
 
 def sampler_bytes_per_logit(version: str) -> tuple[int, int, int]:
     """(low, central, high) peak bytes per logit of the dummy sampler run for a vLLM version."""
     if version.startswith("v0"):
-        return NATIVE_SAMPLER_BYTES
+        return V0_NATIVE_SAMPLER_BYTES
     if version in NATIVE_DEFAULT_V1:
-        return FLASHINFER_SAMPLER_BYTES[0], NATIVE_SAMPLER_BYTES[1], NATIVE_SAMPLER_BYTES[2]
+        return FLASHINFER_SAMPLER_BYTES[0], V1_NATIVE_SAMPLER_BYTES[1], V1_NATIVE_SAMPLER_BYTES[2]
     return FLASHINFER_SAMPLER_BYTES
+
+
 ACTIVATION_BAND = (0.9, 1.0, 1.35)
 
 
