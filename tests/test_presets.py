@@ -112,6 +112,19 @@ def test_mistral_small_count_by_hand():
     assert parameter_count(load_preset("mistral-small-3.1-24b")) == text + vision + projector
 
 
+def test_pixtral_patch_merger_reads_the_wrappers_spatial_merge_size():
+    from estimator.model.hf_config import spec_from_hf_config
+    from meshes.validation import InputError
+
+    config = json.loads(json.dumps(HF_PRESETS["mistral-small-3.1-24b"].config))
+    merged_2x2 = spec_from_hf_config(config).vision_params
+    config["spatial_merge_size"] = 1  # the patch merger maps 1·1024 → 1024: 3·1024² fewer weights
+    assert spec_from_hf_config(config).vision_params == merged_2x2 - 3 * 1024 * 1024
+    config["spatial_merge_size"] = 0
+    with pytest.raises(InputError, match="spatial_merge_size"):
+        spec_from_hf_config(config)
+
+
 # Which vendored config (tests/model_configs, byte copies of the HF files listed in SOURCES.md)
 # each HF preset was trimmed from. Qwen3-235B-A22B (bf16) and Qwen3-Coder-480B are copied from
 # ai-dynamo/aiconfigurator and not vendored; Gemma 3 1B/4B/12B come from google/gemma_pytorch.

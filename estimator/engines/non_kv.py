@@ -209,8 +209,10 @@ def interconnect(device_kind: str) -> str:
 FUSED_MOE_CHUNK_SIZE = 32768  # vllm/envs.py VLLM_FUSED_MOE_CHUNK_SIZE default
 # (low, central, high) bytes per logit of the dummy sampler run (module docstring)
 V0_NATIVE_SAMPLER_BYTES = (18, 23, 26)  # V0's sort-based top-k/top-p; low: after the sort is freed
-V1_NATIVE_SAMPLER_BYTES = (23, 28, 30)  # V1's sort-based path, peak at its scatter; low: V0's count
-FLASHINFER_SAMPLER_BYTES = (8, 10, 28)  # FlashInfer kernel; high: a fallback to V1's native path
+# V1's sort-based path, peak at its scatter; low: FlashInfer / Triton kernels where a build uses them
+V1_NATIVE_SAMPLER_BYTES = (8, 28, 30)
+# FlashInfer kernel; high: a fallback to V1's native path (no FlashInfer installed)
+FLASHINFER_SAMPLER_BYTES = (V1_NATIVE_SAMPLER_BYTES[0], 10, V1_NATIVE_SAMPLER_BYTES[1])
 
 
 # The default top-k/top-p path of each V1 release family (vllm-project/vllm
@@ -230,9 +232,7 @@ def sampler_bytes_per_logit(version: str) -> tuple[int, int, int]:
     """(low, central, high) peak bytes per logit of the dummy sampler run for a vLLM version."""
     if version.startswith("v0"):
         return V0_NATIVE_SAMPLER_BYTES
-    if version in NATIVE_DEFAULT_V1:
-        return FLASHINFER_SAMPLER_BYTES[0], V1_NATIVE_SAMPLER_BYTES[1], V1_NATIVE_SAMPLER_BYTES[2]
-    return FLASHINFER_SAMPLER_BYTES
+    return V1_NATIVE_SAMPLER_BYTES if version in NATIVE_DEFAULT_V1 else FLASHINFER_SAMPLER_BYTES
 
 
 ACTIVATION_BAND = (0.9, 1.0, 1.35)

@@ -412,6 +412,7 @@ def _spec_from_hf_config(config: Config, name: str) -> ModelSpec:
     model_type = config.get("model_type")
     text = config.get("text_config")
     vision = config.get("vision_config")
+    wrapper = _Reader(config, plain_text(model_type, 40))  # multimodal keys beside text_config
     if isinstance(text, Mapping):  # multimodal wrapper: plan the text model
         merged = {**text, "model_type": text.get("model_type", model_type)}
         for key in ("torch_dtype", "dtype", "tie_word_embeddings", "quantization_config"):
@@ -422,8 +423,8 @@ def _spec_from_hf_config(config: Config, name: str) -> ModelSpec:
         raise InputError("model_type", plain_text(model_type, 80), f"one of {', '.join(SUPPORTED_MODEL_TYPES)}")
     spec = READERS[model_type](_Reader(config, model_type), name)
     if isinstance(vision, Mapping):
-        spec["vision_params"] = vision_tower_params(vision, spec["hidden_size"],
-                                                    config.get("spatial_merge_size", 2))
+        spec["vision_params"] = vision_tower_params(
+            vision, spec["hidden_size"], wrapper.count("spatial_merge_size", default=2, maximum=64))
     elif vision is not None:
         raise InputError("vision_config", plain_text(vision, 80), "a JSON object")
     return ModelSpec(**spec)
@@ -444,9 +445,8 @@ def vision_tower_params(vision: Config, text_hidden: int, spatial_merge: int = 2
     patch, image = r.count("patch_size", maximum=2**16), r.count("image_size", maximum=2**20)
     channels = r.count("num_channels", default=3, maximum=2**16)
     if vision.get("model_type") == "pixtral":
-        merge = spatial_merge if isinstance(spatial_merge, int) and 0 < spatial_merge <= 64 else 2
         per_layer = 4 * h * h + 3 * h * inter + 2 * h
-        projector = h + merge * merge * h * h + h * text_hidden + text_hidden * text_hidden
+        projector = h + spatial_merge**2 * h * h + h * text_hidden + text_hidden * text_hidden
         return layers * per_layer + channels * patch * patch * h + h + projector
     per_layer = 4 * (h * h + h) + 2 * h * inter + inter + h + 4 * h
     positions = (image // patch) ** 2
