@@ -215,3 +215,49 @@ def test_dp_expert_parallel_gathers_tokens_before_the_experts() -> None:
     assert forward_bytes(model, 1, 8, 8192, moe_gather=8) == 4_966_055_936
     assert forward_bytes(model, 1, 8, 8192) == 8192 * 176128  # no DP gather: one chunk, all tokens
 
+
+
+def test_rope_tables_as_vllm_builds_them(hf_config):
+    from estimator.engines.non_kv import rotary_cache_bytes
+    from estimator.model.hf_config import spec_from_hf_config
+
+    gemma = load_preset("gemma-3-27b")
+    # global layers: LinearScalingRotaryEmbedding, 131,072 × factor 8 positions; sliding layers: their
+    # own default table (rope_local_base_freq); head dim 128, bf16
+    assert gemma.rope_positions == (1_048_576, 131_072)
+    assert rotary_cache_bytes(gemma) == 288 * MiB
+    # Gemma 3 1B: no scaling, but local and global bases differ: two tables of 32,768 × 256 × 2 B
+    assert rotary_cache_bytes(load_preset("gemma-3-1b")) == 2 * 16 * MiB
+    # Llama 3 scaling, YaRN with original × factor = max_position: one table of max_position
+    for name in ("llama-3.1-8b", "deepseek-v3", "kimi-k2"):
+        assert load_preset(name).rope_positions == ()
+    # deepseek-coder-6.7b: linear factor 4 over 16,384 positions
+    assert load_hf_config(hf_config("deepseek-ai/deepseek-coder-6.7b-instruct")).rope_positions == (65_536,)
+    base = {"model_type": "phi3", "hidden_size": 3072, "num_attention_heads": 32, "num_hidden_layers": 32,
+            "vocab_size": 32064, "intermediate_size": 8192, "max_position_embeddings": 131072}
+    longrope = {"rope_type": "longrope", "factor": 32.0, "original_max_position_embeddings": 4096}
+    assert spec_from_hf_config({**base, "rope_scaling": longrope}).rope_positions == (4096 + 131072,)
+    for bad, field in (({"rope_type": "linear", "factor": "8"}, "rope_scaling.factor"),
+                       ({"rope_type": "linear", "factor": 0}, "rope_scaling.factor"),
+                       ([8.0], "rope_scaling")):
+        with pytest.raises(InputError, match=field.replace(".", r"\.")):
+            spec_from_hf_config({**base, "rope_scaling": bad})
+
+
+def test_vision_tower_split_over_the_tensor_group():
+    gemma = load_preset("gemma-3-27b")
+    # SigLIP so400m, 27 layers, h 1152, MLP 4304: q/k/v/o matrices + q/k/v biases + fc1 (+ bias) + fc2
+    per_layer = 4 * 1152**2 + 3 * 1152 + 2 * 1152 * 4304 + 4304
+    assert gemma.vision_sharded_params == 27 * per_layer == 411_279_984
+    with calibrated(SYN):
+        one, four = (engine_plan(gemma, f"{tp}xH100-80GB", f"tp{tp}", engine="vllm", version="0.9",
+                                 max_model_len=8192) for tp in (1, 4))
+    # "Model loading took 13.1665 GB" (GiB) on every rank at TP 4 (vllm-project/vllm #15676, #16378)
+    assert abs(four.non_kv.get("weights") / GiB - 13.1665) < 0.1
+    # the rank holds a quarter of the split matrices and all of the rest
+    from estimator.core.geometry import geometry
+    from estimator.core.layout import Layout
+
+    stage = geometry(gemma, Layout(tensor=4)).stages[0].weight_bytes
+    assert four.non_kv.get("weights") == stage + 288 * MiB - (411_279_984 - 411_279_984 // 4) * 2
+    assert one.non_kv.get("weights") == geometry(gemma, Layout()).stages[0].weight_bytes + 288 * MiB

@@ -283,10 +283,32 @@ def forward_bytes(model: ModelSpec, tensor: int, kv_heads_per_shard: int, tokens
 
 
 def rotary_cache_bytes(model: ModelSpec) -> int:
-    """vLLM/SGLang rotary cos/sin cache: [max_position, rotary dim] in the model dtype (R1: the
-    32 MiB between Llama-3.1-8B's 14.96 GiB of parameters and vLLM's 'weights take 14.99GiB')."""
+    """vLLM/SGLang rotary cos/sin caches: one [positions, rotary dim] table in the model dtype per
+    distinct rotary embedding (``get_rope`` shares equal ones), positions as the scaling builds them
+    (ModelSpec.rope_positions). R1: the 32 MiB between Llama-3.1-8B's 14.96 GiB of parameters and
+    vLLM's 'weights take 14.99GiB'; Gemma 3 4B–27B hold 8 × 131,072 (linear scaling) + 131,072
+    (local layers) positions."""
     dim = model.qk_rope_head_dim if model.is_mla else model.head_dim
-    return model.max_position_embeddings * dim * activation_width(model)
+    positions = sum(model.rope_positions) or model.max_position_embeddings
+    return positions * dim * activation_width(model)
+
+
+def vision_split_bytes(model: ModelSpec, tensor: int) -> int:
+    """Bytes one tensor rank does not hold of the vision tower because vLLM and SGLang split its
+    attention and MLP matrices over the tensor group (ModelSpec.vision_sharded_params) where kvfit's
+    own layout replicates the tower."""
+    split = model.vision_sharded_params
+    return (split - split // tensor) * model.weight_bytes_per_param
+
+
+def torch_weight_bytes(model: ModelSpec, stage_weights: int, *, stage: int, tensor: int) -> int:
+    """Weights a PyTorch engine's rank of pipeline stage ``stage`` loads: kvfit's weight shard, plus
+    the rotary caches, less the vision matrices it splits (the tower sits on the first stage)."""
+    vision = vision_split_bytes(model, tensor) if stage == 0 else 0
+    return stage_weights + rotary_cache_bytes(model) - vision
+
+
+WEIGHTS_SOURCE = "estimator.core.geometry weight shard + rotary caches − TP-split vision matrices"
 
 
 def activation_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int, tokens: int,
@@ -498,9 +520,10 @@ def term(name: str, band: Band, source: str, measured: int | None = None) -> Ter
 
 
 __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTEXT", "CONTEXT_SOURCE",
-           "CUDA_GRAPH_SOURCE", "GPU_CLASSES", "LORA_SOURCE", "NON_TORCH_SOURCE", "RESIDUAL_SOURCE", "Band",
-           "NonKV", "Term", "activation_band", "activation_width", "calibrated", "calibration", "capture_graph_band",
-           "cuda_graph_band", "cudagraph_capture_sizes",
+           "CUDA_GRAPH_SOURCE", "GPU_CLASSES", "LORA_SOURCE", "NON_TORCH_SOURCE", "RESIDUAL_SOURCE",
+           "WEIGHTS_SOURCE", "Band", "NonKV", "Term", "activation_band", "activation_width", "calibrated",
+           "calibration", "capture_graph_band", "cuda_graph_band", "cudagraph_capture_sizes",
            "custom_all_reduce_bytes", "fitted", "forward_bytes", "forward_bytes_per_token", "gpu_class",
            "interconnect", "lora_slot_bytes", "mxfp4_padding_bytes", "non_torch_band", "residual_band",
-           "rotary_cache_bytes", "sampler_bytes_per_logit", "term"]
+           "rotary_cache_bytes", "sampler_bytes_per_logit", "term", "torch_weight_bytes",
+           "vision_split_bytes"]

@@ -66,6 +66,7 @@ from estimator.engines.non_kv import (
     LORA_SOURCE,
     NON_TORCH_SOURCE,
     RESIDUAL_SOURCE,
+    WEIGHTS_SOURCE,
     Band,
     NonKV,
     Term,
@@ -78,9 +79,9 @@ from estimator.engines.non_kv import (
     mxfp4_padding_bytes,
     non_torch_band,
     residual_band,
-    rotary_cache_bytes,
     sampler_bytes_per_logit,
     term,
+    torch_weight_bytes,
 )
 from estimator.model.spec import ModelSpec
 from meshes.validation import InputError
@@ -374,8 +375,8 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
                  kv_heads_per_shard: int, batched: int, seqs: int, graphs: bool) -> NonKV:
     """vLLM's non-KV terms on one worker of pipeline stage ``stage`` (estimator.engines.non_kv)."""
     lay, k, version, measured = setup.layout, setup.knobs, setup.version, setup.measured
-    weights = stage_weights + rotary_cache_bytes(m)
-    source = "estimator.core.geometry weight shard + rotary cache"
+    weights = torch_weight_bytes(m, stage_weights, stage=stage, tensor=lay.tensor)
+    source = WEIGHTS_SOURCE
     pad = mxfp4_padding_bytes(m, lay.tensor, setup.mesh.device_kinds[0], stage_layers)
     if pad:
         weights += pad

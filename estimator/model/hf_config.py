@@ -9,6 +9,7 @@ every count is an integer in range before anything is built from it (``num_hidde
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -78,17 +79,49 @@ def _base(r: _Reader, name: str) -> dict[str, Any]:
     c = r.config
     hidden = check_int("hidden_size", r.need("hidden_size"))
     heads = check_int("num_attention_heads", r.need("num_attention_heads"))
+    max_position = check_int("max_position_embeddings", r.need("max_position_embeddings"), maximum=2**40)
+    table = rope_table(r, max_position)
     return dict(
         name=name, model_type=r.model_type, num_layers=r.layers(),
         hidden_size=hidden, num_attention_heads=heads,
         num_kv_heads=r.get("num_key_value_heads", heads), head_dim=r.get("head_dim", hidden // heads),
         vocab_size=r.need("vocab_size"), intermediate_size=r.need("intermediate_size"),
-        max_position_embeddings=r.need("max_position_embeddings"),
+        max_position_embeddings=max_position, rope_positions=() if table == max_position else (table,),
         weight_dtype=c.get("torch_dtype") or c.get("dtype") or "bfloat16",
         tie_word_embeddings=bool(r.get("tie_word_embeddings", False)),
         attention_bias=bool(r.get("attention_bias", False)),
         **_quantization(c.get("quantization_config")),
     )
+
+
+def rope_table(r: _Reader, max_position: int) -> int:
+    """Positions of the RoPE cos/sin table the engines precompute for this config (vLLM
+    vllm/model_executor/layers/rotary_embedding ``get_rope``; SGLang's copy): linear and dynamic-NTK
+    scaling extend it to max_position × factor (``LinearScalingRotaryEmbedding``,
+    ``DynamicNTKScalingRotaryEmbedding``), YaRN builds original_max_position × factor, LongRoPE a
+    short table of original_max_position beside the long one; other kinds max_position."""
+    scaling = r.get("rope_scaling") or r.get("rope_parameters")
+    if not scaling:
+        return max_position
+    if not isinstance(scaling, Mapping):
+        raise InputError("rope_scaling", plain_text(scaling, 80), "a JSON object (rope_type, factor, ...)")
+    kind = str(scaling.get("rope_type", scaling.get("type", "default")))
+    if kind not in ("linear", "dynamic", "yarn", "deepseek_yarn", "longrope"):
+        return max_position
+    factor = scaling.get("factor", 1.0)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 2**20:
+        raise InputError("rope_scaling.factor", plain_text(factor, 40), "a number > 0 and ≤ 2^20")
+    original = scaling.get("original_max_position_embeddings", r.get("original_max_position_embeddings"))
+    if kind in ("linear", "dynamic"):
+        return check_int("rope_scaling.factor × max_position_embeddings", math.ceil(max_position * factor),
+                         maximum=2**40)
+    if original is None:
+        return max_position
+    original = check_int("rope_scaling.original_max_position_embeddings", original, maximum=2**40)
+    if kind == "longrope":
+        return original + max_position
+    return check_int("rope_scaling.factor × original_max_position_embeddings", math.ceil(original * factor),
+                     maximum=2**40)
 
 
 def _quantization(q: Any) -> dict[str, Any]:
@@ -229,6 +262,11 @@ def _gemma(r: _Reader, name: str) -> dict[str, Any]:
     spec = _base(r, name)
     spec.update(norms_per_layer=4, tie_word_embeddings=bool(r.get("tie_word_embeddings", True)),
                 qk_norm=r.model_type.startswith("gemma3"))
+    if r.model_type.startswith("gemma3"):  # sliding layers: rope_local_base_freq, no scaling (a 2nd table)
+        local, base = r.get("rope_local_base_freq", 10_000.0), r.get("rope_theta", 1_000_000.0)
+        if spec["rope_positions"] or local != base:
+            spec["rope_positions"] = (*(spec["rope_positions"] or (spec["max_position_embeddings"],)),
+                                      spec["max_position_embeddings"])
     if not _explicit_layer_types(r, spec):
         n, window = spec["num_layers"], r.need("sliding_window")
         if r.model_type == "gemma2":  # even layers slide (Gemma2DecoderLayer.is_sliding)
@@ -423,15 +461,19 @@ def _spec_from_hf_config(config: Config, name: str) -> ModelSpec:
         raise InputError("model_type", plain_text(model_type, 80), f"one of {', '.join(SUPPORTED_MODEL_TYPES)}")
     spec = READERS[model_type](_Reader(config, model_type), name)
     if isinstance(vision, Mapping):
-        spec["vision_params"] = vision_tower_params(
+        spec["vision_params"], spec["vision_sharded_params"] = vision_tower_params(
             vision, spec["hidden_size"], wrapper.count("spatial_merge_size", default=2, maximum=64))
     elif vision is not None:
         raise InputError("vision_config", plain_text(vision, 80), "a JSON object")
     return ModelSpec(**spec)
 
 
-def vision_tower_params(vision: Config, text_hidden: int, spatial_merge: int = 2) -> int:
-    """Parameters of a ViT encoder and its projector to the text width.
+def vision_tower_params(vision: Config, text_hidden: int, spatial_merge: int = 2) -> tuple[int, int]:
+    """Parameters of a ViT encoder and its projector to the text width: (all, those a tensor-parallel
+    engine splits). vLLM builds the towers' attention and MLP from QKV/Column/RowParallelLinear
+    (vllm/model_executor/models/siglip.py, pixtral.py ``PixtralHFTransformer``; Mistral 3's projector
+    linears too, mistral3.py), so their matrices and column-parallel biases are split; norms,
+    embeddings, row-parallel biases and Gemma 3's projection parameter are replicated.
 
     SigLIP / Llama-4 style: per layer q, k, v, o with biases, fc1/fc2 with biases, two LayerNorms;
     patch embedding, learned positions and a post LayerNorm; a linear projector. Pixtral (Mistral 3,
@@ -446,9 +488,12 @@ def vision_tower_params(vision: Config, text_hidden: int, spatial_merge: int = 2
     channels = r.count("num_channels", default=3, maximum=2**16)
     if vision.get("model_type") == "pixtral":
         per_layer = 4 * h * h + 3 * h * inter + 2 * h
-        projector = h + spatial_merge**2 * h * h + h * text_hidden + text_hidden * text_hidden
-        return layers * per_layer + channels * patch * patch * h + h + projector
+        linears = h * text_hidden + text_hidden * text_hidden
+        projector = h + spatial_merge**2 * h * h + linears
+        total = layers * per_layer + channels * patch * patch * h + h + projector
+        return total, layers * (4 * h * h + 3 * h * inter) + linears
     per_layer = 4 * (h * h + h) + 2 * h * inter + inter + h + 4 * h
     positions = (image // patch) ** 2
     embed = channels * patch * patch * h + h + positions * h
-    return layers * per_layer + embed + 2 * h + h * text_hidden + h
+    total = layers * per_layer + embed + 2 * h + h * text_hidden + h
+    return total, layers * (4 * h * h + 3 * h + 2 * h * inter + inter)

@@ -714,6 +714,7 @@ HF_PRESETS: dict[str, HFPreset] = {
                                          'sliding_attention', 'sliding_attention'],
                          'max_position_embeddings': 131072,
                          'model_type': 'gemma3_text',
+                         'rope_scaling': {'factor': 8.0, 'rope_type': 'linear'},
                          'num_attention_heads': 32,
                          'num_hidden_layers': 62,
                          'num_key_value_heads': 16,
@@ -786,6 +787,7 @@ HF_PRESETS: dict[str, HFPreset] = {
         're facts, not the HF file)',
         {'model_type': 'gemma3',
          'text_config': {'model_type': 'gemma3_text',
+                         'rope_scaling': {'factor': 8.0, 'rope_type': 'linear'},  # rope_scaling_factor=8
                          'num_hidden_layers': 34,
                          'num_attention_heads': 8,
                          'num_key_value_heads': 4,
@@ -811,6 +813,7 @@ HF_PRESETS: dict[str, HFPreset] = {
         'ure facts, not the HF file)',
         {'model_type': 'gemma3',
          'text_config': {'model_type': 'gemma3_text',
+                         'rope_scaling': {'factor': 8.0, 'rope_type': 'linear'},  # rope_scaling_factor=8
                          'num_hidden_layers': 48,
                          'num_attention_heads': 16,
                          'num_key_value_heads': 8,

@@ -96,6 +96,10 @@ class ModelSpec:
     # extra parameters outside the decoder stack
     mtp_layers: int = 0  # multi-token-prediction layers (DeepSeek V3, GLM-4.5)
     vision_params: int = 0  # vision tower + projector, counted on the first stage
+    vision_sharded_params: int = 0  # of vision_params: the per-layer matrices TP engines split
+    # positions of each RoPE cos/sin table the reference code precomputes (() = one table of
+    # max_position_embeddings); rope scaling and per-layer-kind bases change it (hf_config.rope_tables)
+    rope_positions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not plain_text(self.name).strip():
@@ -132,10 +136,19 @@ class ModelSpec:
         if self.kv_shared_layers >= self.num_layers:
             raise InputError(f"{self.name}.kv_shared_layers", self.kv_shared_layers,
                              f"fewer than num_layers={self.num_layers}")
+        if self.vision_sharded_params > self.vision_params:
+            raise InputError(f"{self.name}.vision_sharded_params", self.vision_sharded_params,
+                             f"at most vision_params={self.vision_params}")
+        if not isinstance(self.rope_positions, (tuple, list)) or len(self.rope_positions) > 8:
+            raise InputError(f"{self.name}.rope_positions", plain_text(self.rope_positions, 60),
+                             "a sequence of at most 8 table lengths")
+        for positions in self.rope_positions:
+            check_int(f"{self.name}.rope_positions", positions, maximum=2**40)
         check_choice(f"{self.name}.weight_quant", self.weight_quant, WEIGHT_QUANT)
         object.__setattr__(self, "weight_dtype", canonical_dtype(self.weight_dtype, "weight_dtype"))
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
         object.__setattr__(self, "quant_exclude", tuple(self.quant_exclude))
+        object.__setattr__(self, "rope_positions", tuple(self.rope_positions))
 
     @property
     def is_moe(self) -> bool:
