@@ -399,7 +399,7 @@ def custom_all_reduce_bytes(tensor: int, link: str) -> int:
 
 
 def non_torch_band(engine: str, version: str, *, tensor: int, pipeline: int, link: str,
-                   custom_ar: bool = True, data: int = 1) -> Band:
+                   custom_ar: bool = True, data: int = 1, snapshot_after_init: bool = False) -> Band:
     """Non-torch memory of one rank: base + (TP) custom all-reduce + NCCL + (PP) NCCL p2p
     (+ ``data`` > 1: the data-parallel group's NCCL communicator).
 
@@ -409,18 +409,25 @@ def non_torch_band(engine: str, version: str, *, tensor: int, pipeline: int, lin
     TP (vllm/distributed/device_communicators/cuda_communicator.py ``CudaCommunicator.__init__``,
     vllm-project/vllm v0.10.x: ``use_pynccl = "ep" not in unique_name``, "only tp uses custom
     allreduce"), so a DP group is charged one NCCL communicator (the same fitted per-link term) and
-    no custom all-reduce buffers."""
-    base = fitted(engine, "non_torch_base_gib", version)
-    total = base * GiB
-    if tensor > 1:
-        total += fitted(engine, "nccl_tp_gib", version, link) * GiB
-        if custom_ar:
-            total += custom_all_reduce_bytes(tensor, link)
-    if data > 1:
-        total += fitted(engine, "nccl_tp_gib", version, link) * GiB
-    if pipeline > 1:
-        total += fitted(engine, "nccl_pp_gib") * GiB
-    return Band.of(total, total, total)
+    no custom all-reduce buffers.
+
+    ``snapshot_after_init`` (vLLM ≥ 0.11, vllm PR #25359): the worker takes its memory snapshot
+    after ``init_worker_distributed_environment``, so the PyNccl communicator and the custom
+    all-reduce buffers are outside what profiling measures. Still inside: the group's torch NCCL
+    communicator, which ``torch.distributed`` creates lazily at the profile run's first
+    collective on the device group (the logits all-gather: vllm/distributed/device_communicators/
+    base_device_communicator.py ``all_gather`` → ``all_gather_into_tensor(group=device_group)``).
+    The fitted per-link term covers both communicators, so half of it is charged, with the band
+    from none of it to all of it (the ≤ 0.10 charge)."""
+    base = fitted(engine, "non_torch_base_gib", version) * GiB
+    nccl = fitted(engine, "nccl_tp_gib", version, link) * GiB
+    groups = (tensor > 1) + (data > 1)  # device groups with an NCCL communicator
+    ar = custom_all_reduce_bytes(tensor, link) if tensor > 1 and custom_ar else 0
+    pp = fitted(engine, "nccl_pp_gib") * GiB if pipeline > 1 else 0
+    full = base + groups * nccl + ar + pp
+    if not snapshot_after_init:
+        return Band.of(full, full, full)
+    return Band.of(base + pp, base + groups * nccl / 2 + pp, full)
 
 
 NON_TORCH_SOURCE = ("base + NCCL " + CALIBRATION_SOURCE + "; custom all-reduce buffers from "
