@@ -111,25 +111,48 @@ def test_dummy_sampler_over_max_num_seqs_by_version():
     # 2048 batched tokens: forward 2048 × 110,592 B = 0.21 GiB; the sampler over 1024 rows dominates
     # V1 with FlashInfer top-k/top-p (0.10.x, 0.2x on): bf16 logits 2 + fp32 logits 4 + fp32
     # probabilities 4 = 10 B (H100 V1 logs of Llama-3.1-8B at 1024 seqs print 1.21–1.24 GiB:
-    # 1024 × 128,256 × 10 B = 1.22 GiB); its band reaches V1's native sort path (28 B)
+    # 1024 × 128,256 × 10 B = 1.22 GiB); its band reaches the native sort (38 B)
     logits = 1024 * 128256
     for version in ("0.33", "0.2x", "0.10"):
         p = vllm(version=version, max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
         act = next(t for t in p.non_kv.terms if t.name == "activation").band
-        assert (act.central, act.high) == (logits * 10, logits * 28)
-    # V1 0.8.x–0.9.0 (FlashInfer >= 0.2.3 off: vllm PR #14815 until PR #15777) and 0.11–0.19
-    # (FlashInfer opt-in: PR #26859 until PR #40376): V1's native sort, all of it alive at the final
-    # scatter — bf16 2 + fp32 4 + sorted 4 + int64 indices 8 + top-k mask 1 + sorted probabilities 4
-    # + top-p mask 1 + scattered output 4 = 28 B; band down to FlashInfer's 8 B, up to 30 B
-    for version in ("0.9", "0.11"):
+        assert (act.central, act.high) == (logits * 10, logits * 38)
+    # V1 0.8.x–0.9.0 (FlashInfer >= 0.2.3 off: vllm PR #14815 until PR #15777), 0.11–0.19
+    # (FlashInfer opt-in: PR #26859 until PR #40376) and V0 sort the fp32 logits; at ≥ 128 rows
+    # PyTorch's segmented sort holds bf16 2 + fp32 4 + sorted values 4 + int64 indices 8 + int64
+    # reverse indices 8 + cub's alternate key/value buffers 4 + 8 = 38 B; band from FlashInfer's 8 B to 40 B
+    for version in ("0.9", "0.11", "v0"):
         p = vllm(version=version, max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
         act = next(t for t in p.non_kv.terms if t.name == "activation").band
-        assert (act.low, act.central, act.high) == (logits * 8, logits * 28, logits * 30)
-    # V0, PyTorch-native sort: 2 + 4 + sorted fp32 4 + int64 indices 8 + sorted probabilities 4 + mask 1
-    v0 = vllm(version="v0", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
-    assert v0.non_kv.get("activation") == logits * 23
+        assert (act.low, act.central, act.high) == (logits * 8, logits * 38, logits * 40)
+    # 64 rows: sorted as one array — two int2 index/segment arrays 16 + a key buffer 4 + cub's key
+    # and int2 buffers 12 beside the 18 B held = 50 B, which beats the forward pass at 2048 tokens
+    few = vllm(version="0.11", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=64)
+    assert few.non_kv.get("activation") == max(64 * 128256 * 50, 2048 * 110_592)
     small = vllm(version="0.10", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=64)
     assert small.non_kv.get("activation") == 2048 * 110_592  # the forward pass wins
+
+
+def test_torch_sort_peak_by_rows():
+    from estimator.engines.non_kv import torch_sort_sampler_bytes
+
+    assert torch_sort_sampler_bytes(1, 151_936) == 38  # one row: its index row and cub buffers
+    assert torch_sort_sampler_bytes(2, 151_936) == torch_sort_sampler_bytes(127, 151_936) == 50
+    assert torch_sort_sampler_bytes(128, 151_936) == torch_sort_sampler_bytes(4096, 262_208) == 38
+    assert torch_sort_sampler_bytes(256, 2_000_000) == 28  # row by row: past the sort, 28 B at the scatter
+
+
+def test_gpt_oss_120b_sampler_peak_matches_the_vllm_0_11_log():
+    # vllm-project/vllm #27508 (0.11, one H100, --gpu-memory-utilization 0.95
+    # --max-num-batched-tokens 1024): 1.71 GiB of KV; #23278 logs the weights, 65.97 GiB. What
+    # the profile charged beside them: 0.95 × 79.18 − 65.97 − 1.71 = 7.54 GiB. The dummy sampler
+    # over 1024 rows × 201,088 logits at 38 B is 7.29 GiB of it (28 B: 5.37 GiB)
+    model = load_preset("gpt-oss-120b")
+    with calibrated(SYN):
+        p = engine_plan(model, "1xH100-80GB", engine="vllm", version="0.11", gpu_memory_utilization=0.95,
+                        max_num_batched_tokens=1024, max_model_len=8192)
+    assert p.non_kv.get("activation") == 1024 * 201_088 * 38
+    assert abs((p.non_kv.get("activation") + p.non_kv.get("non_torch")) / GiB - 7.54) < 0.3
 
 
 def test_lora_slots_by_hand():
@@ -267,8 +290,12 @@ def test_vision_tower_split_over_the_tensor_group():
     with calibrated(SYN):
         one, four = (engine_plan(gemma, f"{tp}xH100-80GB", f"tp{tp}", engine="vllm", version="0.9",
                                  max_model_len=8192) for tp in (1, 4))
-    # "Model loading took 13.1665 GB" (GiB) on every rank at TP 4 (vllm-project/vllm #15676, #16378)
+    # "Model loading took 13.1665 GB" (GiB) on every rank at TP 4 (vllm-project/vllm #15676, #16378);
+    # "model weights take 6.74GiB" at TP 8 (#15766)
     assert abs(four.non_kv.get("weights") / GiB - 13.1665) < 0.1
+    with calibrated(SYN):
+        eight = engine_plan(gemma, "8xH100-80GB", "tp8", engine="vllm", version="v0", max_model_len=8192)
+    assert abs(eight.non_kv.get("weights") / GiB - 6.74) < 0.1
     # the rank holds a quarter of the split matrices and all of the rest
     from estimator.core.geometry import geometry
     from estimator.core.layout import Layout

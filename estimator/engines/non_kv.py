@@ -25,15 +25,20 @@ Terms (bytes on one device):
     vocabulary (vllm/v1/worker/gpu_model_runner.py ``GPUModelRunner._dummy_sampler_run``: logits
     in the model dtype, cast to fp32 by ``Sampler``; the dummy metadata sets ``top_p=0.9,
     top_k=vocab−1`` and asks no logprobs). Bytes per logit (``sampler_bytes_per_logit``) by the
-    top-k/top-p path. V0's PyTorch-native sort (vllm/model_executor/layers/sampler.py
-    ``_apply_top_k_top_p``): bf16 logits 2 + fp32 logits 4 + sorted values 4 + int64 indices 8 +
-    sorted probabilities 4 + masks 1 = 23 B live at once. V1's native path
-    (vllm/v1/sample/ops/topk_topp_sampler.py ``apply_top_k_top_p``) keeps every intermediate alive
-    until its final ``scatter``: bf16 logits 2 + fp32 logits 4 + sorted values 4 + indices 8 + top-k
-    mask 1 + sorted probabilities 4 (the cumulative sum is written in place) + top-p mask 1 + the
-    scattered output 4 = 28 B. The FlashInfer kernel (``VLLM_USE_FLASHINFER_SAMPLER``) keeps the bf16
-    logits, the fp32 copy and fp32 probabilities, 10 B (public H100 V1 logs of Llama-3.1-8B at
-    max_num_seqs 1024 print 1.21–1.24 GiB of activation peak: 1024 × 128,256 × 10 B = 1.22 GiB).
+    top-k/top-p path. Both native paths — V0's (vllm/model_executor/layers/sampler.py
+    ``_apply_top_k_top_p``) and V1's (vllm/v1/sample/ops/topk_topp_sampler.py
+    ``apply_top_k_top_p``) — sort the fp32 logits, and the sort is their peak
+    (``torch_sort_sampler_bytes``): bf16 logits 2 + fp32 logits 4 + the sorted values 4 and int64
+    indices 8 + what PyTorch's stable sort allocates meanwhile (aten/src/ATen/native/cuda/
+    SortStable.cu): with ≥ 128 rows ``segmented_sort_pairs``, an int64 index row 8 + cub's alternate
+    key and value buffers 4 + 8 = 38 B (vllm PR #33538 measures PyTorch's path at 5.00 GB for
+    1024 × 131,072 fp32 logits: 37 B beside the bf16 copy); with 2–127 rows
+    ``segmented_sort_pairs_by_full_sort``, two int2 arrays 16 + a key buffer 4 + cub's 4 + 8 = 50 B.
+    After the sort V1 keeps every intermediate until its final ``scatter``, 28 B, below the sort.
+    The FlashInfer kernel (``VLLM_USE_FLASHINFER_SAMPLER``) keeps the bf16 logits, the fp32 copy
+    and fp32 probabilities, 10 B (public H100 V1 logs of Llama-3.1-8B at max_num_seqs 1024 print
+    1.21–1.24 GiB of activation peak: 1024 × 128,256 × 10 B = 1.22 GiB); vLLM's Triton kernel
+    (PR #33538) about 14 B.
     Which path a release takes by default is ``sampler_bytes_per_logit``.
 - ``non_torch``: memory the process gains outside the torch allocator:
   * a base (cuBLAS/cuDNN workspaces, CUDA module loading), calibration.json ``non_torch_base_gib``;
@@ -207,12 +212,27 @@ def interconnect(device_kind: str) -> str:
 
 # ----------------------------------------------------------------------------- activation
 FUSED_MOE_CHUNK_SIZE = 32768  # vllm/envs.py VLLM_FUSED_MOE_CHUNK_SIZE default
-# (low, central, high) bytes per logit of the dummy sampler run (module docstring)
-V0_NATIVE_SAMPLER_BYTES = (18, 23, 26)  # V0's sort-based top-k/top-p; low: after the sort is freed
-# V1's sort-based path, peak at its scatter; low: FlashInfer / Triton kernels where a build uses them
-V1_NATIVE_SAMPLER_BYTES = (8, 28, 30)
-# FlashInfer kernel; high: a fallback to V1's native path (no FlashInfer installed)
-FLASHINFER_SAMPLER_BYTES = (V1_NATIVE_SAMPLER_BYTES[0], 10, V1_NATIVE_SAMPLER_BYTES[1])
+# (low, central, high) bytes per logit of the dummy sampler run (module docstring); the native
+# paths' central is the sort's peak, torch_sort_sampler_bytes; low: FlashInfer's 8–10 B or the
+# Triton kernel's 14 B where a build takes them (0.8.x Docker images ship FlashInfer < 0.2.3)
+NATIVE_SAMPLER_BAND = (8, 2)  # (low, high − central)
+# FlashInfer kernel; high: a fallback to the native sort (no FlashInfer installed)
+FLASHINFER_SAMPLER_BYTES = (8, 10, 38)
+FULL_SORT_ROWS = 128  # fewer rows: PyTorch sorts them as one array (SortStable.cu)
+LARGE_SEGMENT = 1_000_000  # a vocabulary this long is sorted row by row
+
+
+def torch_sort_sampler_bytes(rows: int, vocab: int) -> int:
+    """Peak bytes per logit of the native top-k/top-p sampler: during ``logits.sort`` (module
+    docstring; PyTorch aten/src/ATen/native/cuda/SortStable.cu ``do_launch_stable_sort_kernel``
+    picks the algorithm by row count and row length)."""
+    held = 2 + 4 + 4 + 8  # bf16 logits, fp32 logits, sorted values, int64 indices
+    if rows == 1 or vocab >= LARGE_SEGMENT:  # segmented_sort_large_segments: index + cub buffers
+        one_row = (8 + 12) // rows  # of one row only; past the sort V1 holds 28 B until its scatter
+        return max(held + one_row, 28)
+    if rows < FULL_SORT_ROWS:  # two int2 index/segment arrays, a key buffer, cub's key + int2 buffers
+        return held + 16 + 4 + 12
+    return held + 8 + 12  # int64 reverse indices, cub's alternate key and value buffers
 
 
 # The default top-k/top-p path of each V1 release family (vllm-project/vllm
@@ -222,17 +242,19 @@ FLASHINFER_SAMPLER_BYTES = (V1_NATIVE_SAMPLER_BYTES[0], 10, V1_NATIVE_SAMPLER_BY
 # - "0.10" (0.10.x): FlashInfer, a default dependency of vLLM's CUDA build by then;
 # - "0.11" (0.11–0.19): native — PR #26859 (2025-10-15, "Disable FlashInfer sampler by default")
 #   made FlashInfer opt-in until PR #40376 (2026-04-20, "Enable FlashInfer top-k/top-p sampler by
-#   default"); late releases of the family may take the Triton kernels of PR #33538 (about 14 B a
-#   logit: the band's low end). The 0.19.0 gpt-oss-20b log of the corpus implies ≈ 27 B;
+#   default"); releases after PR #33538 (2026-02) take its Triton kernel for ≥ 8 rows (about 14 B
+#   a logit: the band's low end);
 # - "0.2x" and "0.33": FlashInfer (PR #40376), band up to V1's native path (no FlashInfer installed).
 NATIVE_DEFAULT_V1 = ("0.9", "0.11")
 
 
-def sampler_bytes_per_logit(version: str) -> tuple[int, int, int]:
-    """(low, central, high) peak bytes per logit of the dummy sampler run for a vLLM version."""
-    if version.startswith("v0"):
-        return V0_NATIVE_SAMPLER_BYTES
-    return V1_NATIVE_SAMPLER_BYTES if version in NATIVE_DEFAULT_V1 else FLASHINFER_SAMPLER_BYTES
+def sampler_bytes_per_logit(version: str, rows: int, vocab: int) -> tuple[int, int, int]:
+    """(low, central, high) peak bytes per logit of the dummy sampler run of a vLLM version over
+    ``rows`` × ``vocab`` logits."""
+    if version.startswith("v0") or version in NATIVE_DEFAULT_V1:
+        central = torch_sort_sampler_bytes(rows, vocab)
+        return NATIVE_SAMPLER_BAND[0], central, central + NATIVE_SAMPLER_BAND[1]
+    return FLASHINFER_SAMPLER_BYTES
 
 
 ACTIVATION_BAND = (0.9, 1.0, 1.35)
@@ -532,5 +554,5 @@ __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTE
            "calibration", "capture_graph_band", "cuda_graph_band", "cudagraph_capture_sizes",
            "custom_all_reduce_bytes", "fitted", "forward_bytes", "forward_bytes_per_token", "gpu_class",
            "interconnect", "lora_slot_bytes", "mxfp4_padding_bytes", "non_torch_band", "residual_band",
-           "rotary_cache_bytes", "sampler_bytes_per_logit", "term", "torch_weight_bytes",
-           "vision_split_bytes"]
+           "rotary_cache_bytes", "sampler_bytes_per_logit", "term", "torch_sort_sampler_bytes",
+           "torch_weight_bytes", "vision_split_bytes"]

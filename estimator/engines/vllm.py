@@ -390,9 +390,10 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
     if k["cpu_offload_gb"]:  # vllm/model_executor/models/utils.py maybe_offload_to_cpu: per-GPU budget
         weights -= min(int(k["cpu_offload_gb"] * GiB), stage_weights)
         source += " − cpu_offload_gb"
+    rows = min(seqs, batched)
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=batched,
-                          sampler_rows=min(seqs, batched), last_stage=stage == lay.pipeline - 1,
-                          sampler_bytes_per_logit=sampler_bytes_per_logit(version),
+                          sampler_rows=rows, last_stage=stage == lay.pipeline - 1,
+                          sampler_bytes_per_logit=sampler_bytes_per_logit(version, rows, m.vocab_size),
                           # DP + expert parallel (EP = DP x TP): the naive all-to-all gathers every DP
                           # rank's tokens before the experts (non_kv.forward_bytes); V1 only
                           moe_gather=lay.data if (m.is_moe and lay.data > 1 and lay.expert > 1
