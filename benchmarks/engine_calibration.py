@@ -43,6 +43,7 @@ from estimator.engines.non_kv import (  # noqa: E402
     fitted,
     interconnect,
 )
+from estimator.engines.vllm import SNAPSHOT_AFTER_INIT  # noqa: E402
 from estimator.model.hf_config import load_hf_config  # noqa: E402
 from estimator.model.resolve import load_preset  # noqa: E402
 from estimator.model.spec import ModelSpec  # noqa: E402
@@ -651,6 +652,8 @@ def fit(cases: Iterable[Case]) -> dict[str, Any]:
                     for c in own:
                         if c.version not in versions or c.tensor < 2 or c.pipeline > 1 or c.link != link:
                             continue
+                        if engine == "vllm" and c.version in SNAPSHOT_AFTER_INIT:
+                            continue  # charged half the term and no custom all-reduce (non_torch_band)
                         base = fitted(engine, "non_torch_base_gib", c.version)
                         ar = custom_all_reduce_bytes(c.tensor, link) / GiB if engine == "vllm" else 0.0
                         if "non_torch" in c.sub:

@@ -8,11 +8,13 @@ it is: every term is a ``Band`` (low, central, high) and the profiles carry the 
 
 Terms (bytes on one device):
 
-- ``weights``: the device's weight shard (estimator.core.geometry), plus the rotary cos/sin cache
-  vLLM and SGLang keep beside the weights (``[max_position, rotary_dim]`` in the model dtype:
-  vllm/model_executor/layers/rotary_embedding.py ``RotaryEmbedding._compute_cos_sin_cache``),
-  plus LoRA's stacked adapter slots when LoRA is enabled (``lora_slot_bytes``), plus the padding
-  vLLM's MXFP4 MoE kernels add to expert weights (``mxfp4_padding_bytes``). Exact.
+- ``weights``: the device's weight shard (estimator.core.geometry) less the vision-tower matrices
+  vLLM and SGLang split over the tensor group (``vision_split_bytes``), plus the rotary cos/sin
+  caches they keep beside the weights (one ``[positions, rotary_dim]`` table in the model dtype
+  per distinct rotary embedding, positions as its scaling builds them: ``rotary_cache_bytes``,
+  vllm/model_executor/layers/rotary_embedding ``get_rope``), plus LoRA's stacked adapter slots
+  when LoRA is enabled (``lora_slot_bytes``), plus the padding vLLM's MXFP4 MoE kernels add to
+  expert weights (``mxfp4_padding_bytes``). Exact.
 - ``activation``: the profile pass's transient torch peak, the larger of
   * forward (``forward_bytes_per_token`` × batched tokens): the live tensors of one decoder layer
     — 3 hidden-wide buffers (residual, normed input, layer output), the attention projections
@@ -32,7 +34,7 @@ Terms (bytes on one device):
     indices 8 + what PyTorch's stable sort allocates meanwhile (aten/src/ATen/native/cuda/
     SortStable.cu): with ≥ 128 rows ``segmented_sort_pairs``, an int64 index row 8 + cub's alternate
     key and value buffers 4 + 8 = 38 B (vllm PR #33538 measures PyTorch's path at 5.00 GB for
-    1024 × 131,072 fp32 logits: 37 B beside the bf16 copy); with 2–127 rows
+    1024 × 131,072 fp32 logits, 37 B a logit where 36 B are modelled beside the bf16 copy); with 2–127 rows
     ``segmented_sort_pairs_by_full_sort``, two int2 arrays 16 + a key buffer 4 + cub's 4 + 8 = 50 B.
     After the sort V1 keeps every intermediate until its final ``scatter``, 28 B, below the sort.
     The FlashInfer kernel (``VLLM_USE_FLASHINFER_SAMPLER``) keeps the bf16 logits, the fp32 copy
@@ -216,8 +218,9 @@ FUSED_MOE_CHUNK_SIZE = 32768  # vllm/envs.py VLLM_FUSED_MOE_CHUNK_SIZE default
 # paths' central is the sort's peak, torch_sort_sampler_bytes; low: FlashInfer's 8–10 B or the
 # Triton kernel's 14 B where a build takes them (0.8.x Docker images ship FlashInfer < 0.2.3)
 NATIVE_SAMPLER_BAND = (8, 2)  # (low, high − central)
-# FlashInfer kernel; high: a fallback to the native sort (no FlashInfer installed)
-FLASHINFER_SAMPLER_BYTES = (8, 10, 38)
+# FlashInfer kernel (low, central); sampler_bytes_per_logit takes the high end from the native
+# sort a build without FlashInfer falls back to; SGLang, TRT-LLM and tpu-inference use this tuple
+FLASHINFER_SAMPLER_BYTES = (8, 10, 40)
 FULL_SORT_ROWS = 128  # fewer rows: PyTorch sorts them as one array (SortStable.cu)
 LARGE_SEGMENT = 1_000_000  # a vocabulary this long is sorted row by row
 
@@ -226,6 +229,7 @@ def torch_sort_sampler_bytes(rows: int, vocab: int) -> int:
     """Peak bytes per logit of the native top-k/top-p sampler: during ``logits.sort`` (module
     docstring; PyTorch aten/src/ATen/native/cuda/SortStable.cu ``do_launch_stable_sort_kernel``
     picks the algorithm by row count and row length)."""
+    rows = max(rows, 1)
     held = 2 + 4 + 4 + 8  # bf16 logits, fp32 logits, sorted values, int64 indices
     if rows == 1 or vocab >= LARGE_SEGMENT:  # segmented_sort_large_segments: index + cub buffers
         one_row = (8 + 12) // rows  # of one row only; past the sort V1 holds 28 B until its scatter
@@ -251,10 +255,10 @@ NATIVE_DEFAULT_V1 = ("0.9", "0.11")
 def sampler_bytes_per_logit(version: str, rows: int, vocab: int) -> tuple[int, int, int]:
     """(low, central, high) peak bytes per logit of the dummy sampler run of a vLLM version over
     ``rows`` × ``vocab`` logits."""
+    native = torch_sort_sampler_bytes(rows, vocab)
     if version.startswith("v0") or version in NATIVE_DEFAULT_V1:
-        central = torch_sort_sampler_bytes(rows, vocab)
-        return NATIVE_SAMPLER_BAND[0], central, central + NATIVE_SAMPLER_BAND[1]
-    return FLASHINFER_SAMPLER_BYTES
+        return NATIVE_SAMPLER_BAND[0], native, native + NATIVE_SAMPLER_BAND[1]
+    return FLASHINFER_SAMPLER_BYTES[0], FLASHINFER_SAMPLER_BYTES[1], native + NATIVE_SAMPLER_BAND[1]
 
 
 ACTIVATION_BAND = (0.9, 1.0, 1.35)
@@ -439,8 +443,10 @@ def non_torch_band(engine: str, version: str, *, tensor: int, pipeline: int, lin
     communicator, which ``torch.distributed`` creates lazily at the profile run's first
     collective on the device group (the logits all-gather: vllm/distributed/device_communicators/
     base_device_communicator.py ``all_gather`` → ``all_gather_into_tensor(group=device_group)``).
-    The fitted per-link term covers both communicators, so half of it is charged, with the band
-    from none of it to all of it (the ≤ 0.10 charge)."""
+    The fitted per-link term covers both communicators, so half of it is charged for the TP group,
+    with the band from none of it to all of it (the ≤ 0.10 charge). A DP group's collectives in the
+    profile run go through PyNccl (``all_gatherv``) or the CPU group, so it is charged only in the
+    band's high end. Derived, not fitted: no 0.11+ log at TP ≥ 2 in the corpus can be run."""
     base = fitted(engine, "non_torch_base_gib", version) * GiB
     nccl = fitted(engine, "nccl_tp_gib", version, link) * GiB
     groups = (tensor > 1) + (data > 1)  # device groups with an NCCL communicator
@@ -449,7 +455,7 @@ def non_torch_band(engine: str, version: str, *, tensor: int, pipeline: int, lin
     full = base + groups * nccl + ar + pp
     if not snapshot_after_init:
         return Band.of(full, full, full)
-    return Band.of(base + pp, base + groups * nccl / 2 + pp, full)
+    return Band.of(base + pp, base + (tensor > 1) * nccl / 2 + pp, full)
 
 
 NON_TORCH_SOURCE = ("base + NCCL " + CALIBRATION_SOURCE + "; custom all-reduce buffers from "

@@ -24,10 +24,10 @@ Utilization defaults to 0.92 in 0.33 and 0.9 before.
 
 Per worker (one device of a tensor/pipeline group; each data-parallel rank is its own engine, and
 ``max_num_seqs`` / ``max_num_batched_tokens`` are per data-parallel rank, as vLLM means them):
-non-KV = weights (+ rotary cache, + LoRA slots, − ``cpu_offload_gb``) + activation peak (dummy
-forward at max_num_batched_tokens, dummy sampler over max_num_seqs × vocabulary) + non-torch memory
-(custom all-reduce and NCCL buffers by TP size and interconnect; PP only its p2p communicator) +
-CUDA-graph memory (≥ 0.21), see estimator.engines.non_kv. ``num_blocks = available //
+non-KV = weights (+ rotary caches, − TP-split vision matrices, + LoRA slots, − ``cpu_offload_gb``) +
+activation peak (dummy forward at max_num_batched_tokens, dummy sampler over max_num_seqs ×
+vocabulary) + non-torch memory (custom all-reduce and NCCL buffers by TP size and interconnect; PP
+only its p2p communicator) + CUDA-graph memory (≥ 0.21), see estimator.engines.non_kv. ``num_blocks = available //
 bytes_per_block``, the minimum over workers. Layers are grouped as vLLM groups them (§3.4): one
 group for a uniform model; full, sliding-window and recurrent layers in groups of equal layer
 counts sharing one page size (the attention block size raised to cover a Mamba page). The "vLLM
@@ -81,6 +81,7 @@ from estimator.engines.non_kv import (
     mxfp4_padding_bytes,
     non_torch_band,
     residual_band,
+    rotary_cache_bytes,
     sampler_bytes_per_logit,
     term,
     torch_weight_bytes,
@@ -379,6 +380,7 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
     """vLLM's non-KV terms on one worker of pipeline stage ``stage`` (estimator.engines.non_kv)."""
     lay, k, version, measured = setup.layout, setup.knobs, setup.version, setup.measured
     weights = torch_weight_bytes(m, stage_weights, stage=stage, tensor=lay.tensor)
+    params = weights - rotary_cache_bytes(m)  # what cpu_offload_gb can move: parameters, not buffers
     source = WEIGHTS_SOURCE
     pad = mxfp4_padding_bytes(m, lay.tensor, setup.mesh.device_kinds[0], stage_layers)
     if pad:
@@ -388,7 +390,7 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         weights += lora_slot_bytes(m, lay.tensor, max_loras=k["max_loras"], max_lora_rank=k["max_lora_rank"])
         source += " + LoRA slots (" + LORA_SOURCE + ")"
     if k["cpu_offload_gb"]:  # vllm/model_executor/models/utils.py maybe_offload_to_cpu: per-GPU budget
-        weights -= min(int(k["cpu_offload_gb"] * GiB), stage_weights)
+        weights -= min(int(k["cpu_offload_gb"] * GiB), params)
         source += " − cpu_offload_gb"
     rows = min(seqs, batched)
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=batched,

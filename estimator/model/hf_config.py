@@ -80,7 +80,7 @@ def _base(r: _Reader, name: str) -> dict[str, Any]:
     hidden = check_int("hidden_size", r.need("hidden_size"))
     heads = check_int("num_attention_heads", r.need("num_attention_heads"))
     max_position = check_int("max_position_embeddings", r.need("max_position_embeddings"), maximum=2**40)
-    table = rope_table(r, max_position)
+    table = _rope_table(r, max_position)
     return dict(
         name=name, model_type=r.model_type, num_layers=r.layers(),
         hidden_size=hidden, num_attention_heads=heads,
@@ -94,18 +94,18 @@ def _base(r: _Reader, name: str) -> dict[str, Any]:
     )
 
 
-def rope_table(r: _Reader, max_position: int) -> int:
+def _rope_table(r: _Reader, max_position: int) -> int:
     """Positions of the RoPE cos/sin table the engines precompute for this config (vLLM
     vllm/model_executor/layers/rotary_embedding ``get_rope``; SGLang's copy): linear and dynamic-NTK
     scaling extend it to max_position × factor (``LinearScalingRotaryEmbedding``,
     ``DynamicNTKScalingRotaryEmbedding``), YaRN builds original_max_position × factor, LongRoPE a
-    short table of original_max_position beside the long one; other kinds max_position."""
-    scaling = r.get("rope_scaling") or r.get("rope_parameters")
+    short table of original_max_position beside the long one (``su``, its old name); other kinds
+    max_position. transformers v5 keeps one entry per layer kind: the full-attention one counts."""
+    scaling = _rope_parameters(r, "full_attention")
     if not scaling:
         return max_position
-    if not isinstance(scaling, Mapping):
-        raise InputError("rope_scaling", plain_text(scaling, 80), "a JSON object (rope_type, factor, ...)")
     kind = str(scaling.get("rope_type", scaling.get("type", "default")))
+    kind = "longrope" if kind == "su" else kind
     if kind not in ("linear", "dynamic", "yarn", "deepseek_yarn", "longrope"):
         return max_position
     factor = scaling.get("factor", 1.0)
@@ -122,6 +122,18 @@ def rope_table(r: _Reader, max_position: int) -> int:
         return original + max_position
     return check_int("rope_scaling.factor × original_max_position_embeddings", math.ceil(original * factor),
                      maximum=2**40)
+
+
+def _rope_parameters(r: _Reader, layer_kind: str) -> Mapping[str, Any]:
+    """The rope scaling/parameters object of ``layer_kind``'s layers ({} if none): ``rope_scaling``
+    or ``rope_parameters``, the latter possibly keyed by layer kind (transformers v5)."""
+    key = "rope_scaling" if r.get("rope_scaling") else "rope_parameters"
+    scaling = r.get(key) or {}
+    if not isinstance(scaling, Mapping):
+        raise InputError(key, plain_text(scaling, 80), "a JSON object (rope_type, factor, ...)")
+    if isinstance(scaling.get(layer_kind), Mapping):
+        return scaling[layer_kind]
+    return scaling
 
 
 def _quantization(q: Any) -> dict[str, Any]:
@@ -263,7 +275,8 @@ def _gemma(r: _Reader, name: str) -> dict[str, Any]:
     spec.update(norms_per_layer=4, tie_word_embeddings=bool(r.get("tie_word_embeddings", True)),
                 qk_norm=r.model_type.startswith("gemma3"))
     if r.model_type.startswith("gemma3"):  # sliding layers: rope_local_base_freq, no scaling (a 2nd table)
-        local, base = r.get("rope_local_base_freq", 10_000.0), r.get("rope_theta", 1_000_000.0)
+        local = _rope_parameters(r, "sliding_attention").get("rope_theta", r.get("rope_local_base_freq", 10_000.0))
+        base = _rope_parameters(r, "full_attention").get("rope_theta", r.get("rope_theta", 1_000_000.0))
         if spec["rope_positions"] or local != base:
             spec["rope_positions"] = (*(spec["rope_positions"] or (spec["max_position_embeddings"],)),
                                       spec["max_position_embeddings"])

@@ -142,13 +142,12 @@ class ModelSpec:
         if not isinstance(self.rope_positions, (tuple, list)) or len(self.rope_positions) > 8:
             raise InputError(f"{self.name}.rope_positions", plain_text(self.rope_positions, 60),
                              "a sequence of at most 8 table lengths")
-        for positions in self.rope_positions:
-            check_int(f"{self.name}.rope_positions", positions, maximum=2**40)
+        object.__setattr__(self, "rope_positions", tuple(
+            check_int(f"{self.name}.rope_positions", positions, maximum=2**40) for positions in self.rope_positions))
         check_choice(f"{self.name}.weight_quant", self.weight_quant, WEIGHT_QUANT)
         object.__setattr__(self, "weight_dtype", canonical_dtype(self.weight_dtype, "weight_dtype"))
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
         object.__setattr__(self, "quant_exclude", tuple(self.quant_exclude))
-        object.__setattr__(self, "rope_positions", tuple(self.rope_positions))
 
     @property
     def is_moe(self) -> bool:
