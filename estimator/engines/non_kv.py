@@ -218,9 +218,6 @@ FUSED_MOE_CHUNK_SIZE = 32768  # vllm/envs.py VLLM_FUSED_MOE_CHUNK_SIZE default
 # paths' central is the sort's peak, torch_sort_sampler_bytes; low: FlashInfer's 8–10 B or the
 # Triton kernel's 14 B where a build takes them (0.8.x Docker images ship FlashInfer < 0.2.3)
 NATIVE_SAMPLER_BAND = (8, 2)  # (low, high − central)
-# FlashInfer kernel (low, central); sampler_bytes_per_logit takes the high end from the native
-# sort a build without FlashInfer falls back to; SGLang, TRT-LLM and tpu-inference use this tuple
-FLASHINFER_SAMPLER_BYTES = (8, 10, 40)
 FULL_SORT_ROWS = 128  # fewer rows: PyTorch sorts them as one array (SortStable.cu)
 LARGE_SEGMENT = 1_000_000  # a vocabulary this long is sorted row by row
 
@@ -229,14 +226,19 @@ def torch_sort_sampler_bytes(rows: int, vocab: int) -> int:
     """Peak bytes per logit of the native top-k/top-p sampler: during ``logits.sort`` (module
     docstring; PyTorch aten/src/ATen/native/cuda/SortStable.cu ``do_launch_stable_sort_kernel``
     picks the algorithm by row count and row length)."""
-    rows = max(rows, 1)
     held = 2 + 4 + 4 + 8  # bf16 logits, fp32 logits, sorted values, int64 indices
-    if rows == 1 or vocab >= LARGE_SEGMENT:  # segmented_sort_large_segments: index + cub buffers
-        one_row = (8 + 12) // rows  # of one row only; past the sort V1 holds 28 B until its scatter
-        return max(held + one_row, 28)
+    if rows <= 1:  # segmented_sort_large_segments: an int64 index row, cub's key and value buffers
+        return held + 8 + 12
+    if vocab >= LARGE_SEGMENT:  # sorted row by row: one row's buffers; V1 holds 28 B at its scatter
+        return 28
     if rows < FULL_SORT_ROWS:  # two int2 index/segment arrays, a key buffer, cub's key + int2 buffers
         return held + 16 + 4 + 12
     return held + 8 + 12  # int64 reverse indices, cub's alternate key and value buffers
+
+
+# FlashInfer kernel (low, central, high); high: the native sort (≥ 128 rows) a build without
+# FlashInfer falls back to. SGLang, TRT-LLM and tpu-inference take this tuple as it is
+FLASHINFER_SAMPLER_BYTES = (8, 10, torch_sort_sampler_bytes(FULL_SORT_ROWS, 0) + NATIVE_SAMPLER_BAND[1])
 
 
 # The default top-k/top-p path of each V1 release family (vllm-project/vllm
@@ -327,11 +329,11 @@ def vision_split_bytes(model: ModelSpec, tensor: int) -> int:
     return (split - split // tensor) * model.weight_bytes_per_param
 
 
-def torch_weight_bytes(model: ModelSpec, stage_weights: int, *, stage: int, tensor: int) -> int:
-    """Weights a PyTorch engine's rank of pipeline stage ``stage`` loads: kvfit's weight shard, plus
-    the rotary caches, less the vision matrices it splits (the tower sits on the first stage)."""
-    vision = vision_split_bytes(model, tensor) if stage == 0 else 0
-    return stage_weights + rotary_cache_bytes(model) - vision
+def torch_param_bytes(model: ModelSpec, stage_weights: int, *, stage: int, tensor: int) -> int:
+    """Parameters a PyTorch engine's rank of pipeline stage ``stage`` loads: kvfit's weight shard
+    less the vision matrices it splits (the tower sits on the first stage). The rotary caches
+    (``rotary_cache_bytes``) are buffers beside them."""
+    return stage_weights - (vision_split_bytes(model, tensor) if stage == 0 else 0)
 
 
 WEIGHTS_SOURCE = "estimator.core.geometry weight shard + rotary caches − TP-split vision matrices"
@@ -560,5 +562,5 @@ __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTE
            "calibration", "capture_graph_band", "cuda_graph_band", "cudagraph_capture_sizes",
            "custom_all_reduce_bytes", "fitted", "forward_bytes", "forward_bytes_per_token", "gpu_class",
            "interconnect", "lora_slot_bytes", "mxfp4_padding_bytes", "non_torch_band", "residual_band",
-           "rotary_cache_bytes", "sampler_bytes_per_logit", "term", "torch_sort_sampler_bytes",
-           "torch_weight_bytes", "vision_split_bytes"]
+           "rotary_cache_bytes", "sampler_bytes_per_logit", "term", "torch_param_bytes",
+           "torch_sort_sampler_bytes", "vision_split_bytes"]

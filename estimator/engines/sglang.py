@@ -51,8 +51,9 @@ from estimator.engines.non_kv import (
     interconnect,
     non_torch_band,
     residual_band,
+    rotary_cache_bytes,
     term,
-    torch_weight_bytes,
+    torch_param_bytes,
 )
 from meshes.catalog import MiB
 from meshes.validation import InputError
@@ -146,7 +147,8 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     for s, stage in enumerate(geom.stages):
         terms = [
             term("context", CONTEXT, CONTEXT_SOURCE, setup.measured.get("context_bytes")),
-            term("weights", Band.exact(torch_weight_bytes(m, stage.weight_bytes, stage=s, tensor=lay.tensor)),
+            term("weights", Band.exact(torch_param_bytes(m, stage.weight_bytes, stage=s, tensor=lay.tensor)
+                                        + rotary_cache_bytes(m)),
                  WEIGHTS_SOURCE, setup.measured.get("weights_bytes")),
             term("non_torch", non_torch_band(NAME, setup.version, tensor=lay.tensor, pipeline=lay.pipeline,
                                              link=link), NON_TORCH_SOURCE, setup.measured.get("non_torch_bytes")),

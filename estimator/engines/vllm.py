@@ -84,7 +84,7 @@ from estimator.engines.non_kv import (
     rotary_cache_bytes,
     sampler_bytes_per_logit,
     term,
-    torch_weight_bytes,
+    torch_param_bytes,
 )
 from estimator.model.spec import ModelSpec
 from meshes.validation import InputError
@@ -379,8 +379,8 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
                  kv_heads_per_shard: int, batched: int, seqs: int, graphs: bool) -> NonKV:
     """vLLM's non-KV terms on one worker of pipeline stage ``stage`` (estimator.engines.non_kv)."""
     lay, k, version, measured = setup.layout, setup.knobs, setup.version, setup.measured
-    weights = torch_weight_bytes(m, stage_weights, stage=stage, tensor=lay.tensor)
-    params = weights - rotary_cache_bytes(m)  # what cpu_offload_gb can move: parameters, not buffers
+    params = torch_param_bytes(m, stage_weights, stage=stage, tensor=lay.tensor)  # what cpu_offload_gb moves
+    weights = params + rotary_cache_bytes(m)
     source = WEIGHTS_SOURCE
     pad = mxfp4_padding_bytes(m, lay.tensor, setup.mesh.device_kinds[0], stage_layers)
     if pad:
