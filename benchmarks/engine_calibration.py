@@ -258,7 +258,7 @@ def vllm_version(case_doc: dict[str, Any]) -> str:
     if minor < 10:
         return "0.9"
     if minor < 20:
-        return "0.10" if minor == 10 else "0.11"
+        return "0.10" if minor == 10 else "0.11" if minor < 17 else "0.17"
     return "0.2x" if minor < 30 else "0.33"
 
 
@@ -569,7 +569,8 @@ def shrunk_median(values: list[float], prior: float) -> float:
     return statistics.median([*values, *([prior] * PRIOR_WEIGHT)])
 
 
-FAMILIES = {"vllm": {"v0": ("v0",), "v0-early": ("v0-early",), "default": ("0.9", "0.10", "0.11", "0.2x", "0.33")},
+FAMILIES = {"vllm": {"v0": ("v0",), "v0-early": ("v0-early",),
+                     "default": ("0.9", "0.10", "0.11", "0.17", "0.2x", "0.33")},
             "sglang": {"default": ("0.5.23",)}, "trtllm": {"default": ("pytorch",)}}
 
 

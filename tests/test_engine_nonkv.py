@@ -124,7 +124,7 @@ def test_dummy_sampler_over_max_num_seqs_by_version():
         p = vllm(version=version, max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
         act = next(t for t in p.non_kv.terms if t.name == "activation").band
         assert (act.central, act.high) == (logits * 10, logits * 40)
-    # V1 0.8.x–0.9.0 (FlashInfer >= 0.2.3 off: vllm PR #14815 until PR #15777), 0.11–0.19
+    # V1 0.8.x–0.9.0 (FlashInfer >= 0.2.3 off: vllm PR #14815 until PR #15777), 0.11–0.16
     # (FlashInfer opt-in: PR #26859 until PR #40376) and V0 sort the fp32 logits; at ≥ 128 rows
     # PyTorch's segmented sort holds bf16 2 + fp32 4 + sorted values 4 + int64 indices 8 + int64
     # reverse indices 8 + cub's alternate key/value buffers 4 + 8 = 38 B; band from FlashInfer's 8 B to 40 B
@@ -138,6 +138,15 @@ def test_dummy_sampler_over_max_num_seqs_by_version():
     assert few.non_kv.get("activation") == max(64 * 128256 * 50, 2048 * 110_592)
     small = vllm(version="0.10", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=64)
     assert small.non_kv.get("activation") == 2048 * 110_592  # the forward pass wins
+    # 0.17–0.19: the Triton kernel (vllm PR #33538) masks the fp32 logits in place from 8 rows on;
+    # the peak is random_sample's: bf16 2 + fp32 4 + probabilities 4 + exponential noise 4 = 14 B,
+    # the band's top adds the kernel's fp32 [rows, vocab] buffer at most (4 B); below 8 rows the
+    # batch is sorted (50 B)
+    p = vllm(version="0.17", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
+    act = next(t for t in p.non_kv.terms if t.name == "activation").band
+    assert (act.low, act.central, act.high) == (logits * 8, logits * 14, logits * 18)
+    tiny = vllm(version="0.17", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=4)
+    assert tiny.non_kv.get("activation") == max(4 * 128256 * 50, 2048 * 110_592)
 
 
 def test_torch_sort_peak_by_rows():
@@ -160,6 +169,23 @@ def test_gpt_oss_120b_sampler_peak_matches_the_vllm_0_11_log():
                         max_num_batched_tokens=1024, max_model_len=8192)
     assert p.non_kv.get("activation") == 1024 * 201_088 * 38
     assert abs((p.non_kv.get("activation") + p.non_kv.get("non_torch")) / GiB - 7.54) < 0.3
+
+
+def test_gpt_oss_20b_triton_sampler_matches_the_vllm_0_19_log():
+    # myoceane.fr's vLLM 0.19.0 log (gpt-oss-20b, one A100 80GB, --gpu-memory-utilization 0.65
+    # --max-model-len 131072): weights 13.72 GiB, KV 36.56 GiB. The A100 is outside vLLM's
+    # ≥ 70 GiB batch rule, so 256 sequences; 0.65 × 79.25 − 13.72 − 36.56 = 1.23 GiB charged beside
+    # the weights. The Triton sampler over 256 × 201,088 logits at 14 B is 0.67 GiB of it; the sort
+    # (38 B) alone would be 1.82 GiB, more than the whole charge. With SYN's synthetic 0.25 GiB
+    # non-torch base the two leave 0.31 GiB, within the kernel's fp32 buffer (108 SMs × 201,088 ×
+    # 4 B = 0.08 GiB, left to the band) and the log's two-decimal rounding of what remains
+    model = load_preset("gpt-oss-20b")
+    with calibrated(SYN):
+        p = engine_plan(model, "1xA100-80GB", engine="vllm", version="0.17", gpu_memory_utilization=0.65,
+                        max_model_len=131072)
+    assert p.non_kv.get("activation") == 256 * 201_088 * 14
+    charged = (p.non_kv.get("activation") + p.non_kv.get("non_torch")) / GiB
+    assert 0 < 1.23 - charged < 0.35
 
 
 def test_lora_slots_by_hand():

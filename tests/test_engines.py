@@ -273,7 +273,7 @@ def test_unknown_knob_lists_the_engines_knobs():
     ("max", {"kv_cache_page_size": 100}, "multiple of 128"),
     ("max", {"kv_cache_format": "int4"}, "unrecognized kv_cache_format"),
     ("vllm", {"kv_cache_dtype": "fp4"}, "auto, bfloat16"),
-    ("vllm", {"version": "0.1"}, "0.33, 0.2x, 0.11, 0.10, 0.9, v0, v0-early"),
+    ("vllm", {"version": "0.1"}, "0.33, 0.2x, 0.17, 0.11, 0.10, 0.9, v0, v0-early"),
 ])
 def test_values_outside_the_engines_range(engine, knobs, says):
     with pytest.raises(InputError) as e:

@@ -40,7 +40,10 @@ Terms (bytes on one device):
     The FlashInfer kernel (``VLLM_USE_FLASHINFER_SAMPLER``) keeps the bf16 logits, the fp32 copy
     and fp32 probabilities, 10 B (public H100 V1 logs of Llama-3.1-8B at max_num_seqs 1024 print
     1.21–1.24 GiB of activation peak: 1024 × 128,256 × 10 B = 1.22 GiB); vLLM's Triton kernel
-    (PR #33538) about 14 B.
+    (PR #33538; vllm/v1/sample/ops/topk_topp_triton.py ``apply_top_k_top_p_triton``) masks the fp32
+    logits in place, so its peak is ``random_sample`` after it: bf16 logits 2 + fp32 logits 4 + fp32
+    probabilities 4 + the fp32 exponential noise 4 = 14 B (``TRITON_SAMPLER_BYTES``), beside a
+    cached ``[min(SMs, rows), vocab]`` fp32 buffer (≤ 4 B a logit, left to the band).
     Which path a release takes by default is ``sampler_bytes_per_logit``.
 - ``non_torch``: memory the process gains outside the torch allocator:
   * a base (cuBLAS/cuDNN workspaces, CUDA module loading), calibration.json ``non_torch_base_gib``;
@@ -241,24 +244,40 @@ def torch_sort_sampler_bytes(rows: int, vocab: int) -> int:
 FLASHINFER_SAMPLER_BYTES = (8, 10, torch_sort_sampler_bytes(FULL_SORT_ROWS, 0) + NATIVE_SAMPLER_BAND[1])
 
 
+# vLLM's Triton top-k/top-p masking (module docstring): bf16 + fp32 logits, probabilities, noise;
+# the band's top adds its [min(SMs, rows), vocab] fp32 buffer at its largest, 4 B a logit
+TRITON_SAMPLER_BYTES = 2 + 4 + 4 + 4
+TRITON_BUFFER_BYTES = 4
+# apply_top_k_top_p sends a batch to the Triton kernel from this many rows and sorts smaller ones
+# (vllm PR #54651 describes and removes this ``batch >= 8`` gate, 2026-09)
+TRITON_MIN_ROWS = 8
+
+
 # The default top-k/top-p path of each V1 release family (vllm-project/vllm
-# vllm/v1/sample/ops/topk_topp_sampler.py ``TopKTopPSampler.__init__``):
+# vllm/v1/sample/ops/topk_topp_sampler.py ``TopKTopPSampler.__init__`` and ``apply_top_k_top_p``):
 # - "0.9" (0.8.x–0.9.0): native — FlashInfer >= 0.2.3 was switched off in V1 by PR #14815
 #   (2025-03-14) until PR #15777 (merged 2025-05-21, after v0.9.0) adapted to its API;
 # - "0.10" (0.10.x): FlashInfer, a default dependency of vLLM's CUDA build by then;
-# - "0.11" (0.11–0.19): native — PR #26859 (2025-10-15, "Disable FlashInfer sampler by default")
-#   made FlashInfer opt-in until PR #40376 (2026-04-20, "Enable FlashInfer top-k/top-p sampler by
-#   default"); releases after PR #33538 (2026-02) take its Triton kernel for ≥ 8 rows (about 14 B
-#   a logit: the band's low end);
+# - "0.11" (0.11–0.16): native — PR #26859 (2025-10-15, "Disable FlashInfer sampler by default")
+#   made FlashInfer opt-in, and the native path sorts (v0.15.0 ships no topk_topp_triton module);
+# - "0.17" (0.17–0.19): native, now through PR #33538's Triton kernel at ≥ 8 rows — vllm main at
+#   0.16.0rc2.dev377 (2026-02-26, vllm issue #35390) fails inside it during ``_dummy_sampler_run``,
+#   and the 0.19.0 gpt-oss-20b log fits it — until PR #40376 (2026-04-20, "Enable FlashInfer
+#   top-k/top-p sampler by default"). Whether 0.16.0 itself shipped the kernel is not settled: the
+#   "0.11" band reaches down to it;
 # - "0.2x" and "0.33": FlashInfer (PR #40376), band up to V1's native path (no FlashInfer installed).
 NATIVE_DEFAULT_V1 = ("0.9", "0.11")
+TRITON_DEFAULT_V1 = ("0.17",)
 
 
 def sampler_bytes_per_logit(version: str, rows: int, vocab: int) -> tuple[int, int, int]:
     """(low, central, high) peak bytes per logit of the dummy sampler run of a vLLM version over
     ``rows`` × ``vocab`` logits."""
     native = torch_sort_sampler_bytes(rows, vocab)
-    if version.startswith("v0") or version in NATIVE_DEFAULT_V1:
+    if version in TRITON_DEFAULT_V1 and rows >= TRITON_MIN_ROWS:
+        return (FLASHINFER_SAMPLER_BYTES[0], TRITON_SAMPLER_BYTES,
+                TRITON_SAMPLER_BYTES + TRITON_BUFFER_BYTES)
+    if version.startswith("v0") or version in NATIVE_DEFAULT_V1 + TRITON_DEFAULT_V1:
         return NATIVE_SAMPLER_BAND[0], native, native + NATIVE_SAMPLER_BAND[1]
     return FLASHINFER_SAMPLER_BYTES[0], FLASHINFER_SAMPLER_BYTES[1], native + NATIVE_SAMPLER_BAND[1]
 

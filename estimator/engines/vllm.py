@@ -6,12 +6,13 @@ come from, the version being a knob:
   the null block held back in the fit check; one "GPU KV cache size … Maximum concurrency" line.
 - ``"0.2x"`` (0.20–0.2x kv_cache_utils.py): no null block in the fit check, two capacity lines;
   the CUDA-graph estimate subtracted (default since v0.21.0, PR #30515).
-- ``"0.11"`` (0.11–0.19) and ``"0.10"`` (0.10.x): ``non_kv = non_torch_increase +
-  torch_peak_increase + weights`` (vllm/utils memory_profiling of those releases), no CUDA-graph
-  term; they differ in the dummy sampler's top-k/top-p path (estimator.engines.non_kv
-  ``sampler_bytes_per_logit``: FlashInfer in 0.10, the sort-based native path from 0.11) and in
-  what the snapshot sees: from 0.11 (vllm PR #25359) it is taken after NCCL init, so only the torch
-  communicator the profile run creates is charged (estimator.engines.non_kv ``non_torch_band``).
+- ``"0.17"`` (0.17–0.19), ``"0.11"`` (0.11–0.16) and ``"0.10"`` (0.10.x): ``non_kv =
+  non_torch_increase + torch_peak_increase + weights`` (vllm/utils memory_profiling of those
+  releases), no CUDA-graph term; they differ in the dummy sampler's top-k/top-p path
+  (estimator.engines.non_kv ``sampler_bytes_per_logit``: FlashInfer in 0.10, the sort-based native
+  path in 0.11, the Triton kernel from 0.17) and in what the snapshot sees: from 0.11 (vllm PR
+  #25359) it is taken after NCCL init, so only the torch communicator the profile run creates is
+  charged (estimator.engines.non_kv ``non_torch_band``).
 - ``"0.9"`` (V1 up to 0.9, vllm/v1/worker/gpu_worker.py @0012cf69 ``determine_available_memory``):
   ``available = total · util − (torch_peak + non_torch_allocations)``, no CUDA-graph term.
 - ``"v0"`` (the V0 engine from 0.6.5, vllm PR #10511 memory profiling): "# GPU blocks", its own
@@ -90,10 +91,10 @@ from estimator.model.spec import ModelSpec
 from meshes.validation import InputError
 
 NAME = "vllm"
-VERSIONS = ("0.33", "0.2x", "0.11", "0.10", "0.9", "v0", "v0-early")
-CORE = {"0.33": "0.33", "0.2x": "0.2x", "0.11": "0.2x", "0.10": "0.2x", "0.9": "0.2x", "v0": "v0",
-        "v0-early": "v0"}  # vllm_core semantics
-SNAPSHOT_AFTER_INIT = ("0.33", "0.2x", "0.11")  # NCCL set up before the memory snapshot (PR #25359)
+VERSIONS = ("0.33", "0.2x", "0.17", "0.11", "0.10", "0.9", "v0", "v0-early")
+CORE = {"0.33": "0.33", "0.2x": "0.2x", "0.17": "0.2x", "0.11": "0.2x", "0.10": "0.2x", "0.9": "0.2x",
+        "v0": "v0", "v0-early": "v0"}  # vllm_core semantics
+SNAPSHOT_AFTER_INIT = ("0.33", "0.2x", "0.17", "0.11")  # NCCL set up before the memory snapshot (PR #25359)
 GRAPH_VERSIONS = ("0.33", "0.2x")  # the CUDA-graph estimate is subtracted (default since v0.21.0)
 MEASURED = ("weights_bytes", "activation_bytes", "non_torch_bytes", "cuda_graph_bytes",
             "context_bytes")  # the measured values this profile charges
