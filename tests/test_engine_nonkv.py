@@ -7,6 +7,7 @@ below follows from the formulas, not from the corpus the constants were fitted o
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -276,7 +277,6 @@ def test_dp_expert_parallel_gathers_tokens_before_the_experts() -> None:
       per-token with MoE  2 × (3·6144 + 8·(6144 + 2560))         = 176128 B
       per-token without   2 × (3·6144 + max(2·12288 + 2·8·128, 3·8192)) = 90112 B
       8192·90112 + 32768·(176128 − 90112) + 2·(65536 − 8192)·6144·2 = 4,966,055,936 B."""
-    from pathlib import Path
 
     from estimator.engines.non_kv import forward_bytes
     from estimator.model.hf_config import load_hf_config
@@ -352,3 +352,89 @@ def test_vision_tower_split_over_the_tensor_group():
         offloaded = engine_plan(gemma, "4xH100-80GB", "tp4", engine="vllm", version="0.9", max_model_len=8192,
                                 cpu_offload_gb=100)
     assert offloaded.non_kv.get("weights") == 288 * MiB
+
+
+def test_vision_encoder_shapes_from_the_configs():
+    # Gemma 3: one 896² image, (896 / 14)² = 4,096 SigLIP positions, pooled to mm_tokens_per_image = 256;
+    # SigLIP's MLP holds fc1's output and its GELU (2 × 4,304) at its peak
+    gemma = load_preset("gemma-3-27b")
+    assert (gemma.vision_hidden_size, gemma.vision_mlp_width, gemma.vision_patches_per_item,
+            gemma.vision_tokens_per_item, gemma.vision_pixels_per_item) == (1152, 8608, 4096, 256, 3 * 896**2)
+    # Pixtral (Mistral Small 3.1): one 1540² image, 110² positions merged 2 × 2 → 55² embeddings;
+    # a gated MLP holds gate_up (2 × 4,096) and the product (4,096)
+    pixtral = load_preset("mistral-small-3.1-24b")
+    assert (pixtral.vision_mlp_width, pixtral.vision_patches_per_item, pixtral.vision_tokens_per_item) == \
+        (3 * 4096, 110**2, 55**2)
+    # Llama 4: 16 tiles + the global one, each 24² positions + a class token, pixel-shuffled by
+    # 0.5 → 144 embeddings a tile
+    maverick = load_preset("llama-4-maverick")
+    assert (maverick.vision_patches_per_item, maverick.vision_tokens_per_item,
+            maverick.vision_pixels_per_item) == (17 * 577, 17 * 144, 17 * 3 * 336**2)
+    assert load_preset("llama-3.1-8b").vision_patches_per_item == 0  # text only
+
+
+def test_encoder_items_as_vllm_batches_them():
+    from estimator.engines.non_kv import encoder_items
+
+    gemma = load_preset("gemma-3-27b")
+    # V1: cdiv(max(max_num_batched_tokens, 256), 256), capped at max_num_seqs × limit (999 unset)
+    assert encoder_items(gemma, batched=8192, seqs=1024, limit=None, v0=False) == 32
+    assert encoder_items(gemma, batched=2000, seqs=256, limit=None, v0=False) == 8
+    assert encoder_items(gemma, batched=100, seqs=256, limit=None, v0=False) == 1
+    assert encoder_items(gemma, batched=8192, seqs=4, limit=1, v0=False) == 4
+    assert encoder_items(gemma, batched=8192, seqs=1024, limit=0, v0=False) == 0  # text only
+    # V0: one image in each of min(max_num_seqs, max_num_batched_tokens // 256) dummy sequences
+    assert encoder_items(gemma, batched=32768, seqs=256, limit=None, v0=True) == 128
+    assert encoder_items(gemma, batched=100, seqs=256, limit=None, v0=True) == 1
+    assert encoder_items(load_preset("mistral-small-3.1-24b"), batched=8192, seqs=1024, limit=None, v0=False) == 3
+    assert encoder_items(load_preset("llama-3.1-8b"), batched=8192, seqs=1024, limit=None, v0=False) == 0
+
+
+def test_dummy_encoder_run_by_hand():
+    from estimator.engines.non_kv import encoder_peak_bytes
+
+    gemma = load_preset("gemma-3-27b")
+    # per SigLIP position, bf16: attention 3 × 1152 + 4 × 1152 / tp; MLP 2 × 1152 + 8,608 / tp
+    pixels = 3 * 896**2
+    assert encoder_peak_bytes(gemma, 1, 32) == (32 * 2 * (pixels + 4096 * 10_912), 32 * 256 * 5376 * 2)
+    assert encoder_peak_bytes(gemma, 8, 32)[0] == 32 * 2 * (pixels + 4096 * (3 * 1152 + 4 * 144))
+    # vLLM 0.10 on one H100: 8,192 batched tokens → 32 images, 2.80 GiB, above the outputs (64 MiB
+    # kept through the language model's run) plus the FlashInfer sampler's 1024 × 262,208 × 10 B
+    peak, outputs = 32 * 2 * (pixels + 4096 * 10_912), 32 * 256 * 5376 * 2
+    with calibrated(SYN):
+        plan = engine_plan(gemma, "1xH100-80GB", engine="vllm", version="0.10", max_model_len=32768)
+        text = engine_plan(gemma, "1xH100-80GB", engine="vllm", version="0.10", max_model_len=32768,
+                           limit_mm_per_prompt=0)
+        sorted_ = engine_plan(gemma, "1xH100-80GB", engine="vllm", version="0.11", max_model_len=32768)
+    assert plan.non_kv.get("activation") == peak
+    assert text.non_kv.get("activation") == 1024 * 262_208 * 10
+    # 0.11's sort (38 B a logit) outweighs the encoder; the cached outputs sit on top of it
+    assert sorted_.non_kv.get("activation") == outputs + 1024 * 262_208 * 38
+    with pytest.raises(InputError, match="limit_mm_per_prompt"):
+        engine_plan(gemma, "1xH100-80GB", engine="vllm", limit_mm_per_prompt=-1)
+
+
+def test_bad_pixel_shuffle_ratio_is_refused():
+    from estimator.model.hf_config import spec_from_hf_config
+
+    path = Path(__file__).parent / "model_configs" / "meta-llama__Llama-4-Maverick-17B-128E-Instruct.json"
+    config = json.loads(path.read_text())
+    for bad in ("half", 0, 2, True):
+        config["vision_config"]["pixel_shuffle_ratio"] = bad
+        with pytest.raises(InputError, match="pixel_shuffle_ratio"):
+            spec_from_hf_config(config)
+
+
+def test_v0_gives_each_image_its_own_dummy_sequence():
+    # V0 (vllm/worker/model_runner.py profile_run), Gemma 3 27B at TP 8, 8,192 batched tokens:
+    # min(256, 8192 // 256) = 32 sequences of one image each. Encoder 32 × 2 × (3 · 896² + 4096 ×
+    # (3 · 1152 + 4 · 144)) = 1,211,105,280 B beats the forward pass (8192 × 2 × (3 · 5376 + 3 ·
+    # 21504 / 8) = 396,361,728 B) and the sampler over those 32 rows (× 262,208 × 50 B = 419,532,800 B)
+    gemma = load_preset("gemma-3-27b")
+    with calibrated(SYN):
+        images = engine_plan(gemma, "8xH100-80GB", "tp8", engine="vllm", version="v0", max_model_len=8192)
+        text = engine_plan(gemma, "8xH100-80GB", "tp8", engine="vllm", version="v0", max_model_len=8192,
+                           limit_mm_per_prompt=0)
+    assert images.non_kv.get("activation") == 1_211_105_280
+    # text only: 256 dummy sequences, and the sort over 256 × 262,208 logits (38 B) is the peak
+    assert text.non_kv.get("activation") == 256 * 262_208 * 38

@@ -15,7 +15,11 @@ Terms (bytes on one device):
   vllm/model_executor/layers/rotary_embedding ``get_rope``), plus LoRA's stacked adapter slots
   when LoRA is enabled (``lora_slot_bytes``), plus the padding vLLM's MXFP4 MoE kernels add to
   expert weights (``mxfp4_padding_bytes``). Exact.
-- ``activation``: the profile pass's transient torch peak, the larger of
+- ``activation``: the profile pass's transient torch peak. For a multimodal model vLLM first runs
+  the vision encoder over a dummy batch of its largest images (``encoder_items``: as many as the
+  encoder budget of max_num_batched_tokens embeddings holds) and keeps their embeddings cached
+  through the rest (V1); the encoder's own peak is its pixel tensors plus one ViT layer's live
+  tensors per position (``encoder_peak_bytes``). Then the larger of
   * forward (``forward_bytes_per_token`` × batched tokens): the live tensors of one decoder layer
     — 3 hidden-wide buffers (residual, normed input, layer output), the attention projections
     (q/k/v and the attention output) or the MLP (gate/up output and the activated product); for
@@ -358,20 +362,61 @@ def torch_param_bytes(model: ModelSpec, stage_weights: int, *, stage: int, tenso
 WEIGHTS_SOURCE = "estimator.core.geometry weight shard + rotary caches − TP-split vision matrices"
 
 
+def encoder_items(model: ModelSpec, *, batched: int, seqs: int, limit: int | None, v0: bool) -> int:
+    """Images in vLLM's dummy encoder run (0: nothing to profile).
+
+    V1 (vllm/v1/worker/gpu_model_runner.py ``profile_run``): ``cdiv(encoder_budget, tokens per
+    image)`` capped at ``max_num_seqs × limit``, the budget ``max(max_num_batched_tokens, tokens per
+    image)`` (vllm/v1/core/encoder_cache_manager.py ``compute_encoder_budget``), the limit 999 when
+    ``--limit-mm-per-prompt`` leaves the image out (vllm/config ``MultiModalConfig.get_limit_per_prompt``:
+    ``999 if envs.VLLM_USE_V1 else 1``). V0 (vllm/worker/model_runner.py ``profile_run``): one image
+    in each of ``min(max_num_seqs, max_num_batched_tokens // (limit × tokens per image))`` dummy
+    sequences, at least one. A limit of 0 leaves the image modality, and the encoder run, out."""
+    per = model.vision_tokens_per_item
+    limit = (1 if v0 else 999) if limit is None else limit
+    if not (per and model.vision_patches_per_item and limit):
+        return 0
+    if v0:
+        return limit * max(1, min(seqs, batched // (limit * per)))
+    return min(-(-max(batched, per) // per), seqs * limit)
+
+
+def encoder_peak_bytes(model: ModelSpec, tensor: int, items: int) -> tuple[int, int]:
+    """(peak, outputs) of the dummy encoder run over ``items`` images on one tensor rank: the pixel
+    tensors in the model dtype plus, per encoder position, the larger of one ViT layer's attention
+    (residual, normed input and the output projection's result, hidden-wide; q, k, v and the
+    attention output split over the tensor group: vLLM builds them from QKV/Row-parallel layers,
+    vllm/model_executor/models/siglip.py ``SiglipAttention``, pixtral.py, mllama4.py) and its MLP
+    (residual and normed input beside the split MLP intermediates: ``vision_mlp_width``); the
+    outputs are the embeddings V1 caches for the language model's dummy run
+    (``encoder_cache["tmp"]``)."""
+    if not items:
+        return 0, 0
+    a, h, tp = activation_width(model), model.vision_hidden_size, tensor
+    per_position = max(3 * h + 4 * -(-h // tp), 2 * h + -(-model.vision_mlp_width // tp))
+    peak = items * a * (model.vision_pixels_per_item + model.vision_patches_per_item * per_position)
+    return peak, items * model.vision_tokens_per_item * model.hidden_size * a
+
+
 def activation_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int, tokens: int,
                     sampler_rows: int, last_stage: bool = True,
                     sampler_bytes_per_logit: tuple[int, int, int] = FLASHINFER_SAMPLER_BYTES,
-                    moe_gather: int = 1) -> Band:
-    """Transient activation peak of a profile pass: max(forward, sampler), with its band."""
+                    moe_gather: int = 1, images: int = 0, encoder_outputs_held: bool = True) -> Band:
+    """Transient activation peak of a profile pass, with its band: max(forward, sampler), and with
+    a dummy encoder run of ``images`` (``encoder_items``; first pipeline stage) the larger of its own
+    peak and, where its outputs stay cached through the language model's run (V1), the outputs
+    plus max(forward, sampler)."""
     forward = forward_bytes(model, tensor, kv_heads_per_shard, tokens, moe_gather)
     rows = sampler_rows if last_stage else 0
     logits = rows * model.vocab_size
-    lo, mid, hi = (logits * b for b in sampler_bytes_per_logit)
-    f_lo, f_mid, f_hi = (forward * f for f in ACTIVATION_BAND)
-    return Band.of(max(f_lo, lo), max(f_mid, mid), max(f_hi, hi))
+    encoder, outputs = encoder_peak_bytes(model, tensor, images)
+    held = outputs if encoder_outputs_held else 0
+    return Band.of(*(max(encoder * f, held + max(forward * f, logits * b))
+                     for f, b in zip(ACTIVATION_BAND, sampler_bytes_per_logit, strict=True)))
 
 
-ACTIVATION_SOURCE = ("dummy forward (fused-MoE workspaces: vllm fused_moe.py TritonExperts.workspace_shapes) "
+ACTIVATION_SOURCE = ("dummy encoder run (vllm gpu_model_runner.py profile_run) + "
+                     "dummy forward (fused-MoE workspaces: vllm fused_moe.py TritonExperts.workspace_shapes) "
                      "+ dummy sampler (vllm/v1/worker/gpu_model_runner.py _dummy_sampler_run; V0 "
                      "vllm/model_executor/layers/sampler.py Sampler.forward)")
 
@@ -579,7 +624,7 @@ __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTE
            "CUDA_GRAPH_SOURCE", "GPU_CLASSES", "LORA_SOURCE", "NON_TORCH_SOURCE", "RESIDUAL_SOURCE",
            "WEIGHTS_SOURCE", "Band", "NonKV", "Term", "activation_band", "activation_width", "calibrated",
            "calibration", "capture_graph_band", "cuda_graph_band", "cudagraph_capture_sizes",
-           "custom_all_reduce_bytes", "fitted", "forward_bytes", "forward_bytes_per_token", "gpu_class",
-           "interconnect", "lora_slot_bytes", "mxfp4_padding_bytes", "non_torch_band", "residual_band",
-           "rotary_cache_bytes", "sampler_bytes_per_logit", "term", "torch_param_bytes",
-           "torch_sort_sampler_bytes", "vision_split_bytes"]
+           "custom_all_reduce_bytes", "encoder_items", "encoder_peak_bytes", "fitted", "forward_bytes",
+           "forward_bytes_per_token", "gpu_class", "interconnect", "lora_slot_bytes", "mxfp4_padding_bytes",
+           "non_torch_band", "residual_band", "rotary_cache_bytes", "sampler_bytes_per_logit", "term",
+           "torch_param_bytes", "torch_sort_sampler_bytes", "vision_split_bytes"]

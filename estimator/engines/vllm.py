@@ -26,9 +26,10 @@ Utilization defaults to 0.92 in 0.33 and 0.9 before.
 Per worker (one device of a tensor/pipeline group; each data-parallel rank is its own engine, and
 ``max_num_seqs`` / ``max_num_batched_tokens`` are per data-parallel rank, as vLLM means them):
 non-KV = weights (+ rotary caches, − TP-split vision matrices, + LoRA slots, − ``cpu_offload_gb``) +
-activation peak (dummy forward at max_num_batched_tokens, dummy sampler over max_num_seqs ×
-vocabulary) + non-torch memory (custom all-reduce and NCCL buffers by TP size and interconnect; PP
-only its p2p communicator) + CUDA-graph memory (≥ 0.21), see estimator.engines.non_kv. ``num_blocks = available //
+activation peak (dummy encoder run over the largest images of a multimodal model, dummy forward
+at max_num_batched_tokens, dummy sampler over max_num_seqs × vocabulary) + non-torch memory
+(custom all-reduce and NCCL buffers by TP size and interconnect; PP only its p2p communicator) +
+CUDA-graph memory (≥ 0.21), see estimator.engines.non_kv. ``num_blocks = available //
 bytes_per_block``, the minimum over workers. Layers are grouped as vLLM groups them (§3.4): one
 group for a uniform model; full, sliding-window and recurrent layers in groups of equal layer
 counts sharing one page size (the attention block size raised to cover a Mamba page). The "vLLM
@@ -76,6 +77,7 @@ from estimator.engines.non_kv import (
     activation_band,
     capture_graph_band,
     cudagraph_capture_sizes,
+    encoder_items,
     gpu_class,
     interconnect,
     lora_slot_bytes,
@@ -133,6 +135,9 @@ KNOBS = {
     "disable_custom_all_reduce": Knob("disable_custom_all_reduce", False, boolean),
     "max_cudagraph_capture_size": Knob("max_cudagraph_capture_size", None, integer(1, 2**20),
                                        "default: min(2 · max_num_seqs, 512) (vllm --max-cudagraph-capture-size)"),
+    "limit_mm_per_prompt": Knob("limit_mm_per_prompt", None, integer(0, 2**20),
+                                "images a prompt may carry (vllm --limit-mm-per-prompt '{\"image\": N}'; "
+                                "0: text only, no encoder profiling); default 999 (V1), 1 (V0)"),
     "usage_context": Knob("usage_context", "openai_api_server", choice(USAGE),
                           "openai_api_server (vllm serve) or llm_class (LLM(...)): batch defaults"),
 }
@@ -393,7 +398,11 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
     if k["cpu_offload_gb"]:  # vllm/model_executor/models/utils.py maybe_offload_to_cpu: per-GPU budget
         weights -= min(int(k["cpu_offload_gb"] * GiB), params)
         source += " − cpu_offload_gb"
-    rows = min(seqs, batched)
+    v0 = version.startswith("v0")
+    # the vision tower and its dummy images sit on the first stage
+    images = encoder_items(m, batched=batched, seqs=seqs, limit=k["limit_mm_per_prompt"], v0=v0) if stage == 0 else 0
+    # V0 gives each image its own dummy sequence, so only that many rows reach the sampler
+    rows = images // (k["limit_mm_per_prompt"] or 1) if v0 and images else min(seqs, batched)
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=batched,
                           sampler_rows=rows, last_stage=stage == lay.pipeline - 1,
                           sampler_bytes_per_logit=sampler_bytes_per_logit(version, rows, m.vocab_size),
@@ -401,7 +410,8 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
                           # rank's tokens before the experts (non_kv.forward_bytes); V1 only
                           moe_gather=lay.data if (m.is_moe and lay.data > 1 and lay.expert > 1
                                                   and lay.expert == lay.data * lay.tensor
-                                                  and not version.startswith("v0")) else 1)
+                                                  and not v0) else 1,
+                          images=images, encoder_outputs_held=not v0)
     link = interconnect(setup.mesh.device_kinds[0])
     terms = [
         term("weights", Band.exact(weights), source, measured.get("weights_bytes")),

@@ -474,11 +474,52 @@ def _spec_from_hf_config(config: Config, name: str) -> ModelSpec:
         raise InputError("model_type", plain_text(model_type, 80), f"one of {', '.join(SUPPORTED_MODEL_TYPES)}")
     spec = READERS[model_type](_Reader(config, model_type), name)
     if isinstance(vision, Mapping):
+        merge = wrapper.count("spatial_merge_size", default=2, maximum=64)
         spec["vision_params"], spec["vision_sharded_params"] = vision_tower_params(
-            vision, spec["hidden_size"], wrapper.count("spatial_merge_size", default=2, maximum=64))
+            vision, spec["hidden_size"], merge)
+        spec.update(vision_encoder_shape(vision, wrapper, merge))
     elif vision is not None:
         raise InputError("vision_config", plain_text(vision, 80), "a JSON object")
     return ModelSpec(**spec)
+
+
+def vision_encoder_shape(vision: Config, wrapper: _Reader, spatial_merge: int = 2) -> dict[str, int]:
+    """The largest image as vLLM's processors feed the encoder (ModelSpec.vision_* fields):
+    - SigLIP (Gemma 3): one ``image_size``² image, (image_size / patch)² positions, ``mm_tokens_per_image``
+      embeddings after the projector's pooling (vllm/model_executor/models/gemma3_mm.py; 256 when the
+      config leaves it out, transformers Gemma3Config's default);
+    - Pixtral (Mistral 3): one ``image_size``² image, (image_size / patch)² positions, merged
+      ``spatial_merge``² to one embedding (vllm mistral3.py);
+    - Llama 4: ``max_patches`` = 16 tiles of ``image_size``² plus the global tile, each (image_size /
+      patch)² positions and a class token, pixel-shuffled to (image_size / patch)² · ratio²
+      embeddings a tile (vllm/model_executor/models/mllama4.py ``get_patch_per_chunk``,
+      ``get_max_num_tiles``; transformers Llama4ImageProcessor ``max_patches`` = 16)."""
+    r = _Reader(vision, plain_text(vision.get("model_type", "vision"), 40), "vision_config")
+    h, inter = r.count("hidden_size", maximum=2**24), r.count("intermediate_size", maximum=2**26)
+    patch, image = r.count("patch_size", maximum=2**16), r.count("image_size", maximum=2**20)
+    channels = r.count("num_channels", default=3, maximum=2**16)
+    side = image // patch
+    kind = vision.get("model_type")
+    if kind == "pixtral":
+        return dict(vision_hidden_size=h, vision_mlp_width=3 * inter, vision_patches_per_item=side * side,
+                    vision_tokens_per_item=(side // spatial_merge) ** 2,
+                    vision_pixels_per_item=channels * image * image)
+    if kind == "llama4_vision_model":
+        ratio = vision.get("pixel_shuffle_ratio", 0.5)
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= 1:
+            raise InputError("vision_config.pixel_shuffle_ratio", plain_text(ratio, 40), "a number in (0, 1]")
+        tiles = LLAMA4_MAX_TILES + 1
+        return dict(vision_hidden_size=h, vision_mlp_width=2 * inter,
+                    vision_patches_per_item=tiles * (side * side + 1),
+                    vision_tokens_per_item=tiles * (side * side // round(1 / ratio**2)),
+                    vision_pixels_per_item=tiles * channels * image * image)
+    tokens = wrapper.count("mm_tokens_per_image", default=GEMMA3_IMAGE_TOKENS, maximum=side * side)
+    return dict(vision_hidden_size=h, vision_mlp_width=2 * inter, vision_patches_per_item=side * side,
+                vision_tokens_per_item=tokens, vision_pixels_per_item=channels * image * image)
+
+
+LLAMA4_MAX_TILES = 16  # transformers Llama4ImageProcessor max_patches
+GEMMA3_IMAGE_TOKENS = 256  # transformers Gemma3Config mm_tokens_per_image
 
 
 def vision_tower_params(vision: Config, text_hidden: int, spatial_merge: int = 2) -> tuple[int, int]:

@@ -97,6 +97,12 @@ class ModelSpec:
     mtp_layers: int = 0  # multi-token-prediction layers (DeepSeek V3, GLM-4.5)
     vision_params: int = 0  # vision tower + projector, counted on the first stage
     vision_sharded_params: int = 0  # of vision_params: the per-layer matrices TP engines split
+    # the vision encoder's shape, for the engines' dummy encoder run (0: no encoder to profile):
+    vision_hidden_size: int = 0
+    vision_mlp_width: int = 0  # MLP elements live at its peak per position (fc1 + act 2·I; gated 3·I)
+    vision_patches_per_item: int = 0  # encoder positions of one largest image (class tokens incl.)
+    vision_tokens_per_item: int = 0  # embeddings it hands the language model
+    vision_pixels_per_item: int = 0  # values of its pixel tensor (channels × height × width)
     # positions of each RoPE cos/sin table the reference code precomputes (() = one table of
     # max_position_embeddings); rope scaling and per-layer-kind bases change it (hf_config.rope_tables)
     rope_positions: tuple[int, ...] = ()
