@@ -377,17 +377,26 @@ def test_encoder_items_as_vllm_batches_them():
     from estimator.engines.non_kv import encoder_items
 
     gemma = load_preset("gemma-3-27b")
-    # V1: cdiv(max(max_num_batched_tokens, 256), 256), capped at max_num_seqs × limit (999 unset)
-    assert encoder_items(gemma, batched=8192, seqs=1024, limit=None, v0=False) == 32
-    assert encoder_items(gemma, batched=2000, seqs=256, limit=None, v0=False) == 8
-    assert encoder_items(gemma, batched=100, seqs=256, limit=None, v0=False) == 1
-    assert encoder_items(gemma, batched=8192, seqs=4, limit=1, v0=False) == 4
-    assert encoder_items(gemma, batched=8192, seqs=1024, limit=0, v0=False) == 0  # text only
+
+    def items(version, batched, seqs=1024, limit=None, length=32768, model=gemma):
+        return encoder_items(model, version, batched=batched, seqs=seqs, max_model_len=length, limit=limit)
+
+    # V1 to 0.9: cdiv(max(max_num_batched_tokens, 256), 256), capped at max_num_seqs × limit (999 unset)
+    assert items("0.9", 8192) == 32
+    assert items("0.9", 2000) == 8
+    assert items("0.9", 100) == 1
+    assert items("0.9", 8192, seqs=4, limit=1) == 4
+    # from 0.10: floor, per prompt min(limit, max_model_len // 256), at least one
+    assert items("0.10", 2000) == 7
+    assert items("0.17", 8192, seqs=2, length=1024) == 2 * 4
+    assert items("0.33", 8192, limit=0) == 0  # text only
     # V0: one image in each of min(max_num_seqs, max_num_batched_tokens // 256) dummy sequences
-    assert encoder_items(gemma, batched=32768, seqs=256, limit=None, v0=True) == 128
-    assert encoder_items(gemma, batched=100, seqs=256, limit=None, v0=True) == 1
-    assert encoder_items(load_preset("mistral-small-3.1-24b"), batched=8192, seqs=1024, limit=None, v0=False) == 3
-    assert encoder_items(load_preset("llama-3.1-8b"), batched=8192, seqs=1024, limit=None, v0=False) == 0
+    assert items("v0", 32768, seqs=256) == 128
+    assert items("v0", 100, seqs=256) == 1
+    # Pixtral's 3,025 embeddings: cdiv 3 before 0.10, floor 2 after
+    pixtral = load_preset("mistral-small-3.1-24b")
+    assert (items("0.9", 8192, model=pixtral), items("0.10", 8192, model=pixtral)) == (3, 2)
+    assert items("0.10", 8192, model=load_preset("llama-3.1-8b")) == 0
 
 
 def test_dummy_encoder_run_by_hand():

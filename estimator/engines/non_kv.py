@@ -362,23 +362,33 @@ def torch_param_bytes(model: ModelSpec, stage_weights: int, *, stage: int, tenso
 WEIGHTS_SOURCE = "estimator.core.geometry weight shard + rotary caches − TP-split vision matrices"
 
 
-def encoder_items(model: ModelSpec, *, batched: int, seqs: int, limit: int | None, v0: bool) -> int:
-    """Images in vLLM's dummy encoder run (0: nothing to profile).
+def encoder_items(model: ModelSpec, version: str, *, batched: int, seqs: int, max_model_len: int,
+                  limit: int | None) -> int:
+    """Images in vLLM ``version``'s dummy encoder run (0: nothing to profile), the largest each.
 
-    V1 (vllm/v1/worker/gpu_model_runner.py ``profile_run``): ``cdiv(encoder_budget, tokens per
-    image)`` capped at ``max_num_seqs × limit``, the budget ``max(max_num_batched_tokens, tokens per
-    image)`` (vllm/v1/core/encoder_cache_manager.py ``compute_encoder_budget``), the limit 999 when
-    ``--limit-mm-per-prompt`` leaves the image out (vllm/config ``MultiModalConfig.get_limit_per_prompt``:
-    ``999 if envs.VLLM_USE_V1 else 1``). V0 (vllm/worker/model_runner.py ``profile_run``): one image
-    in each of ``min(max_num_seqs, max_num_batched_tokens // (limit × tokens per image))`` dummy
-    sequences, at least one. A limit of 0 leaves the image modality, and the encoder run, out."""
+    The encoder budget is ``max(max_num_batched_tokens, tokens per image)`` embeddings
+    (vllm/v1/core/encoder_cache_manager.py ``compute_encoder_budget``) and the per-prompt limit
+    999 when ``--limit-mm-per-prompt`` leaves the image out (vllm/config ``MultiModalConfig
+    .get_limit_per_prompt``: ``999 if envs.VLLM_USE_V1 else 1``); 0 leaves the modality, and the
+    encoder run, out.
+    - V1 to 0.9 (vllm/v1/worker/gpu_model_runner.py ``profile_run``): ``cdiv(budget, tokens per
+      image)`` capped at ``max_num_seqs × limit``;
+    - V1 from 0.10 (``MultiModalBudget.get_max_items``, vllm/v1/worker/utils.py, later
+      vllm/multimodal/encoder_budget.py): ``budget // tokens per image`` capped at ``max_num_seqs ×
+      max(1, min(limit, max_model_len // tokens per image))``, at least one;
+    - V0 (vllm/worker/model_runner.py ``profile_run``): one image in each of ``min(max_num_seqs,
+      max_num_batched_tokens // (limit × tokens per image))`` dummy sequences, at least one."""
     per = model.vision_tokens_per_item
+    v0 = version.startswith("v0")
     limit = (1 if v0 else 999) if limit is None else limit
     if not (per and model.vision_patches_per_item and limit):
         return 0
     if v0:
         return limit * max(1, min(seqs, batched // (limit * per)))
-    return min(-(-max(batched, per) // per), seqs * limit)
+    budget = max(batched, per)
+    if version == "0.9":
+        return min(-(-budget // per), seqs * limit)
+    return max(1, min(budget // per, seqs * max(1, min(limit, max_model_len // per))))
 
 
 def encoder_peak_bytes(model: ModelSpec, tensor: int, items: int) -> tuple[int, int]:

@@ -382,7 +382,7 @@ def _check_length(setup: Setup, requested: int | None) -> tuple[int, bool]:
 
 # ----------------------------------------------------------------------------- profile
 def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, stage_layers: range,
-                 kv_heads_per_shard: int, batched: int, seqs: int, graphs: bool) -> NonKV:
+                 kv_heads_per_shard: int, batched: int, seqs: int, graphs: bool, max_model_len: int) -> NonKV:
     """vLLM's non-KV terms on one worker of pipeline stage ``stage`` (estimator.engines.non_kv)."""
     lay, k, version, measured = setup.layout, setup.knobs, setup.version, setup.measured
     params = torch_param_bytes(m, stage_weights, stage=stage, tensor=lay.tensor)  # what cpu_offload_gb moves
@@ -400,7 +400,8 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         source += " − cpu_offload_gb"
     v0 = version.startswith("v0")
     # the vision tower and its dummy images sit on the first stage
-    images = encoder_items(m, batched=batched, seqs=seqs, limit=k["limit_mm_per_prompt"], v0=v0) if stage == 0 else 0
+    images = encoder_items(m, version, batched=batched, seqs=seqs, max_model_len=max_model_len,
+                           limit=k["limit_mm_per_prompt"]) if stage == 0 else 0
     # V0 gives each image its own dummy sequence, so only that many rows reach the sampler
     rows = images // (k["limit_mm_per_prompt"] or 1) if v0 and images else min(seqs, batched)
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=batched,
@@ -484,7 +485,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
             stage = geom.stages[s]
             nk = non_kv_terms(setup, m, stage_weights=stage.weight_bytes, stage=s, stage_layers=stage.layers,
                               kv_heads_per_shard=geom.kv_heads_per_shard, batched=batched, seqs=seqs,
-                              graphs=graphs)
+                              graphs=graphs, max_model_len=length)
             requested = scaled(stats.bytes_limit, util, ceil=version == "0.33")
             context = setup.measured.get("context_bytes", CONTEXT.central)
             if stats.free - context < requested and startup_error is None:
