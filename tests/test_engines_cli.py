@@ -59,15 +59,44 @@ def test_engines_exit_1_when_an_engine_would_not_start():
     assert "is larger than the maximum number of tokens that can be stored in KV cache" in r.output
 
 
-@pytest.mark.parametrize("args", [
-    ("--engines", "vlm"),
-    ("--set", "sglang.gpu_memory_utilization=0.9"),
-    ("--set", "vllm.gpu_memory_utilization=1.5"),
-    ("--set", "gpu_memory_utilization=0.9"),
+@pytest.mark.parametrize(("args", "named"), [
+    (("--engines", "vlm"), "--engines"),
+    (("--set", "sglang.gpu_memory_utilization=0.9"), "gpu_memory_utilization"),
+    (("--set", "vllm.gpu_memory_utilization=1.5"), "vllm.gpu_memory_utilization=1.5"),
+    (("--set", "gpu_memory_utilization=0.9"), "--set"),
+    (("--set", "vllm.version="), "--set"),  # an empty value is not the default
+    # a zero count is refused under the flag's own name, not dropped for the default
+    (("--max-num-seqs", "0"), "--max-num-seqs=0"),
+    (("--max-num-batched-tokens", "0"), "--max-num-batched-tokens=0"),
+    (("--enable-lora", "--max-loras", "0"), "--max-loras=0"),
+    (("--max-beam-width", "0"), "--max-beam-width=0"),
+    (("--engines", "sglang", "--max-model-len", "-1"), "--max-model-len=-1"),  # sglang's context_length
+    (("--set", "trtllm.max_batch_size=-1"), "trtllm.max_batch_size=-1"),
+    (("--enable-lora", "--max-lora-rank", "7"), "--max-lora-rank=7"),  # vllm/config/lora.py MaxLoRARanks
+    # finite but absurd: 1e300 GiB would overflow to inf in bytes
+    (("--cpu-offload-gb", "1e300"), "--cpu-offload-gb"),
+    (("--set", "max.device_memory_utilization=1e308"), "max.device_memory_utilization"),
 ])
-def test_engines_bad_input_exit_2(args):
+def test_engines_bad_input_exit_2(args, named):
     r = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", *args)
-    assert r.exit_code == 2 and "error:" in r.output
+    assert r.exit_code == 2 and "error:" in r.output and named in r.output, r.output
+
+
+def test_engines_refuse_an_expert_group_for_a_dense_model():
+    r = run("engines", "--model", "llama-3.1-8b", "--mesh", "2xH100-80GB", "--layout", "dp2xep2")
+    assert r.exit_code == 2 and "--expert-parallel-size=2" in r.output, r.output
+
+
+def test_a_pinned_kv_pool_larger_than_the_device_does_not_start():
+    # --kv-cache-memory-bytes / num_gpu_blocks_override skip profiling, so the pool is allocated as
+    # asked: 1 TiB on an 80 GB card is torch.OutOfMemoryError, not a start
+    for knob in ("vllm.kv_cache_memory_bytes=1099511627776", "vllm.num_gpu_blocks_override=4611686018427387904"):
+        r = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", "--engines", "vllm",
+                "--max-model-len", "8192", "--set", knob)
+        assert r.exit_code == 1 and "CUDA out of memory" in r.output, r.output
+    r = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", "--engines", "vllm",
+            "--max-model-len", "8192", "--set", "vllm.kv_cache_memory_bytes=10737418240")
+    assert r.exit_code == 0, r.output
 
 
 def test_translate_command():

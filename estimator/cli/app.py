@@ -460,6 +460,19 @@ class _PipeSafeStdout:
         return getattr(self._stream, name)
 
 
+def _option_value(err: Exception, argv: list[str]) -> str | None:
+    """The text the user gave for the option a typer error is about (None if it cannot be told)."""
+    param = getattr(err, "param", None)
+    opts = [*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ())]
+    for i, arg in enumerate(argv):
+        for opt in opts:
+            if arg == opt and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(f"{opt}="):
+                return arg.partition("=")[2]
+    return None
+
+
 def main() -> None:
     """Console entry point: exit 0 fits, 1 does not fit, 2 bad input, 3 a bug, 130 interrupted;
     every error is one line on stderr (the traceback of a bug only with --debug / KVFIT_DEBUG=1)."""
@@ -481,7 +494,11 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except typer.TyperException as e:  # typer's own usage errors: a misspelt option, "nan" for an integer
-        print(f"error: {error_line(e.format_message())}", file=sys.stderr)
+        message = e.format_message()
+        given = _option_value(e, argv)
+        if given is not None and repr(given) not in message:  # name the value as well as the option
+            message = f"{message} (got {given!r})"
+        print(f"error: {error_line(message)}", file=sys.stderr)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -22,6 +22,7 @@ from estimator.cli.options import (
     ModelOpt,
     PpOpt,
     TpOpt,
+    check_layout_applies,
     check_one_format,
     comma_list,
     err,
@@ -45,7 +46,8 @@ LengthOpt = Annotated[int | None, typer.Option(
 DtypeOpt = Annotated[str | None, typer.Option("--kv-cache-dtype", help="bf16, fp8, ... for every engine.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="ENGINE.KNOB=VALUE with the engine's own knob name, e.g. "
-    "vllm.gpu_memory_utilization=0.95, sglang.mem_fraction_static=0.88, vllm.version=v0. Repeatable.")]
+    "vllm.gpu_memory_utilization=0.95, sglang.mem_fraction_static=0.88, vllm.version=v0 (VALUE none: "
+    "the engine's default). Repeatable.")]
 
 # The flags users pass to the engines themselves. A shared flag goes to every selected engine that has
 # the same concept under its own name (estimator.engines.CONCEPTS); an engine-specific flag only to its
@@ -82,24 +84,63 @@ NO_PIPELINE = ("max", "tpu")  # profiles without pipeline stages (they refuse a 
 EP_OVER_ALL_RANKS = ("vllm",)  # expert parallelism only over every data × tensor rank (they refuse others)
 
 
+SHARED_FLAGS = {"quantization": "weight quantization", "dtype": "model dtype", "enforce_eager": "no cuda graphs",
+                "max_num_batched_tokens": "batched tokens", "max_num_seqs": "max batch"}
+ENGINE_FLAGS = {"vllm": ("enable_lora", "max_lora_rank", "max_loras", "enable_prefix_caching", "cpu_offload_gb"),
+                "sglang": ("mem_fraction_static", "chunked_prefill_size", "cuda_graph_max_bs"),
+                "trtllm": ("max_batch_size", "max_input_len", "max_num_tokens", "max_beam_width")}
+
+
 def flag_knobs(engine: str, flags: dict[str, Any]) -> dict[str, Any]:
     """The engine's own knobs for the user's engine flags (None / False flags are not passed)."""
-    concept_of = {"quantization": "weight quantization", "dtype": "model dtype",
-                  "enforce_eager": "no cuda graphs", "max_num_batched_tokens": "batched tokens",
-                  "max_num_seqs": "max batch"}
-    only = {"vllm": ("enable_lora", "max_lora_rank", "max_loras", "enable_prefix_caching", "cpu_offload_gb"),
-            "sglang": ("mem_fraction_static", "chunked_prefill_size", "cuda_graph_max_bs"),
-            "trtllm": ("max_batch_size", "max_input_len", "max_num_tokens", "max_beam_width")}
     knobs: dict[str, Any] = {}
-    for flag, concept in concept_of.items():
+    for flag, concept in SHARED_FLAGS.items():
         value = flags.get(flag)
         name = CONCEPTS[concept].get(engine)
-        if value not in (None, False) and name and name in profile(engine).KNOBS:
+        if value is not None and value is not False and name and name in profile(engine).KNOBS:
             knobs[name] = value
-    for flag in only.get(engine, ()):
-        if flags.get(flag) not in (None, False) or (flag == "enable_prefix_caching" and flags.get(flag) is False):
-            knobs[flag] = flags[flag]
+    for flag in ENGINE_FLAGS.get(engine, ()):
+        value = flags.get(flag)
+        if value is not None and (value is not False or flag == "enable_prefix_caching"):
+            knobs[flag] = value
     return knobs
+
+
+def knob_flags(engine: str, given: dict[str, Any]) -> dict[str, str]:
+    """{--flag: the engine's knob} for the flags the user gave."""
+    concepts = {"max_model_len": "max length", "kv_cache_dtype": "kv dtype", **SHARED_FLAGS}
+    named = {f"--{flag.replace('_', '-')}": CONCEPTS[concept].get(engine)
+             for flag, concept in concepts.items() if given.get(flag) not in (None, False)}
+    named.update({f"--{flag.replace('_', '-')}": flag for flag in ENGINE_FLAGS.get(engine, ())
+                  if given.get(flag) is not None})
+    return {flag: knob for flag, knob in named.items() if knob}
+
+
+INT_FLAGS = ("max_num_batched_tokens", "max_num_seqs", "max_lora_rank", "max_loras", "chunked_prefill_size",
+             "cuda_graph_max_bs", "max_batch_size", "max_input_len", "max_num_tokens", "max_beam_width")
+
+
+def check_flags(flags: dict[str, Any]) -> None:
+    """The engine flags' own ranges, named as the user typed them (before they become each engine's
+    knob): counts are positive, --cpu-offload-gb at least 0."""
+    for name in INT_FLAGS:
+        value = flags.get(name)
+        if value is not None and not 1 <= value <= 2**31:
+            raise InputError(f"--{name.replace('_', '-')}", value, f"an integer in [1, {2**31}]")
+    offload = flags.get("cpu_offload_gb")
+    if offload is not None and not 0 <= offload <= 2**40:  # NaN fails both
+        raise InputError("--cpu-offload-gb", offload, f"GiB in [0, {2**40}]")
+
+
+def user_named(err: InputError, engine: str, knobs: dict[str, str], sets: dict[str, Any]) -> InputError:
+    """``err`` with the field as the user gave it: ``ENGINE.KNOB`` for a --set knob, the flag for a
+    shared flag that became this engine's knob under another name."""
+    if err.field in sets:
+        return InputError(f"{engine}.{err.field}", err.value, err.allowed)
+    for flag, knob in knobs.items():
+        if knob == err.field:
+            return InputError(flag, err.value, err.allowed)
+    return err
 
 
 def parse_value(text: str) -> Any:
@@ -123,8 +164,10 @@ def parse_sets(items: list[str] | None, engines: tuple[str, ...]) -> dict[str, d
     for item in items or []:
         key, eq, value = item.partition("=")
         engine, dot, name = key.strip().partition(".")
-        if not eq or not dot or not name:
-            raise InputError("--set", item, "ENGINE.KNOB=VALUE, e.g. vllm.gpu_memory_utilization=0.95")
+        engine, name = engine.strip(), name.strip()
+        if not eq or not dot or not name or not value.strip():
+            raise InputError("--set", item, "ENGINE.KNOB=VALUE with a value (none: the engine's default), "
+                             "e.g. vllm.gpu_memory_utilization=0.95")
         engine = profile(engine).NAME
         if engine not in knobs:
             raise InputError("--set", item, f"a knob of a selected engine ({', '.join(engines)})")
@@ -223,7 +266,12 @@ def engines_command(
     try:
         check_one_format(as_json, as_csv)
         text = layout_text(layout, tensor_parallel_size, data_parallel_size, pipeline_parallel_size)
-        names = tuple(profile(e).NAME for e in comma_list(engines)) if engines else engines_for(mesh)
+        try:
+            names = tuple(profile(e).NAME for e in comma_list(engines)) if engines else engines_for(mesh)
+        except InputError as problem:
+            if problem.field != "engine":
+                raise
+            raise InputError("--engines", problem.value, problem.allowed) from None
         lay = Layout.resolve(text, DeviceMesh.from_preset(mesh)) if not engines and text else None
         if lay and lay.pipeline > 1:
             names = tuple(e for e in names if e not in NO_PIPELINE)  # by default, only those that can
@@ -231,10 +279,17 @@ def engines_command(
             names = tuple(e for e in names if e not in EP_OVER_ALL_RANKS)
         if not names:
             raise InputError("--engines", engines, "at least one engine")
+        check_flags(flags)
+        check_layout_applies(model, text)
         sets = parse_sets(knob, names)
-        plans = [engine_plan(model, mesh, text, engine=e, **{**_common(e, max_model_len, kv_cache_dtype),
-                                                              **flag_knobs(e, flags), **sets[e]})
-                 for e in names]
+        plans = []
+        given = {**flags, "max_model_len": max_model_len, "kv_cache_dtype": kv_cache_dtype}
+        for e in names:
+            try:
+                plans.append(engine_plan(model, mesh, text, engine=e, **{
+                    **_common(e, max_model_len, kv_cache_dtype), **flag_knobs(e, flags), **sets[e]}))
+            except InputError as problem:
+                raise user_named(problem, e, knob_flags(e, given), sets[e]) from None
     except InputError as e:
         fail_input(e)
     if as_json:

@@ -82,10 +82,14 @@ def fraction(*, low: float = 0.0, high: float = 1.0, high_inclusive: bool = True
     return check
 
 
+POSITIVE_NUMBER_MAX = 2.0**40  # above any GiB count or ratio a knob takes; keeps byte products finite
+
+
 def positive_number(field_: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
-            or not math.isfinite(value):
-        raise InputError(field_, value, "a positive number")
+    """A positive finite number up to POSITIVE_NUMBER_MAX (1e308 · bytes would overflow to inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not 0 < value <= POSITIVE_NUMBER_MAX:
+        raise InputError(field_, value, f"a positive number up to {POSITIVE_NUMBER_MAX:.0f}")
     return float(value)
 
 
@@ -105,7 +109,8 @@ def integer(minimum: int = 1, maximum: int = 2**62, *, optional: bool = True,
 
 def choice(options: tuple[Any, ...], message: str = "") -> Callable[[str, Any], Any]:
     def check(field_: str, value: Any) -> Any:
-        if value in options:
+        is_bool = isinstance(value, bool)  # True == 1: a flag is not a size
+        if value in options and (not is_bool or any(isinstance(o, bool) for o in options)):
             return value
         text = ", ".join(map(str, options))
         raise InputError(field_, value, f"one of {text}" + (f" — {message}" if message else ""))

@@ -108,6 +108,7 @@ SWAP_SPACE = 4 * GiB  # V0 --swap-space default (CPU blocks in "# GPU blocks: B,
 KV_DTYPES = {"auto": None, "bfloat16": "bfloat16", "float16": "float16", "fp8": "float8_e4m3fn",
              "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
 USAGE = ("openai_api_server", "llm_class")
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
 
 KNOBS = {
     "gpu_memory_utilization": Knob("gpu_memory_utilization", None, fraction(
@@ -128,7 +129,9 @@ KNOBS = {
                          "weight scheme (vllm --quantization); default: the checkpoint's"),
     "dtype": Knob("dtype", "auto", model_dtype_choice, "model dtype (vllm --dtype)"),
     "enable_lora": Knob("enable_lora", False, boolean),
-    "max_lora_rank": Knob("max_lora_rank", 16, integer(1, 4096), "vllm LoRAConfig default 16"),
+    "max_lora_rank": Knob("max_lora_rank", 16, choice(LORA_RANKS, "vLLM's LoRAConfig max_lora_rank "
+                                                      "choices (vllm/config/lora.py MaxLoRARanks)"),
+                          "vllm LoRAConfig default 16"),
     "max_loras": Knob("max_loras", 1, integer(1, 4096), "vllm LoRAConfig default 1"),
     "cpu_offload_gb": Knob("cpu_offload_gb", 0, lambda f, v: 0.0 if v == 0 else positive_number(f, v),
                            "GiB of weights per GPU kept in CPU memory"),
@@ -528,6 +531,13 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                                         "Padding mamba page size", "Add "),
                                 bool(not pinned and any(t.name == "residual" for t in nk.terms)))
     error = startup_error or core.error
+    if pinned and error is None:  # no profiling stands between a pinned pool and the device's memory
+        room = stats.free - setup.measured.get("context_bytes", CONTEXT.central) - weights - nk.get("non_torch")
+        if core.num_blocks * bpb > room:
+            error = (f"CUDA out of memory: the KV cache of {core.num_blocks * bpb / GiB:.2f} GiB that "
+                     f"{'kv_cache_memory_bytes' if kv_bytes_override is not None else 'num_gpu_blocks_override'}"
+                     f" asks for does not fit the {max(room, 0) / GiB:.2f} GiB left on the device after the "
+                     "weights (torch.OutOfMemoryError when the KV cache tensors are allocated)")
     warnings = list(core.warnings)
     if core.error is None and core.max_len_fit and core.max_len_fit < m.max_position_embeddings \
             and k["max_model_len"] is None:
