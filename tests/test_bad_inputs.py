@@ -419,3 +419,39 @@ def test_sweep_refuses_compute_devices_that_are_not_devices(devices):
     with pytest.raises(InputError) as err:
         sweep_frontier("llama-3.1-8b", "1xH100-80GB", batch_sizes=[1], lengths=[128], compute_devices=devices)
     assert err.value.field == "compute_devices"
+
+
+def test_config_values_a_reader_must_not_guess():
+    # whole-number floats are counts; strings are not booleans or dtypes; zero experts or a zero
+    # latent rank would silently make a different model; per-layer rope objects must be objects
+    from estimator.model.hf_config import spec_from_hf_config
+
+    configs = Path(__file__).parent / "model_configs"
+    llama = json.loads((configs / "meta-llama__Llama-3.1-8B.json").read_text())
+    spec = spec_from_hf_config({**llama, "num_key_value_heads": 8.0, "vocab_size": 128256.0})
+    assert (type(spec.num_kv_heads), spec.num_kv_heads, type(spec.vocab_size)) == (int, 8, int)
+    deepseek = json.loads((configs / "deepseek-ai__DeepSeek-V3.json").read_text())
+    gemma = json.loads((configs / "google__gemma-3-27b-it.json").read_text())
+    for config, field in (({**llama, "attention_bias": "false"}, "attention_bias"),
+                          ({**llama, "torch_dtype": ""}, "torch_dtype"),
+                          ({**llama, "rope_theta": "big"}, "rope_theta"),
+                          ({**llama, "hidden_size": 2**62}, "hidden_size"),
+                          ({**llama, "text_config": "oops"}, "text_config"),
+                          ({**deepseek, "n_routed_experts": 0}, "n_routed_experts"),
+                          ({**deepseek, "kv_lora_rank": 0}, "kv_lora_rank"),
+                          ({**deepseek, "num_experts_per_tok": 1000}, "num_experts_per_tok"),
+                          ({**gemma, "vision_config": {**gemma["vision_config"], "patch_size": 1000}},
+                           "patch_size"),
+                          ({**gemma, "text_config": {**{k: v for k, v in gemma["text_config"].items()
+                                                          if k != "rope_scaling"}, "rope_parameters": {
+                              "full_attention": "linear", "sliding_attention": 5}}}, "full_attention")):
+        with pytest.raises(InputError, match=field):
+            spec_from_hf_config(config)
+
+
+@pytest.mark.parametrize("argv", [["engines", "--max-model-len", "abc"], ["engines", "--max-num-seqs=1.5"],
+                                  ["plan", "--max-length", "nan"]])
+def test_a_value_of_the_wrong_type_is_named_with_its_option(argv, capsys, monkeypatch):
+    option, _, value = argv[1].partition("=")
+    value = value or argv[2]
+    one_error_line(*run(argv, capsys, monkeypatch), option, repr(value))

@@ -314,14 +314,25 @@ def test_rope_tables_as_vllm_builds_them(hf_config):
     assert load_hf_config(hf_config("deepseek-ai/deepseek-coder-6.7b-instruct")).rope_positions == (65_536,)
     base = {"model_type": "phi3", "hidden_size": 3072, "num_attention_heads": 32, "num_hidden_layers": 32,
             "vocab_size": 32064, "intermediate_size": 8192, "max_position_embeddings": 131072}
-    longrope = {"rope_type": "longrope", "factor": 32.0, "original_max_position_embeddings": 4096}
+    longrope = {"rope_type": "longrope", "factor": 32.0, "original_max_position_embeddings": 4096,
+                "long_factor": [1.0] * 48, "short_factor": [1.0] * 48}  # head dim 96: 48 frequencies
     assert spec_from_hf_config({**base, "rope_scaling": longrope}).rope_positions == (4096 + 131072,)
     su = {**longrope, "type": "su"}  # LongRoPE's old name
     del su["rope_type"]
     assert spec_from_hf_config({**base, "rope_scaling": su}).rope_positions == (4096 + 131072,)
     for bad, field in (({"rope_type": "linear", "factor": "8"}, "rope_scaling.factor"),
                        ({"rope_type": "linear", "factor": 0}, "rope_scaling.factor"),
-                       ([8.0], "rope_scaling")):
+                       ([8.0], "rope_scaling"),
+                       ({"rope_type": "bogus", "factor": 8.0}, "rope_scaling.rope_type"),
+                       ({"rope_type": "llama3", "factor": -8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192}, "rope_scaling.factor"),
+                       ({"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192}, "rope_scaling.factor"),
+                       ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": -1, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192}, "rope_scaling.low_freq_factor"),
+                       ({**longrope, "long_factor": "abc"}, "rope_scaling.long_factor"),
+                       ({**longrope, "long_factor": [1.0] * 3}, "rope_scaling.long_factor"),
+                       ({"type": "su", "long_factor": None, "short_factor": [1.0] * 48}, "rope_scaling.long_factor")):
         with pytest.raises(InputError, match=field.replace(".", r"\.")):
             spec_from_hf_config({**base, "rope_scaling": bad})
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from estimator.model.spec import MAX_LAYERS, ModelSpec
+from estimator.model.spec import LAYER_TYPES, MAX_LAYERS, ModelSpec
 from meshes.validation import (
     MAX_JSON_BYTES,
     MAX_JSON_DEPTH,
@@ -60,6 +60,13 @@ class _Reader:
         value = self.config.get(key)
         return default if value is None else value
 
+    def flag(self, key: str, default: bool) -> bool:
+        """A true/false field (a string "false" is not false)."""
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise InputError(f"{self.where}[{key!r}]", plain_text(value, 40), "true or false")
+        return value
+
     def count(self, key: str, *alternatives: str, minimum: int = 1, maximum: int = 2**40,
               default: int | None = None) -> int:
         """An integer field in [minimum, maximum] (``default`` when absent and a default is given)."""
@@ -81,17 +88,70 @@ def _base(r: _Reader, name: str) -> dict[str, Any]:
     heads = check_int("num_attention_heads", r.need("num_attention_heads"))
     max_position = check_int("max_position_embeddings", r.need("max_position_embeddings"), maximum=2**40)
     table = _rope_table(r, max_position)
+    for key in ("rope_theta", "rope_local_base_freq"):
+        value = c.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or not 0 < value <= 2**60):
+            raise InputError(f"config.json[{key!r}]", plain_text(value, 40), "a positive finite number")
+    scaling = _rope_parameters(r, "full_attention")
+    head_dim = r.get("head_dim", hidden // heads)
+    partial = scaling.get("partial_rotary_factor", r.get("partial_rotary_factor", 1.0))
+    for key in ("long_factor", "short_factor"):  # one factor per rotary frequency (LongRoPE)
+        if scaling.get(key) is not None and isinstance(head_dim, int) and isinstance(partial, (int, float)) \
+                and len(scaling[key]) != int(head_dim * partial) // 2:
+            raise InputError(f"rope_scaling.{key}", f"{len(scaling[key])} entries",
+                             f"{int(head_dim * partial) // 2} (rotary dimension / 2)")
+    dtype_key = "torch_dtype" if c.get("torch_dtype") is not None else "dtype"
+    dtype = c.get(dtype_key)
+    if dtype is not None and not (isinstance(dtype, str) and dtype.strip()):
+        raise InputError(f"config.json[{dtype_key!r}]", plain_text(dtype, 40), "a dtype name such as bfloat16")
     return dict(
         name=name, model_type=r.model_type, num_layers=r.layers(),
         hidden_size=hidden, num_attention_heads=heads,
         num_kv_heads=r.get("num_key_value_heads", heads), head_dim=r.get("head_dim", hidden // heads),
         vocab_size=r.need("vocab_size"), intermediate_size=r.need("intermediate_size"),
         max_position_embeddings=max_position, rope_positions=() if table == max_position else (table,),
-        weight_dtype=c.get("torch_dtype") or c.get("dtype") or "bfloat16",
-        tie_word_embeddings=bool(r.get("tie_word_embeddings", False)),
-        attention_bias=bool(r.get("attention_bias", False)),
+        weight_dtype=dtype or "bfloat16",
+        tie_word_embeddings=r.flag("tie_word_embeddings", False),
+        attention_bias=r.flag("attention_bias", False),
         **_quantization(c.get("quantization_config")),
     )
+
+
+ROPE_TYPES = ("default", "linear", "dynamic", "ntk", "yarn", "deepseek_yarn", "llama3", "longrope", "su",
+              "mrope")  # vllm/model_executor/layers/rotary_embedding get_rope; transformers ROPE_INIT_FUNCTIONS
+ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow", "mscale",
+                "mscale_all_dim", "attention_factor", "rope_theta", "partial_rotary_factor")
+
+
+def _check_rope(scaling: Mapping[str, Any], where: str) -> None:
+    """One rope scaling object as the engines would build it: a known type, positive finite
+    numbers, a positive original length, LongRoPE's factor lists of positive numbers."""
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise InputError(f"{where}.rope_type", plain_text(kind, 40), f"one of {', '.join(ROPE_TYPES)}")
+    for key in ROPE_NUMBERS:
+        value = scaling.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or not 0 < value <= 2**40):
+            raise InputError(f"{where}.{key}", plain_text(value, 40), "a positive finite number")
+    kind = "longrope" if kind == "su" else kind
+    needs = {"linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor",), "deepseek_yarn": ("factor",),
+             "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+             "longrope": ("long_factor", "short_factor")}.get(kind, ())
+    for key in needs:
+        if scaling.get(key) is None:
+            raise InputError(f"{where}.{key}", None, f"present for rope_type {kind!r}")
+    if scaling.get("original_max_position_embeddings") is not None:
+        check_int(f"{where}.original_max_position_embeddings", scaling["original_max_position_embeddings"],
+                  maximum=2**40)
+    for key in ("long_factor", "short_factor"):
+        value = scaling.get(key)
+        if value is not None and (isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+                for x in value) or not 0 < len(value) <= 2**16):
+            raise InputError(f"{where}.{key}", plain_text(value, 60), "a list of positive numbers, one per "
+                             "rotary frequency")
 
 
 def _rope_table(r: _Reader, max_position: int) -> int:
@@ -131,6 +191,14 @@ def _rope_parameters(r: _Reader, layer_kind: str) -> Mapping[str, Any]:
     scaling = r.get(key) or {}
     if not isinstance(scaling, Mapping):
         raise InputError(key, plain_text(scaling, 80), "a JSON object (rope_type, factor, ...)")
+    kinds = [k for k in scaling if k in LAYER_TYPES]
+    for kind in kinds:  # transformers v5: one object per layer kind
+        if not isinstance(scaling[kind], Mapping):
+            raise InputError(f"{key}.{kind}", plain_text(scaling[kind], 60), "a JSON object (rope_type, "
+                             "rope_theta, ...)")
+        _check_rope(scaling[kind], f"{key}.{kind}")
+    if not kinds:
+        _check_rope(scaling, key)
     if isinstance(scaling.get(layer_kind), Mapping):
         return scaling[layer_kind]
     return scaling
@@ -206,7 +274,7 @@ def _dense(r: _Reader, name: str) -> dict[str, Any]:
 
 def _mixtral(r: _Reader, name: str) -> dict[str, Any]:
     spec = _dense(r, name)
-    spec.update(num_experts=r.need("num_local_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
+    spec.update(num_experts=r.count("num_local_experts"), num_experts_per_token=r.count("num_experts_per_tok"),
                 moe_intermediate_size=r.need("intermediate_size"))
     return spec
 
@@ -218,8 +286,8 @@ def _qwen_moe(r: _Reader, name: str) -> dict[str, Any]:
                          (r.get("decoder_sparse_step"), r.get("mlp_only_layers")),
                          "1 and [] (every layer an MoE layer)")
     shared = r.get("shared_expert_intermediate_size", 0)
-    spec.update(num_experts=r.need("num_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
-                moe_intermediate_size=r.need("moe_intermediate_size"), num_shared_experts=int(bool(shared)),
+    spec.update(num_experts=r.count("num_experts"), num_experts_per_token=r.count("num_experts_per_tok"),
+                moe_intermediate_size=r.count("moe_intermediate_size"), num_shared_experts=int(bool(shared)),
                 shared_expert_intermediate_size=shared, shared_expert_gate=bool(shared))
     return spec
 
@@ -230,11 +298,11 @@ def _qwen3_next(r: _Reader, name: str) -> dict[str, Any]:
     if not _explicit_layer_types(r, spec):
         spec["layer_types"] = tuple("full_attention" if (i + 1) % interval == 0 else "linear_attention"
                                     for i in range(spec["num_layers"]))
-    spec.update(qk_norm=True, gated_attention=True, linear_key_heads=r.need("linear_num_key_heads"),
-                linear_key_dim=r.need("linear_key_head_dim"),
-                linear_value_heads=r.need("linear_num_value_heads"),
-                linear_value_dim=r.need("linear_value_head_dim"),
-                ssm_conv_kernel=r.need("linear_conv_kernel_dim"))
+    spec.update(qk_norm=True, gated_attention=True, linear_key_heads=r.count("linear_num_key_heads"),
+                linear_key_dim=r.count("linear_key_head_dim"),
+                linear_value_heads=r.count("linear_num_value_heads"),
+                linear_value_dim=r.count("linear_value_head_dim"),
+                ssm_conv_kernel=r.count("linear_conv_kernel_dim"))
     return spec
 
 
@@ -243,11 +311,11 @@ def _deepseek(r: _Reader, name: str) -> dict[str, Any]:
     spec.update(
         num_kv_heads=r.get("num_key_value_heads", spec["num_attention_heads"]),
         head_dim=r.need("qk_nope_head_dim") + r.need("qk_rope_head_dim"),
-        kv_lora_rank=r.need("kv_lora_rank"), q_lora_rank=r.get("q_lora_rank", 0),
+        kv_lora_rank=r.count("kv_lora_rank"), q_lora_rank=r.get("q_lora_rank", 0),
         qk_nope_head_dim=r.need("qk_nope_head_dim"), qk_rope_head_dim=r.need("qk_rope_head_dim"),
         v_head_dim=r.need("v_head_dim"),
-        num_experts=r.need("n_routed_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
-        moe_intermediate_size=r.need("moe_intermediate_size"),
+        num_experts=r.count("n_routed_experts"), num_experts_per_token=r.count("num_experts_per_tok"),
+        moe_intermediate_size=r.count("moe_intermediate_size"),
         num_shared_experts=r.get("n_shared_experts", 0),
         first_dense_layers=r.get("first_k_dense_replace", 0),
         router_bias=r.get("topk_method") == "noaux_tc",
@@ -261,9 +329,9 @@ def _deepseek(r: _Reader, name: str) -> dict[str, Any]:
 
 def _glm4_moe(r: _Reader, name: str) -> dict[str, Any]:
     spec = _base(r, name)
-    spec.update(qk_norm=bool(r.get("use_qk_norm", False)), num_experts=r.need("n_routed_experts"),
-                num_experts_per_token=r.need("num_experts_per_tok"),
-                moe_intermediate_size=r.need("moe_intermediate_size"),
+    spec.update(qk_norm=r.flag("use_qk_norm", False), num_experts=r.count("n_routed_experts"),
+                num_experts_per_token=r.count("num_experts_per_tok"),
+                moe_intermediate_size=r.count("moe_intermediate_size"),
                 num_shared_experts=r.get("n_shared_experts", 0),
                 first_dense_layers=r.get("first_k_dense_replace", 0), router_bias=True,
                 mtp_layers=r.get("num_nextn_predict_layers", 0))
@@ -272,7 +340,7 @@ def _glm4_moe(r: _Reader, name: str) -> dict[str, Any]:
 
 def _gemma(r: _Reader, name: str) -> dict[str, Any]:
     spec = _base(r, name)
-    spec.update(norms_per_layer=4, tie_word_embeddings=bool(r.get("tie_word_embeddings", True)),
+    spec.update(norms_per_layer=4, tie_word_embeddings=r.flag("tie_word_embeddings", True),
                 qk_norm=r.model_type.startswith("gemma3"))
     if r.model_type.startswith("gemma3"):  # sliding layers: rope_local_base_freq, no scaling (a 2nd table)
         local = _rope_parameters(r, "sliding_attention").get("rope_theta", r.get("rope_local_base_freq", 10_000.0))
@@ -295,8 +363,8 @@ def _gpt_oss(r: _Reader, name: str) -> dict[str, Any]:
     spec = _base(r, name)
     _explicit_layer_types(r, spec)
     spec.update(weight_dtype="bfloat16", attention_out_bias=spec["attention_bias"], attention_sinks=True,
-                num_experts=r.need("num_local_experts"),
-                num_experts_per_token=r.need("num_experts_per_tok", "experts_per_token"),
+                num_experts=r.count("num_local_experts"),
+                num_experts_per_token=r.count("num_experts_per_tok", "experts_per_token"),
                 moe_intermediate_size=r.need("intermediate_size"), router_bias=True, expert_bias=True)
     return spec
 
@@ -309,7 +377,7 @@ def _llama4(r: _Reader, name: str) -> dict[str, Any]:
     nope = r.get("no_rope_layers") or [int((i + 1) % 4 != 0) for i in range(n)]
     if not isinstance(nope, list) or len(nope) < n:
         raise InputError("config.json['no_rope_layers']", nope, f"a list of {n} flags (one per layer)")
-    spec.update(num_experts=r.need("num_local_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
+    spec.update(num_experts=r.count("num_local_experts"), num_experts_per_token=r.count("num_experts_per_tok"),
                 moe_intermediate_size=r.need("intermediate_size"), num_shared_experts=1, moe_layer_step=step)
     if step > 1:  # Maverick: the layers between MoE layers have a dense MLP of intermediate_size_mlp
         spec["intermediate_size"] = r.need("intermediate_size_mlp")
@@ -339,7 +407,7 @@ def _mamba_like(r: _Reader, name: str, kinds: tuple[str, ...]) -> dict[str, Any]
         intermediate_size=r.get("intermediate_size", 0) or 4 * hidden,
         max_position_embeddings=r.get("max_position_embeddings", 1 << 20),
         weight_dtype=c.get("torch_dtype") or c.get("dtype") or "bfloat16",
-        tie_word_embeddings=bool(r.get("tie_word_embeddings", True)),
+        tie_word_embeddings=r.flag("tie_word_embeddings", True),
         layer_types=kinds, ssm_inner_size=r.get("intermediate_size_ssm", expand * hidden),
         ssm_state_size=r.need("state_size", "d_state", "mamba_d_state", "ssm_state_size"),
         ssm_conv_kernel=r.need("conv_kernel", "d_conv", "mamba_d_conv"),
@@ -371,7 +439,7 @@ def _jamba(r: _Reader, name: str) -> dict[str, Any]:
     spec.update(intermediate_size=r.need("intermediate_size"), max_position_embeddings=r.get(
         "max_position_embeddings", 262144))
     if r.get("num_experts", 1) > 1:
-        spec.update(num_experts=r.need("num_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
+        spec.update(num_experts=r.count("num_experts"), num_experts_per_token=r.count("num_experts_per_tok"),
                     moe_intermediate_size=r.need("intermediate_size"), first_dense_layers=0)
     return spec
 
@@ -386,7 +454,7 @@ def _granite_hybrid(r: _Reader, name: str) -> dict[str, Any]:
     spec.update(intermediate_size=r.get("shared_intermediate_size", r.get("intermediate_size", 0)),
                 max_position_embeddings=r.get("max_position_embeddings", 131072))
     if r.get("num_local_experts", 0):
-        spec.update(num_experts=r.need("num_local_experts"), num_experts_per_token=r.need("num_experts_per_tok"),
+        spec.update(num_experts=r.count("num_local_experts"), num_experts_per_token=r.count("num_experts_per_tok"),
                     moe_intermediate_size=r.need("intermediate_size"), num_shared_experts=1,
                     shared_expert_intermediate_size=r.need("shared_intermediate_size"))
     return spec
@@ -470,6 +538,9 @@ def _spec_from_hf_config(config: Config, name: str) -> ModelSpec:
             if key in config and key not in text:
                 merged[key] = config[key]
         config, model_type = merged, merged["model_type"]
+    elif text is not None:
+        raise InputError("config.json['text_config']", plain_text(text, 60), "a JSON object (the language "
+                         "model's config)")
     if not isinstance(model_type, str) or model_type not in READERS:
         raise InputError("model_type", plain_text(model_type, 80), f"one of {', '.join(SUPPORTED_MODEL_TYPES)}")
     spec = READERS[model_type](_Reader(config, model_type), name)
@@ -480,7 +551,22 @@ def _spec_from_hf_config(config: Config, name: str) -> ModelSpec:
         spec.update(vision_encoder_shape(vision, wrapper, merge))
     elif vision is not None:
         raise InputError("vision_config", plain_text(vision, 80), "a JSON object")
-    return ModelSpec(**spec)
+    try:
+        return ModelSpec(**spec)
+    except InputError as err:  # say it in the config's own keys
+        field = err.field.rpartition(".")[2]
+        key = CONFIG_KEYS.get(field, field)
+        raise InputError(f"config.json[{key!r}]", err.value, err.allowed) from None
+
+
+# ModelSpec fields under the config.json keys the readers take them from
+CONFIG_KEYS = {"num_layers": "num_hidden_layers", "num_kv_heads": "num_key_value_heads",
+               "num_experts": "n_routed_experts / num_local_experts / num_experts",
+               "num_experts_per_token": "num_experts_per_tok", "first_dense_layers": "first_k_dense_replace",
+               "mtp_layers": "num_nextn_predict_layers", "ssm_conv_kernel": "linear_conv_kernel_dim / d_conv",
+               "linear_key_heads": "linear_num_key_heads", "linear_key_dim": "linear_key_head_dim",
+               "linear_value_heads": "linear_num_value_heads", "linear_value_dim": "linear_value_head_dim",
+               "weight_dtype": "torch_dtype", "num_shared_experts": "n_shared_experts"}
 
 
 def vision_encoder_shape(vision: Config, wrapper: _Reader, spatial_merge: int = 2) -> dict[str, int]:
@@ -498,6 +584,8 @@ def vision_encoder_shape(vision: Config, wrapper: _Reader, spatial_merge: int = 
     h, inter = r.count("hidden_size", maximum=2**24), r.count("intermediate_size", maximum=2**26)
     patch, image = r.count("patch_size", maximum=2**16), r.count("image_size", maximum=2**20)
     channels = r.count("num_channels", default=3, maximum=2**16)
+    if patch > image:
+        raise InputError("vision_config.patch_size", patch, f"at most image_size={image}")
     side = image // patch
     kind = vision.get("model_type")
     if kind == "pixtral":

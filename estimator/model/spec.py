@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from estimator.model.dtypes import canonical_dtype, dtype_bytes
-from meshes.validation import InputError, check_choice, check_int, plain_text
+from meshes.validation import MAX_BYTES, InputError, check_choice, check_int, plain_text
 
 # what one layer's sequence mixer is; the KV kind follows from it (estimator.core.kv_spec)
 ATTENTION_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
@@ -26,6 +26,11 @@ MAX_LAYERS = 4096
 
 _POSITIVE = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim",
              "vocab_size", "intermediate_size", "max_position_embeddings")
+# Ceilings far above any real decoder (the largest today: hidden 16,384, vocabulary 262,208, MLP
+# 73,728, 384 experts): a config past them is a typo, and its byte counts would run to 10^30
+_FIELD_MAX = {"hidden_size": 2**20, "num_attention_heads": 2**16, "num_kv_heads": 2**16, "head_dim": 2**16,
+              "vocab_size": 2**26, "intermediate_size": 2**26, "moe_intermediate_size": 2**26,
+              "num_experts": 2**16, "max_position_embeddings": 2**40}
 
 
 @dataclass(frozen=True)
@@ -115,17 +120,20 @@ class ModelSpec:
         if isinstance(self.layer_types, (str, bytes)) or len(self.layer_types) > MAX_LAYERS:
             raise InputError(f"{self.name}.layer_types", plain_text(self.layer_types, 60),
                              f"a sequence of at most {MAX_LAYERS:,} layer kinds")
-        for f in _POSITIVE:
-            check_int(f"{self.name}.{f}", getattr(self, f))
-        for f in fields(self):
-            if f.type == "int" and f.name not in _POSITIVE:
-                check_int(f"{self.name}.{f.name}", getattr(self, f.name), minimum=0)
+        for f in fields(self):  # 8.0 from a config.json becomes 8: counts stay Python ints
+            if f.type == "int":
+                maximum = _FIELD_MAX.get(f.name, MAX_BYTES)
+                object.__setattr__(self, f.name, check_int(f"{self.name}.{f.name}", getattr(self, f.name),
+                                                           minimum=int(f.name in _POSITIVE), maximum=maximum))
         if self.num_attention_heads % self.num_kv_heads:
             raise InputError(f"{self.name}.num_kv_heads", self.num_kv_heads,
                              f"a divisor of num_attention_heads={self.num_attention_heads}")
-        if self.num_experts and not (self.moe_intermediate_size and self.num_experts_per_token):
+        if self.num_experts and not self.moe_intermediate_size:
             raise InputError(f"{self.name}.moe_intermediate_size", self.moe_intermediate_size,
-                             "a positive width (and num_experts_per_token) when num_experts > 0")
+                             "a positive width when num_experts > 0")
+        if self.num_experts and not 1 <= self.num_experts_per_token <= self.num_experts:
+            raise InputError(f"{self.name}.num_experts_per_token", self.num_experts_per_token,
+                             f"an integer in [1, num_experts={self.num_experts}]")
         check_int(f"{self.name}.moe_layer_step", self.moe_layer_step, maximum=max(self.num_layers, 1))
         if self.first_dense_layers > self.num_layers:
             raise InputError(f"{self.name}.first_dense_layers", self.first_dense_layers,
