@@ -43,7 +43,9 @@ def check_grid(batches: list, lengths: list, configs: int, *, every_cell: bool) 
                          f"at most {MAX_CONFIGS} configurations (the product of their counts)")
     cells = configs * len(set(batches)) * len(set(lengths))
     if cells > MAX_SWEEP_CELLS:
-        raise InputError("--batch × --length", f"{cells:,} cells", f"at most {MAX_SWEEP_CELLS:,} cells")
+        raise InputError("--batch × --length × configurations", f"{cells:,} cells",
+                         f"at most {MAX_SWEEP_CELLS:,} cells ({len(set(batches)):,} batches × "
+                         f"{len(set(lengths)):,} lengths × {configs} configurations here)")
     if every_cell and cells > MAX_CSV_CELLS:
         raise InputError("--cells-csv", f"{cells:,} cells", f"at most {MAX_CSV_CELLS:,} cells for the "
                          "every-cell file (the frontier without --cells-csv has no such limit)")

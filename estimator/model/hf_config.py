@@ -625,6 +625,9 @@ def vision_tower_params(vision: Config, text_hidden: int, spatial_merge: int = 2
     """
     r = _Reader(vision, plain_text(vision.get("model_type", "vision"), 40), "vision_config")
     h, inter = r.count("hidden_size", maximum=2**24), r.count("intermediate_size", maximum=2**26)
+    for key in ("num_attention_heads", "head_dim"):  # not in the counts, but a tower needs them positive
+        if vision.get(key) is not None:
+            r.count(key, maximum=2**16)
     layers = r.layers()
     patch, image = r.count("patch_size", maximum=2**16), r.count("image_size", maximum=2**20)
     channels = r.count("num_channels", default=3, maximum=2**16)
