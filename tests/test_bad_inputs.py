@@ -455,3 +455,19 @@ def test_a_value_of_the_wrong_type_is_named_with_its_option(argv, capsys, monkey
     option, _, value = argv[1].partition("=")
     value = value or argv[2]
     one_error_line(*run(argv, capsys, monkeypatch), option, repr(value))
+
+
+def test_rope_scaling_values_real_configs_carry():
+    # YaRN's mscale_all_dim 0 means no attention scaling (vLLM's default; Mistral's converter writes
+    # 0.0), and a null rope_type beside "type" is the older key in use
+    from estimator.model.hf_config import spec_from_hf_config
+
+    configs = Path(__file__).parent / "model_configs"
+    deepseek = json.loads((configs / "deepseek-ai__DeepSeek-V3.json").read_text())
+    yarn = {**deepseek["rope_scaling"], "mscale_all_dim": 0.0, "mscale": 0}
+    assert spec_from_hf_config({**deepseek, "rope_scaling": yarn}).kv_lora_rank == 512
+    llama = json.loads((configs / "meta-llama__Llama-3.1-8B.json").read_text())
+    linear = {"type": "linear", "rope_type": None, "factor": 2.0}
+    assert spec_from_hf_config({**llama, "rope_scaling": linear}).rope_positions == (2 * 131072,)
+    with pytest.raises(InputError, match="mscale"):
+        spec_from_hf_config({**deepseek, "rope_scaling": {**yarn, "mscale": -1}})

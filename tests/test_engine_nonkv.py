@@ -458,3 +458,17 @@ def test_v0_gives_each_image_its_own_dummy_sequence():
     assert images.non_kv.get("activation") == 1_211_105_280
     # text only: 256 dummy sequences, and the sort over 256 × 262,208 logits (38 B) is the peak
     assert text.non_kv.get("activation") == 256 * 262_208 * 38
+
+
+def test_v0_pipeline_stages_share_the_shrunk_dummy_batch():
+    # V0 shrinks max_num_seqs for the whole engine, so the last stage's sampler sees the 8 image
+    # sequences of 2,048 batched tokens (2048 // 256), not 256 rows. On that stage (TP 4) the
+    # forward pass, 2048 × 2 × (3 · 5376 + 3 · 21504 / 4) = 132,120,576 B, beats those 8 rows
+    # (8 × 262,208 × 50 B); text only, 256 rows are sorted: 256 × 262,208 × 38 = 2,550,759,424 B
+    gemma = load_preset("gemma-3-27b")
+    with calibrated(SYN):
+        images, text = (engine_plan(gemma, "8xH100-80GB", "pp2xtp4", engine="vllm", version="v0",
+                                    max_model_len=2048, **knobs) for knobs in ({}, {"limit_mm_per_prompt": 0}))
+    last = [(a["non_kv_bytes"], b["non_kv_bytes"]) for a, b in zip(images.devices, text.devices, strict=True)
+            if a["stage"] == 1]
+    assert last and all(t - i == 2_550_759_424 - 132_120_576 for i, t in last)

@@ -61,7 +61,7 @@ def test_engines_exit_1_when_an_engine_would_not_start():
 
 @pytest.mark.parametrize(("args", "named"), [
     (("--engines", "vlm"), "--engines"),
-    (("--set", "sglang.gpu_memory_utilization=0.9"), "gpu_memory_utilization"),
+    (("--set", "sglang.gpu_memory_utilization=0.9"), "sglang calls this mem_fraction_static"),
     (("--set", "vllm.gpu_memory_utilization=1.5"), "vllm.gpu_memory_utilization=1.5"),
     (("--set", "gpu_memory_utilization=0.9"), "--set"),
     (("--set", "vllm.version="), "--set"),  # an empty value is not the default
@@ -71,6 +71,7 @@ def test_engines_exit_1_when_an_engine_would_not_start():
     (("--enable-lora", "--max-loras", "0"), "--max-loras=0"),
     (("--max-beam-width", "0"), "--max-beam-width=0"),
     (("--engines", "sglang", "--max-model-len", "-1"), "--max-model-len=-1"),  # sglang's context_length
+    (("--max-model-len", "0"), "--max-model-len=0"),
     (("--set", "trtllm.max_batch_size=-1"), "trtllm.max_batch_size=-1"),
     (("--enable-lora", "--max-lora-rank", "7"), "--max-lora-rank=7"),  # vllm/config/lora.py MaxLoRARanks
     # finite but absurd: 1e300 GiB would overflow to inf in bytes
@@ -172,3 +173,13 @@ def test_expert_group_inside_the_tensor_group_runs_the_engines_that_allow_it():
     assert named.exit_code == 2 and "expert_parallel_size=2" in named.output and "data × tensor = 8" in named.output
     assert run("engines", "--model", "qwen3-30b-a3b", "--mesh", "8xH100-80GB", "--layout", "tp8xep8",
                "--engines", "vllm", "--max-model-len", "8192").exit_code == 0
+
+
+def test_a_whole_float_size_is_the_size():
+    # --set parses 16.0 as a float; the knob keeps vLLM's integer choice, so counts stay integers
+    r = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", "--engines", "vllm", "--enable-lora",
+            "--max-model-len", "8192", "--set", "vllm.max_lora_rank=16.0", "--set", "vllm.block_size=16.0",
+            "--json")
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.output)[0]
+    assert plan["knobs"]["max_lora_rank"] == 16 and isinstance(plan["num_blocks"], int)

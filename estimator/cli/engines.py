@@ -110,7 +110,7 @@ def knob_flags(engine: str, given: dict[str, Any]) -> dict[str, str]:
     """{--flag: the engine's knob} for the flags the user gave."""
     concepts = {"max_model_len": "max length", "kv_cache_dtype": "kv dtype", **SHARED_FLAGS}
     named = {f"--{flag.replace('_', '-')}": CONCEPTS[concept].get(engine)
-             for flag, concept in concepts.items() if given.get(flag) not in (None, False)}
+             for flag, concept in concepts.items() if given.get(flag) is not None and given.get(flag) is not False}
     named.update({f"--{flag.replace('_', '-')}": flag for flag in ENGINE_FLAGS.get(engine, ())
                   if given.get(flag) is not None})
     return {flag: knob for flag, knob in named.items() if knob}

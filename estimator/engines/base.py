@@ -111,7 +111,7 @@ def choice(options: tuple[Any, ...], message: str = "") -> Callable[[str, Any], 
     def check(field_: str, value: Any) -> Any:
         is_bool = isinstance(value, bool)  # True == 1: a flag is not a size
         if value in options and (not is_bool or any(isinstance(o, bool) for o in options)):
-            return value
+            return options[options.index(value)]  # the option itself: 16.0 becomes 16
         text = ", ".join(map(str, options))
         raise InputError(field_, value, f"one of {text}" + (f" — {message}" if message else ""))
     return check

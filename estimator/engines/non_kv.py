@@ -376,8 +376,9 @@ def encoder_items(model: ModelSpec, version: str, *, batched: int, seqs: int, ma
     - V1 from 0.10 (``MultiModalBudget.get_max_items``, vllm/v1/worker/utils.py, later
       vllm/multimodal/encoder_budget.py): ``budget // tokens per image`` capped at ``max_num_seqs ×
       max(1, min(limit, max_model_len // tokens per image))``, at least one;
-    - V0 (vllm/worker/model_runner.py ``profile_run``): one image in each of ``min(max_num_seqs,
-      max_num_batched_tokens // (limit × tokens per image))`` dummy sequences, at least one."""
+    - V0 (vllm/worker/model_runner.py ``profile_run``): ``limit`` images (1 unset) in each of
+      ``min(max_num_seqs, max_num_batched_tokens // (limit × tokens per image))`` dummy sequences,
+      at least one."""
     per = model.vision_tokens_per_item
     v0 = version.startswith("v0")
     limit = (1 if v0 else 999) if limit is None else limit
@@ -413,7 +414,7 @@ def activation_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int, t
                     sampler_bytes_per_logit: tuple[int, int, int] = FLASHINFER_SAMPLER_BYTES,
                     moe_gather: int = 1, images: int = 0, encoder_outputs_held: bool = True) -> Band:
     """Transient activation peak of a profile pass, with its band: max(forward, sampler), and with
-    a dummy encoder run of ``images`` (``encoder_items``; first pipeline stage) the larger of its own
+    a dummy encoder run of ``images`` (``encoder_items``; on the stage holding the tower) the larger of its own
     peak and, where its outputs stay cached through the language model's run (V1), the outputs
     plus max(forward, sampler)."""
     forward = forward_bytes(model, tensor, kv_heads_per_shard, tokens, moe_gather)

@@ -402,11 +402,15 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         weights -= min(int(k["cpu_offload_gb"] * GiB), params)
         source += " − cpu_offload_gb"
     v0 = version.startswith("v0")
-    # the vision tower and its dummy images sit on the first stage
-    images = encoder_items(m, version, batched=batched, seqs=seqs, max_model_len=max_model_len,
-                           limit=k["limit_mm_per_prompt"]) if stage == 0 else 0
-    # V0 gives each image its own dummy sequence, so only that many rows reach the sampler
-    rows = images // (k["limit_mm_per_prompt"] or 1) if v0 and images else min(seqs, batched)
+    profiled = encoder_items(m, version, batched=batched, seqs=seqs, max_model_len=max_model_len,
+                             limit=k["limit_mm_per_prompt"])
+    # V0 shrinks max_num_seqs to the dummy sequences that carry the images (``limit`` each), on
+    # every stage, so only that many rows reach the last stage's sampler
+    rows = profiled // (k["limit_mm_per_prompt"] or 1) if v0 and profiled else min(seqs, batched)
+    # kvfit holds the vision tower on the first stage (estimator.model.weights), so its dummy run is
+    # charged there; vLLM's V1 profile_run has no first-rank check, which a tower built on every
+    # stage would also run: an approximation for pipeline-parallel multimodal models
+    images = profiled if stage == 0 else 0
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=batched,
                           sampler_rows=rows, last_stage=stage == lay.pipeline - 1,
                           sampler_bytes_per_logit=sampler_bytes_per_logit(version, rows, m.vocab_size),
@@ -477,6 +481,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     group_size = lay.tensor * lay.pipeline
     state_blocks = 2 if k["enable_prefix_caching"] else 1
     kv_bytes_override = k["kv_cache_memory_bytes"]
+    pinned = kv_bytes_override is not None or k["num_gpu_blocks_override"] is not None
 
     worst = None
     for replica in range(lay.data):
@@ -510,6 +515,10 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                          longest=m.max_position_embeddings)
         tight = min(range(len(workers)),
                     key=lambda j: (workers[j][0] // workers[j][1]) if workers[j][1] else 2**62)
+        if pinned and startup_error is None:  # no profiling stands between a pinned pool and memory
+            startup_error = pinned_pool_error(setup, core.num_blocks, workers, nonkvs,
+                                              "kv_cache_memory_bytes" if kv_bytes_override is not None
+                                              else "num_gpu_blocks_override")
         if worst is None or core.num_blocks < worst[0].num_blocks:
             worst = (core, nonkvs[tight], workers[tight], startup_error, rows)
     core, (nk, requested, avail, stats, _idx), (_, bpb), startup_error, rows = worst
@@ -526,18 +535,10 @@ def compute(setup: Setup, which: str) -> EnginePlan:
         shown = format_gib(avail) if version == "0.33" else gib2(avail)
         lines.append(f"Available KV cache memory: {shown} GiB")
     lines += list(cache.notes) + list(core.lines)
-    pinned = kv_bytes_override is not None or k["num_gpu_blocks_override"] is not None
     estimated = estimated_flags(lines, ("the current vLLM instance can use", "Setting attention block size",
                                         "Padding mamba page size", "Add "),
                                 bool(not pinned and any(t.name == "residual" for t in nk.terms)))
     error = startup_error or core.error
-    if pinned and error is None:  # no profiling stands between a pinned pool and the device's memory
-        room = stats.free - setup.measured.get("context_bytes", CONTEXT.central) - weights - nk.get("non_torch")
-        if core.num_blocks * bpb > room:
-            error = (f"CUDA out of memory: the KV cache of {core.num_blocks * bpb / GiB:.2f} GiB that "
-                     f"{'kv_cache_memory_bytes' if kv_bytes_override is not None else 'num_gpu_blocks_override'}"
-                     f" asks for does not fit the {max(room, 0) / GiB:.2f} GiB left on the device after the "
-                     "weights (torch.OutOfMemoryError when the KV cache tensors are allocated)")
     warnings = list(core.warnings)
     if core.error is None and core.max_len_fit and core.max_len_fit < m.max_position_embeddings \
             and k["max_model_len"] is None:
@@ -561,6 +562,19 @@ def compute(setup: Setup, which: str) -> EnginePlan:
         max_model_len_fit=min(core.max_model_len, core.max_len_fit), num_replicas=lay.data,
         starts=error is None, error=error, log_lines=tuple(lines), warnings=tuple(warnings),
         devices=tuple(rows), estimated_lines=estimated)
+
+
+def pinned_pool_error(setup: Setup, blocks: int, workers: list, nonkvs: list, knob: str) -> str | None:
+    """CUDA out of memory where a pinned pool (no profiling) outgrows a worker's device: what is left
+    after the CUDA context, the weights and the non-torch memory."""
+    context = setup.measured.get("context_bytes", CONTEXT.central)
+    for (_avail, bpb), (nk, _requested, _a, stats, _i) in zip(workers, nonkvs, strict=True):
+        room = stats.free - context - nk.get("weights") - nk.get("non_torch")
+        if blocks * bpb > room:
+            return (f"CUDA out of memory: the KV cache of {blocks * bpb / GiB:.2f} GiB that {knob} asks for "
+                    f"does not fit the {max(room, 0) / GiB:.2f} GiB left on the device after the weights "
+                    "(torch.OutOfMemoryError when the KV cache tensors are allocated)")
+    return None
 
 
 def gib2(n: int) -> str:

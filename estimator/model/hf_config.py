@@ -120,14 +120,15 @@ def _base(r: _Reader, name: str) -> dict[str, Any]:
 
 ROPE_TYPES = ("default", "linear", "dynamic", "ntk", "yarn", "deepseek_yarn", "llama3", "longrope", "su",
               "mrope")  # vllm/model_executor/layers/rotary_embedding get_rope; transformers ROPE_INIT_FUNCTIONS
-ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow", "mscale",
-                "mscale_all_dim", "attention_factor", "rope_theta", "partial_rotary_factor")
+ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow",
+                "attention_factor", "rope_theta", "partial_rotary_factor")
+ROPE_SCALES = ("mscale", "mscale_all_dim")  # YaRN's attention scaling: 0 means none (vLLM's default)
 
 
 def _check_rope(scaling: Mapping[str, Any], where: str) -> None:
     """One rope scaling object as the engines would build it: a known type, positive finite
     numbers, a positive original length, LongRoPE's factor lists of positive numbers."""
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
     if kind not in ROPE_TYPES:
         raise InputError(f"{where}.rope_type", plain_text(kind, 40), f"one of {', '.join(ROPE_TYPES)}")
     for key in ROPE_NUMBERS:
@@ -135,6 +136,11 @@ def _check_rope(scaling: Mapping[str, Any], where: str) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or not 0 < value <= 2**40):
             raise InputError(f"{where}.{key}", plain_text(value, 40), "a positive finite number")
+    for key in ROPE_SCALES:
+        value = scaling.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or not 0 <= value <= 2**40):
+            raise InputError(f"{where}.{key}", plain_text(value, 40), "a finite number ≥ 0")
     kind = "longrope" if kind == "su" else kind
     needs = {"linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor",), "deepseek_yarn": ("factor",),
              "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
@@ -164,7 +170,7 @@ def _rope_table(r: _Reader, max_position: int) -> int:
     scaling = _rope_parameters(r, "full_attention")
     if not scaling:
         return max_position
-    kind = str(scaling.get("rope_type", scaling.get("type", "default")))
+    kind = str(scaling.get("rope_type") or scaling.get("type") or "default")
     kind = "longrope" if kind == "su" else kind
     if kind not in ("linear", "dynamic", "yarn", "deepseek_yarn", "longrope"):
         return max_position
@@ -573,7 +579,8 @@ def vision_encoder_shape(vision: Config, wrapper: _Reader, spatial_merge: int = 
     """The largest image as vLLM's processors feed the encoder (ModelSpec.vision_* fields):
     - SigLIP (Gemma 3): one ``image_size``² image, (image_size / patch)² positions, ``mm_tokens_per_image``
       embeddings after the projector's pooling (vllm/model_executor/models/gemma3_mm.py; 256 when the
-      config leaves it out, transformers Gemma3Config's default);
+      config leaves it out, transformers Gemma3Config's default); another ViT tower hands on every
+      position unless the config says ``mm_tokens_per_image``;
     - Pixtral (Mistral 3): one ``image_size``² image, (image_size / patch)² positions, merged
       ``spatial_merge``² to one embedding (vllm mistral3.py);
     - Llama 4: ``max_patches`` = 16 tiles of ``image_size``² plus the global tile, each (image_size /
@@ -596,12 +603,18 @@ def vision_encoder_shape(vision: Config, wrapper: _Reader, spatial_merge: int = 
         ratio = vision.get("pixel_shuffle_ratio", 0.5)
         if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= 1:
             raise InputError("vision_config.pixel_shuffle_ratio", plain_text(ratio, 40), "a number in (0, 1]")
+        if round(1 / ratio**2) > side * side:
+            raise InputError("vision_config.pixel_shuffle_ratio", ratio,
+                             f"at least 1 / (image_size / patch_size) = {1 / side:.4g} (one embedding a tile)")
         tiles = LLAMA4_MAX_TILES + 1
         return dict(vision_hidden_size=h, vision_mlp_width=2 * inter,
                     vision_patches_per_item=tiles * (side * side + 1),
                     vision_tokens_per_item=tiles * (side * side // round(1 / ratio**2)),
                     vision_pixels_per_item=tiles * channels * image * image)
-    tokens = wrapper.count("mm_tokens_per_image", default=GEMMA3_IMAGE_TOKENS, maximum=side * side)
+    # Gemma 3 pools its SigLIP positions to mm_tokens_per_image; a tower that does not pool hands
+    # every position on
+    pooled = GEMMA3_IMAGE_TOKENS if wrapper.model_type == "gemma3" else side * side
+    tokens = wrapper.count("mm_tokens_per_image", default=min(pooled, side * side), maximum=side * side)
     return dict(vision_hidden_size=h, vision_mlp_width=2 * inter, vision_patches_per_item=side * side,
                 vision_tokens_per_item=tokens, vision_pixels_per_item=channels * image * image)
 
