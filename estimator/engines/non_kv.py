@@ -426,10 +426,11 @@ def activation_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int, t
                      for f, b in zip(ACTIVATION_BAND, sampler_bytes_per_logit, strict=True)))
 
 
-ACTIVATION_SOURCE = ("dummy encoder run (vllm gpu_model_runner.py profile_run) + "
-                     "dummy forward (fused-MoE workspaces: vllm fused_moe.py TritonExperts.workspace_shapes) "
+ACTIVATION_SOURCE = ("dummy forward (fused-MoE workspaces: vllm fused_moe.py TritonExperts.workspace_shapes) "
                      "+ dummy sampler (vllm/v1/worker/gpu_model_runner.py _dummy_sampler_run; V0 "
                      "vllm/model_executor/layers/sampler.py Sampler.forward)")
+ENCODER_SOURCE = ("dummy encoder run over the largest images (vllm/v1/worker/gpu_model_runner.py profile_run; "
+                  "V0 vllm/worker/model_runner.py profile_run)")
 
 
 # ----------------------------------------------------------------------------- MXFP4 padding
@@ -632,7 +633,7 @@ def term(name: str, band: Band, source: str, measured: int | None = None) -> Ter
 
 
 __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTEXT", "CONTEXT_SOURCE",
-           "CUDA_GRAPH_SOURCE", "GPU_CLASSES", "LORA_SOURCE", "NON_TORCH_SOURCE", "RESIDUAL_SOURCE",
+           "CUDA_GRAPH_SOURCE", "ENCODER_SOURCE", "GPU_CLASSES", "LORA_SOURCE", "NON_TORCH_SOURCE", "RESIDUAL_SOURCE",
            "WEIGHTS_SOURCE", "Band", "NonKV", "Term", "activation_band", "activation_width", "calibrated",
            "calibration", "capture_graph_band", "cuda_graph_band", "cudagraph_capture_sizes",
            "custom_all_reduce_bytes", "encoder_items", "encoder_peak_bytes", "fitted", "forward_bytes",

@@ -67,6 +67,7 @@ from estimator.engines.non_kv import (
     ACTIVATION_SOURCE,
     CONTEXT,
     CUDA_GRAPH_SOURCE,
+    ENCODER_SOURCE,
     LORA_SOURCE,
     NON_TORCH_SOURCE,
     RESIDUAL_SOURCE,
@@ -423,7 +424,8 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
     link = interconnect(setup.mesh.device_kinds[0])
     terms = [
         term("weights", Band.exact(weights), source, measured.get("weights_bytes")),
-        term("activation", act, ACTIVATION_SOURCE, measured.get("activation_bytes")),
+        term("activation", act, f"{ENCODER_SOURCE} + {ACTIVATION_SOURCE}" if images else ACTIVATION_SOURCE,
+             measured.get("activation_bytes")),
         term("non_torch", non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
                                          custom_ar=not k["disable_custom_all_reduce"],
                                          data=1 if version.startswith("v0") else lay.data,
