@@ -178,6 +178,7 @@ def entry(dtype="F32", shape=(2,), offsets=(0, 8)) -> dict:
     (b'{"w": ', 0, r"header='6 bytes' .* UTF-8 JSON"),
     (b'{"w": {}, "w": {}}', 0, r"duplicate key 'w'"),
     ({"w": entry("F12")}, 8, r"tensor 'w' dtype='F12' .* one of BOOL, F4"),
+    ({"w": entry(["BF16"])}, 8, r"tensor 'w' dtype=\['BF16'\] .* one of BOOL, F4"),  # not hashable
     ({"w": entry(shape=(2, -1))}, 8, r"tensor 'w' shape=\[2, -1\]"),
     ({"w": entry(offsets=(8, 0))}, 8, r"tensor 'w' data_offsets=\[8, 0\] .* 0 ≤ begin ≤ end"),
     ({"w": entry(shape=(3,))}, 8, r"tensor 'w' data_offsets=\[0, 8\] .* \[3\] × F32 = 12 bytes \(got 8\)"),
@@ -336,3 +337,11 @@ def test_cli_plan_weights_option(sharded, tmp_path):
     assert json.loads(got.stdout)["devices"] == json.loads(base.stdout)["devices"]
     bad = runner.invoke(app, [*args, "--weights", str(folder / "pytorch_model.bin")])
     assert bad.exit_code == 2 and "pickle checkpoints" in bad.output
+
+
+@pytest.mark.parametrize("header", [{}, {"__metadata__": None}])
+def test_a_checkpoint_without_tensors_is_refused(tmp_path, header):
+    # 0 B of weights would be a number, silently wrong; an empty header is refused as a checkpoint
+    write_raw(tmp_path / "model.safetensors", header)
+    with pytest.raises(InputError, match="at least one tensor"):
+        read_checkpoint(tmp_path)

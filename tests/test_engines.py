@@ -407,3 +407,10 @@ def test_engine_plan_refuses_other_engines_knobs(kwargs, field, hint):
     with pytest.raises(InputError) as err:
         engine_plan("llama-3.1-8b", "1xH100-80GB", **kwargs)
     assert err.value.field == field and hint in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs", [{"mesh": None}, {"layout": 5}, {"band": "yes"}])
+def test_engine_plan_refuses_arguments_of_the_wrong_kind(kwargs):
+    args = {"mesh": "1xH100-80GB", "layout": None, **kwargs}
+    with pytest.raises(InputError, match=next(iter(kwargs))):
+        engine_plan("llama-3.1-8b", args.pop("mesh"), args.pop("layout"), engine="vllm", **args)

@@ -22,7 +22,7 @@ from estimator.model.resolve import resolve_model
 from estimator.model.spec import ModelSpec
 from meshes.catalog import GiB
 from meshes.mesh import DeviceMesh
-from meshes.validation import InputError, check_int
+from meshes.validation import InputError, check_int, plain_text
 
 ENGINE_NAMES = ("max", "vllm", "sglang", "trtllm", "tpu")
 
@@ -221,6 +221,10 @@ def make_setup(engine: str, versions: tuple[str, ...], knob_specs: Mapping[str, 
                measured_names: tuple[str, ...] = MEASURED) -> Setup:
     """Resolve model/mesh/layout, check every knob and measured value, fill defaults."""
     model = resolve_model(model)
+    if not isinstance(mesh, (DeviceMesh, str)):
+        raise InputError("mesh", plain_text(mesh, 60), "a DeviceMesh or a mesh preset name such as 8xH100-80GB")
+    if layout is not None and not isinstance(layout, (Layout, str)):
+        raise InputError("layout", plain_text(layout, 60), "a Layout, a layout such as tp8 or dp2xtp4, or None")
     mesh = DeviceMesh.from_preset(mesh) if isinstance(mesh, str) else mesh
     if mesh.platform not in platforms:
         others = [e for e, p in PLATFORMS.items() if mesh.platform in p]

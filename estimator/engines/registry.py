@@ -11,7 +11,7 @@ from estimator.engines import sglang, tpu, trtllm, vllm
 from estimator.engines.base import ENGINE_NAMES, PLATFORMS, EnginePlan, make_setup
 from estimator.model.spec import ModelSpec
 from meshes.mesh import DeviceMesh
-from meshes.validation import check_choice
+from meshes.validation import InputError, check_choice
 
 PROFILES: dict[str, ModuleType] = {"max": _max, "vllm": vllm, "sglang": sglang, "trtllm": trtllm,
                                    "tpu": tpu}
@@ -44,5 +44,7 @@ def engine_plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout |
     ``band=False`` skips the low/high non-KV runs (tokens_band is then exact).
     """
     p = profile(engine)
+    if not isinstance(band, bool):
+        raise InputError("band", band, "True or False")
     setup = make_setup(p.NAME, p.VERSIONS, p.KNOBS, model, mesh, layout, knobs, PLATFORMS[p.NAME], p.MEASURED)
     return p.plan(setup, band)

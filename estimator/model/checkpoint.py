@@ -230,7 +230,7 @@ def _tensor(path: Path, name: str, entry: object, data_bytes: int,
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
         raise _fail(path, where, entry, "an object with dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in SAFETENSORS_DTYPE_BITS:
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPE_BITS:  # a list is not hashable
         raise _fail(path, f"{where} dtype", dtype, f"one of {', '.join(SAFETENSORS_DTYPE_BITS)}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise _fail(path, f"{where} shape", shape, "a list of non-negative integers")
@@ -389,6 +389,8 @@ def _checkpoint(path: Path, headers: Iterable[SafetensorsHeader], warnings: tupl
                             f"stored once (it is also in {seen[t.name]})")
             seen[t.name] = h.file
             tensors.append(t)
+    if not tensors:  # nothing to charge: a weights figure of 0 B would be a silent wrong number
+        raise InputError("checkpoint", str(path), "safetensors files holding at least one tensor")
     tensors.sort(key=lambda t: t.name)
     metadata = dict(headers[0].metadata) if headers else {}
     return Checkpoint(str(path), tuple(tensors), tuple(h.file for h in headers), metadata, warnings)
