@@ -161,15 +161,33 @@ _SYSTEM_DIRS = ("/proc", "/sys", "/dev")
 
 
 def check_output_path(field: str, path: str | os.PathLike[str] | None, *, folder: bool = False,
-                      suffixes: tuple[str, ...] = ()) -> Path | None:
+                      suffixes: tuple[str, ...] = (), overwrite: bool = True,
+                      inputs: tuple[str | os.PathLike[str] | None, ...] = ()) -> Path | None:
     """Refuse an output path that cannot be written, before any work is done: empty, under
     /proc, /sys or /dev, under a file, in a folder that does not exist or is not writable, an
-    existing folder where a file is wanted (or the reverse), a suffix not in ``suffixes``."""
+    existing folder where a file is wanted (or the reverse), a suffix not in ``suffixes``; a file
+    that is a symbolic link (never written through), one of the user's ``inputs``, or (without
+    ``overwrite``) a file that exists."""
     try:
-        return _check_output_path(field, path, folder, suffixes)
+        target = _check_output_path(field, path, folder, suffixes)
+        if target is not None and not folder:
+            _check_not_clobbering(field, target, overwrite, inputs)
+        return target
     except (OSError, ValueError) as err:  # a name too long, a loop of links, a NUL byte
         reason = getattr(err, "strerror", None) or err
         raise InputError(field, os.fspath(path or ""), f"a usable path ({reason})") from None
+
+
+def _check_not_clobbering(field: str, target: Path, overwrite: bool,
+                          inputs: tuple[str | os.PathLike[str] | None, ...]) -> None:
+    text = os.fspath(target)
+    if target.is_symlink():
+        raise InputError(field, text, "a path that is not a symbolic link (kvfit does not write through links)")
+    for given in inputs:
+        if given is not None and target.exists() and Path(given).exists() and target.samefile(given):
+            raise InputError(field, text, "a file other than the inputs (this is one of them)")
+    if target.exists() and not overwrite:
+        raise InputError(field, text, "a new file (it exists; pass --overwrite to replace it)")
 
 
 def _check_output_path(field: str, path: str | os.PathLike[str] | None, folder: bool,

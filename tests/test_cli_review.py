@@ -554,3 +554,18 @@ def test_explain_without_a_target_still_finds_more_devices():
     first = d["alternatives"][0]
     assert first["plan"]["fits"] and len(first["plan"]["devices"]) == 2
     assert "--mesh 2xH100-80GB" in first["command"]
+
+
+def test_report_never_writes_through_a_link_or_over_a_folder(tmp_path):
+    # even with --overwrite: memory.png as a link to a user's file, report.md as a folder
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    out = tmp_path / "review"
+    out.mkdir()
+    (out / "memory.png").symlink_to(precious)
+    r = invoke("report", "--out", str(out), "--overwrite")
+    assert r.exit_code == 2 and "symbolic link" in r.stderr and precious.read_text() == "mine"
+    (out / "memory.png").unlink()
+    (out / "report.md").mkdir()
+    r = invoke("report", "--out", str(out), "--overwrite")
+    assert r.exit_code == 2 and "report.md" in r.stderr and not (out / "memory.png").exists()

@@ -115,3 +115,24 @@ def test_lazy_progress_bar_shows_only_after_the_delay():
     slow(10, 10)
     assert slow._bar is not None
     slow.close()
+
+
+def test_outputs_never_clobber_what_the_user_gave(tmp_path):
+    # an existing file is kept unless --overwrite; a link is never written through; an input
+    # (the model's config.json) is never an output
+    grid = [*BASE, "--batch", "1,64", "--length", "1000:2000:1000"]
+    kept = tmp_path / "kept.csv"
+    kept.write_text("precious\n")
+    r = runner.invoke(app, [*grid, "--cells-csv", str(kept)])
+    assert r.exit_code == 2 and "--overwrite" in r.output and kept.read_text() == "precious\n"
+    r = runner.invoke(app, [*grid, "--cells-csv", str(kept), "--overwrite"])
+    assert r.exit_code == 0 and kept.read_text().startswith("layout")
+    target = tmp_path / "precious.txt"
+    target.write_text("precious\n")
+    (tmp_path / "link.png").symlink_to(target)
+    r = runner.invoke(app, [*grid, "--plot", str(tmp_path / "link.png"), "--overwrite"])
+    assert r.exit_code == 2 and "symbolic link" in r.output and target.read_text() == "precious\n"
+    config = tmp_path / "model.csv"
+    config.write_text(json.dumps({"model_type": "llama"}))
+    r = runner.invoke(app, ["sweep", "--model", str(config), "--cells-csv", str(config), "--overwrite"])
+    assert r.exit_code == 2 and "inputs" in r.output and json.loads(config.read_text()) == {"model_type": "llama"}

@@ -64,6 +64,11 @@ def report_command(
             check_layout_applies(model, lay)
         max_batch_size = candidates_batch(pairs, max_batch_size, max_num_seqs)
         check_jax_env()
+        for name in REPORT_FILES:  # never write through a link, never over a folder
+            target = out_dir / name
+            if target.is_symlink() or (target.exists() and not target.is_file()):
+                raise InputError("--out", str(out_dir), f"a folder whose {name} is a plain file or absent "
+                                 f"({target} is a {'symbolic link' if target.is_symlink() else 'folder'})")
         taken = [name for name in REPORT_FILES if (out_dir / name).exists()]
         if taken and not overwrite:
             raise InputError("--out", str(out_dir), f"a folder without an earlier report ({', '.join(taken)} "

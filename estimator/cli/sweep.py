@@ -6,6 +6,7 @@ Registered on the app by estimator.cli.app. jax loads only when the command runs
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, Any
 
 import typer
@@ -154,6 +155,8 @@ def sweep_command(
         "--cells-csv", help=f"Write every cell to this CSV file (at most {MAX_CSV_CELLS:,} cells).")] = None,
     plot_path: Annotated[str | None, typer.Option(
         "--plot", help="Save the frontier as an image (.png, .svg, .pdf, .jpg).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --cells-csv / --plot "
+                                            "file.")] = False,
     as_json: JsonOpt = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print the frontier table as CSV instead of a "
                                          "table.")] = False,
@@ -165,8 +168,10 @@ def sweep_command(
     """
     try:
         check_one_format(as_json, as_csv)
-        check_output_path("--cells-csv", cells_csv, suffixes=(".csv",))
-        check_output_path("--plot", plot_path, suffixes=PLOT_SUFFIXES)
+        check_output_path("--cells-csv", cells_csv, suffixes=(".csv",), overwrite=overwrite, inputs=(model,))
+        check_output_path("--plot", plot_path, suffixes=PLOT_SUFFIXES, overwrite=overwrite, inputs=(model,))
+        if cells_csv and plot_path and os.path.abspath(cells_csv) == os.path.abspath(plot_path):
+            raise InputError("--plot", plot_path, "a file other than --cells-csv")
         layout_list = comma_list(layouts) if layouts is not None else None
         dtypes = comma_list(kv_cache_dtypes) if kv_cache_dtypes is not None else [None]
         if layout_list == [] or dtypes == []:
