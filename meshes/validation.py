@@ -173,6 +173,8 @@ def check_output_path(field: str, path: str | os.PathLike[str] | None, *, folder
         if target is not None and not folder:
             _check_not_clobbering(field, target, overwrite, inputs)
         return target
+    except InputError:
+        raise
     except (OSError, ValueError) as err:  # a name too long, a loop of links, a NUL byte
         reason = getattr(err, "strerror", None) or err
         raise InputError(field, os.fspath(path or ""), f"a usable path ({reason})") from None

@@ -216,7 +216,6 @@ def test_output_paths_checked_before_the_work(tmp_path, capsys, monkeypatch, arg
     (["fit", "--kv-cache-dtype", "nope"], "kv_cache_dtype"),
     (["fit", "--gpu-memory-utilization", "0"], "device_memory_utilization"),
     (["fit", "--target-length", "1000000000000000"], "target_length"),
-    (["translate", "--from", "vllm", "--to", "sglang", "--knob-value", "1e-9"], "--knob-value"),
     (["plan", "--model", "a" * 5000 + ".json"], "model="),  # a name too long for the file system
     (["plan", "--weights", "a" * 5000], "checkpoint="),
     (["sweep", "--plot", "/tmp/" + "a" * 5000 + ".png"], "--plot="),
@@ -471,3 +470,29 @@ def test_rope_scaling_values_real_configs_carry():
     assert spec_from_hf_config({**llama, "rope_scaling": linear}).rope_positions == (2 * 131072,)
     with pytest.raises(InputError, match="mscale"):
         spec_from_hf_config({**deepseek, "rope_scaling": {**yarn, "mscale": -1}})
+
+
+@pytest.mark.parametrize("argv", [
+    ["translate", "--from", "vllm", "--to", "sglang", "--knob-value", "1e-9"],
+    ["translate", "--from", "vllm", "--to", "sglang", "--knob-value", "0.9", "--model", "llama-3.1-405b"],
+])
+def test_translate_from_an_engine_that_would_not_start_is_exit_1(argv, capsys, monkeypatch):
+    # a valid value at which the model leaves the source engine no KV: "does not fit", not bad input
+    code, _out, err = run(argv, capsys, monkeypatch)
+    assert code == 1 and "nothing to translate" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"weights": ""}, "weights"), ({"weights": {"a": 1}}, "weights stage"),
+                                               ({"kv_cache_dtype": ""}, "kv_cache_dtype")])
+def test_plan_api_refuses_empty_and_malformed_arguments(kwargs, field):
+    # weights='' would read the current folder as a checkpoint; '' is no KV dtype
+    from estimator import plan
+
+    with pytest.raises(InputError, match=field):
+        plan("llama-3.1-8b", "1xH100-80GB", **kwargs)
+
+
+def test_an_output_path_error_says_it_once(capsys, monkeypatch):
+    code, out, err = run(["sweep", "--plot", "/tmp/x.gif"], capsys, monkeypatch)
+    one_error_line(code, out, err, "--plot")
+    assert err.count("--plot=") == 1

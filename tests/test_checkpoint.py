@@ -174,6 +174,7 @@ def entry(dtype="F32", shape=(2,), offsets=(0, 8)) -> dict:
 
 @pytest.mark.parametrize(("header", "data", "match"), [
     ([1, 2], 0, r"header='list' .* a JSON object"),
+    (b"null", 0, r"header='NoneType' .* a JSON object"),  # not "nested too deep"
     (b"\xff\xfe{}", 0, r"header='4 bytes' .* UTF-8 JSON"),
     (b'{"w": ', 0, r"header='6 bytes' .* UTF-8 JSON"),
     (b'{"w": {}, "w": {}}', 0, r"duplicate key 'w'"),

@@ -519,6 +519,6 @@ def main() -> None:
 def _needs_jax(argv: list[str]) -> bool:
     """Commands that start JAX: check its environment before it starts."""
     command = next((a for a in argv if not a.startswith("-")), None)
-    live_mesh = any(a == "--mesh=live" or (a == "live" and prev == "--mesh")
+    live_mesh = any("live" in a.lower() and (prev == "--mesh" or a.lower().startswith("--mesh="))
                     for prev, a in zip(["", *argv], argv, strict=False))
     return command in ("sweep", "report") or (command == "devices" and "--live" in argv) or live_mesh

@@ -343,11 +343,12 @@ def translate_command(
         t = translate(src, dst, knob_value, model, mesh, text,
                       source_knobs={**_common(src, max_model_len, kv_cache_dtype), **sets[src]},
                       target_knobs={**_common(dst, max_model_len, kv_cache_dtype), **sets[dst]})
-        if t.source_tokens <= 0:  # e.g. --knob-value 1e-9: the source engine holds no KV to match
-            raise InputError("--knob-value", knob_value, f"a {t.source_knob} at which {t.source} holds at "
-                             "least one KV token")
     except InputError as e:
         fail_input(e)
+    if t.source_tokens <= 0:  # the model does not fit the source engine at this value: nothing to match
+        typer.echo(f"{t.source} holds no KV token at {t.source_knob}={knob_value} for this model and mesh "
+                   "(it would not start): nothing to translate", err=True)
+        raise typer.Exit(1)
     if as_json:
         out.print_json(json.dumps(t.to_dict()))
     else:

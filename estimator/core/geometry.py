@@ -74,7 +74,7 @@ def geometry(model: ModelSpec, layout: Layout, *, kv_cache_dtype: str | None = N
     ask for the same geometry.
     """
     page_size = check_int("page_size", page_size, maximum=2**31 - 1)
-    kv_dtype = canonical_dtype(kv_cache_dtype or model.weight_dtype, "kv_cache_dtype")
+    kv_dtype = canonical_dtype(model.weight_dtype if kv_cache_dtype is None else kv_cache_dtype, "kv_cache_dtype")
     return _geometry(model, layout, kv_dtype, page_size, kv_scale_block, bool(include_mtp))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
@@ -71,7 +72,7 @@ def fraction(*, low: float = 0.0, high: float = 1.0, high_inclusive: bool = True
              message: str = "") -> Callable[[str, Any], float]:
     """A number in (low, high] (or (low, high)); ``message`` is the engine's own wording."""
     def check(field_: str, value: Any) -> float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
         if ok:
             ok = low < value <= high if high_inclusive else low < value < high
         if not ok:
@@ -87,7 +88,7 @@ POSITIVE_NUMBER_MAX = 2.0**40  # above any GiB count or ratio a knob takes; keep
 
 def positive_number(field_: str, value: Any) -> float:
     """A positive finite number up to POSITIVE_NUMBER_MAX (1e308 · bytes would overflow to inf)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or not 0 < value <= POSITIVE_NUMBER_MAX:
         raise InputError(field_, value, f"a positive number up to {POSITIVE_NUMBER_MAX:.0f}")
     return float(value)

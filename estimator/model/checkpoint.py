@@ -199,13 +199,14 @@ def read_header(path: str | os.PathLike[str], *, max_header_bytes: int = MAX_HEA
         raise InputError("checkpoint file", str(path), f"a readable file ({err.strerror or err})") from None
     if len(raw) < n:
         raise _fail(path, "header", f"{len(raw)} of {n} bytes", "the whole header; truncated file")
+    too_deep = False
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except RecursionError:
-        header = None
+        header, too_deep = None, True
     except (UnicodeDecodeError, ValueError) as err:
         raise _fail(path, "header", f"{n} bytes", f"UTF-8 JSON ({err})") from None
-    if header is None or not json_depth_ok(header, MAX_JSON_DEPTH):
+    if too_deep or not json_depth_ok(header, MAX_JSON_DEPTH):
         raise _fail(path, "header", f"{n} bytes", f"JSON nested at most {MAX_JSON_DEPTH} levels deep")
     if not isinstance(header, dict):
         raise _fail(path, "header", type(header).__name__,

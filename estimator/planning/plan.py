@@ -197,6 +197,9 @@ def _check_types(*, reserve_null_page: object, include_mtp: object, kv_scale_blo
         check_int("kv_scale_block", kv_scale_block, maximum=2**20)
     if weights is not None and not isinstance(weights, str | os.PathLike | Mapping):
         raise InputError("weights", weights, "a safetensors checkpoint path or {stage: bytes per device}")
+    if isinstance(weights, str | os.PathLike) and not os.fspath(weights).strip():
+        raise InputError("weights", weights, "a safetensors checkpoint path (not empty: '' would read the "
+                         "current folder)")
     if xla_options is not None and not isinstance(xla_options, Mapping):
         raise InputError("xla_options", xla_options, "a mapping of estimator.xla options, e.g. "
                          "{'allow_cpu_proxy': True}")
@@ -243,7 +246,8 @@ def _stage_weights(weights: str | os.PathLike[str] | Mapping[int, int] | None, m
     if weights is None:
         return analytic, []
     if isinstance(weights, Mapping):
-        got = {int(k): check_int(f"weights[{k}]", v, minimum=0) for k, v in weights.items()}
+        got = {check_int("weights stage", k, minimum=0, maximum=2**20): check_int(f"weights[{k}]", v, minimum=0)
+               for k, v in weights.items()}
         if set(got) != set(analytic):
             raise InputError("weights", sorted(got), f"bytes per device for stages {sorted(analytic)}")
         source, notes = "the given table", []
