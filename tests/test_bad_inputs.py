@@ -212,6 +212,8 @@ def test_output_paths_checked_before_the_work(tmp_path, capsys, monkeypatch, arg
     (["plan", "--mesh", "v5e-8", "--page-size", "4096"], "page_size"),
     (["plan", "--mesh", "v5e-8", "--page-size", "8"], "page_size"),
     (["plan", "--mesh", "99999999xH100-80GB"], "16,384 devices"),
+    (["plan", "--mesh", "4096xH100-80GB", "--dp", "4096", "--activations", "xla", "--allow-cpu-proxy"],
+     "2,048 devices"),  # XLA:CPU fails at 4,096 devices in one process and stalls at 16,384
     (["plan", "--max-batch-size", "8", "--max-num-seqs", "8"], "--max-num-seqs"),
     (["fit", "--kv-cache-dtype", "nope"], "kv_cache_dtype"),
     (["fit", "--gpu-memory-utilization", "0"], "device_memory_utilization"),

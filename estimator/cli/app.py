@@ -59,6 +59,7 @@ from estimator.cli.options import (
     interruptible,
     layout_text,
     out,
+    print_json,
     print_table,
     replicas_of,
     safe,
@@ -177,7 +178,7 @@ def plan_command(
     except InputError as e:
         fail_input(e)
     if as_json:
-        out.print_json(json.dumps({**p.to_dict(), **({"activation_models": both} if both else {})}))
+        print_json(json.dumps({**p.to_dict(), **({"activation_models": both} if both else {})}))
     elif as_csv:  # the per-device rows in bytes
         print_table(plan_table(p, unit=1), as_csv=True)
     else:
@@ -214,9 +215,14 @@ def _simulate_cpu_devices(mesh: str) -> None:
     """A CPU proxy compile needs one CPU device per mesh device: ask XLA for them before JAX starts."""
     import os
 
+    from estimator.xla.limits import MAX_CPU_PROXY_DEVICES
     from meshes.mesh import DeviceMesh
 
     size = DeviceMesh.from_preset(mesh).size
+    if size > MAX_CPU_PROXY_DEVICES:
+        raise InputError("--mesh", mesh, f"at most {MAX_CPU_PROXY_DEVICES:,} devices with --allow-cpu-proxy "
+                         f"(one XLA:CPU device each, in this process; this mesh has {size:,}): plan with "
+                         "the analytic activations, or compile on the mesh's own hardware")
     flags = os.environ.get("XLA_FLAGS", "")
     if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={size}".strip()
@@ -291,7 +297,7 @@ def models_command(as_json: JsonOpt = False, as_csv: CsvOpt = False) -> None:
 
     specs = [load_preset(n) for n in PRESETS]
     if as_json:
-        out.print_json(json.dumps([{**s.to_dict(), "parameters": parameter_count(s)}
+        print_json(json.dumps([{**s.to_dict(), "parameters": parameter_count(s)}
                                    for s in specs]))
         return
     table = Table("preset", "type", "layers", "hidden", "heads", "KV heads", "head dim",

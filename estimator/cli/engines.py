@@ -31,6 +31,7 @@ from estimator.cli.options import (
     gib,
     layout_text,
     out,
+    print_json,
     print_table,
     safe,
 )
@@ -293,7 +294,7 @@ def engines_command(
     except InputError as e:
         fail_input(e)
     if as_json:
-        out.print_json(json.dumps([p.to_dict() for p in plans]))
+        print_json(json.dumps([p.to_dict() for p in plans]))
     elif as_csv:
         print_table(engines_table(plans), as_csv=True)
     else:
@@ -350,7 +351,7 @@ def translate_command(
                    "(it would not start): nothing to translate", err=True)
         raise typer.Exit(1)
     if as_json:
-        out.print_json(json.dumps(t.to_dict()))
+        print_json(json.dumps(t.to_dict()))
     else:
         out.print(f"{t.source} {t.source_knob}={t.source_value} → {t.source_tokens:,} KV tokens",
                   highlight=False)

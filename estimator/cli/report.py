@@ -24,6 +24,7 @@ from estimator.cli.options import (
     error_line,
     fail_input,
     out,
+    print_json,
     safe,
     slow_work,
 )
@@ -85,7 +86,7 @@ def report_command(
         fail_input(e)
     written = [report.markdown, report.memory_png] + ([report.heatmap_png] if report.heatmap_png else [])
     if as_json:
-        out.print_json(json.dumps({"files": [str(p) for p in written],
+        print_json(json.dumps({"files": [str(p) for p in written],
                                    "candidates": [{"candidate": c.label, "mesh_preset": c.mesh, **c.plan.to_dict()}
                                                   for c in report.candidates]}))
     else:

@@ -32,6 +32,7 @@ from estimator.cli.options import (
     gib,
     layout_text,
     out,
+    print_json,
     print_table,
     replicas_of,
     safe,
@@ -101,7 +102,7 @@ def compare_command(
         fail_input(e)
     if as_json:
         # the plan's own "mesh" (a description) would hide the preset: keep the preset under its own key
-        out.print_json(json.dumps([{"candidate": c.label, "mesh_preset": c.mesh, **c.plan.to_dict()}
+        print_json(json.dumps([{"candidate": c.label, "mesh_preset": c.mesh, **c.plan.to_dict()}
                                    for c in cands]))
     else:  # as CSV, a metric name with a comma in it ("max batch at 32,768 tokens") is quoted
         table = Table("metric", *[safe(c.label) for c in cands], title=f"{safe(cands[0].plan.model)}: candidates",
@@ -147,7 +148,7 @@ def explain_command(
     except InputError as error:
         fail_input(error)
     if as_json:
-        out.print_json(json.dumps({"fits": e.plan.fits, "reasons": list(e.reasons),
+        print_json(json.dumps({"fits": e.plan.fits, "reasons": list(e.reasons),
                                    "alternatives": [{"change": a.change, "command": a.command,
                                                      "plan": a.plan.to_dict()} for a in e.alternatives]}))
     else:
@@ -197,7 +198,7 @@ def fit_command(
     except InputError as e:
         fail_input(e)
     if as_json:
-        out.print_json(json.dumps([{"devices": o.devices, "mesh": o.mesh, "layout": o.layout,
+        print_json(json.dumps([{"devices": o.devices, "mesh": o.mesh, "layout": o.layout,
                                     "headroom_bytes": o.headroom_bytes, "max_batch_size": o.plan.max_batch_size}
                                    for o in options]))
     else:
@@ -241,7 +242,7 @@ def devices_command(
             live_rows.append({"device": str(d), "kind": d.device_kind, "platform": d.platform,
                               "memory_stats": stats})
     if as_json:
-        out.print_json(json.dumps({"catalog": [vars(s) | {"aliases": list(s.aliases)} for s in specs],
+        print_json(json.dumps({"catalog": [vars(s) | {"aliases": list(s.aliases)} for s in specs],
                                    "live": live_rows}, default=str))
         return
     table = Table("name", "platform", "memory GiB", "usable GiB", "HBM TB/s", "bf16 TFLOP/s", "aliases")

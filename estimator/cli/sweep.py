@@ -24,6 +24,7 @@ from estimator.cli.options import (
     fail_input,
     interruptible,
     out,
+    print_json,
     print_table,
     safe,
     stop_if_interrupted,
@@ -211,7 +212,7 @@ def sweep_command(
     if plot_path:
         _plot_frontier(frontier, plot_path)
     if as_json:
-        out.print_json(json.dumps(frontier.to_dict()))
+        print_json(json.dumps(frontier.to_dict()))
     elif as_csv:
         print_table(sweep_table(frontier), as_csv=True)
     else:

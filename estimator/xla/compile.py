@@ -39,6 +39,7 @@ from estimator.model.resolve import resolve_model
 from estimator.model.spec import ModelSpec
 from estimator.xla.decoder import Decoder, StageArrays, stage_arrays, stage_config
 from estimator.xla.errors import XlaCompileError
+from estimator.xla.limits import MAX_CPU_PROXY_DEVICES
 from estimator.xla.report import (
     BASE_CAVEAT,
     CPU_CAVEAT,
@@ -158,6 +159,10 @@ def compile_target(mesh: DeviceMesh, layout: Layout, stage: int, *, allow_cpu_pr
                              "budget: run on a {0} host, use a TPU topology (kvfit[tpu]) for TPU "
                              "meshes, or pass allow_cpu_proxy=True (kvfit: --allow-cpu-proxy) to get CPU "
                              "numbers marked as a proxy".format(target))
+        if needed > MAX_CPU_PROXY_DEVICES:
+            raise InputError("mesh", mesh.describe(), f"at most {MAX_CPU_PROXY_DEVICES:,} devices a pipeline "
+                             f"stage for a CPU-proxy compile (this one needs {needed:,}); use the analytic "
+                             "activations or compile on the mesh's own hardware")
         local, proxy = _local_devices("cpu"), True
         warnings.warn(f"compiling a {target} mesh ({mesh.describe()}) on XLA:CPU: temp bytes are a "
                       f"CPU proxy, not a {target} budget (allow_cpu_proxy=True)",
