@@ -422,3 +422,28 @@ def test_a_quant_config_that_is_no_config_is_refused_not_defaulted():
     with pytest.raises(InputError) as err:
         KVCacheParams("float8_e4m3fn", 8, 128, 4, kvcache_quant_config={"scale_dtype": "float16"})
     assert err.value.field == "kvcache_quant_config"
+
+
+def test_public_methods_check_their_byte_counts_and_devices():
+    # numpy's int64 would wrap: 2^62 + 2^62 is -2^63 there, 2^63 as Python ints (a sum MAX's own
+    # arithmetic does in Python ints); floats, bools, None, negatives and an empty device list are
+    # refused at the boundary, naming the argument
+    import numpy as np
+
+    from meshes import InputError
+
+    assert MemoryEstimator.static_memory_size(np.int64(2**62), np.int64(2**62)) == 2**63
+    pc, mc = _configs()
+    for args, name in (((1.5, 0), "model_weights_size"), ((True, 0), "model_weights_size"),
+                       ((None, 0), "model_weights_size"), ((0, -1), "activation_memory_size"),
+                       ((0, 0, float("nan")), "signal_buffer_size")):
+        with pytest.raises(InputError, match=name):
+            MemoryEstimator.static_memory_size(*args)
+    with pytest.raises(InputError, match="devices"):
+        MemoryEstimator.free_memory([])
+    with pytest.raises(InputError, match="model_weights_size"):
+        MemoryEstimator.available_kv_cache_memory(pc, mc, [Dev(GiB)], -2**40, 0)
+    for util in ("0.9", float("nan"), -0.5):  # "0.9" × free bytes would build a huge string
+        pc, mc = _configs(util=util)
+        with pytest.raises(InputError, match="device_memory_utilization"):
+            MemoryEstimator.available_kv_cache_memory(pc, mc, [Dev(GiB)], 0, 0)

@@ -16,6 +16,8 @@ the KV-capacity and draft clamps and the max-batch-total-tokens default. Log lin
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from io import StringIO
@@ -25,7 +27,7 @@ from estimator.seed.kv_manager import kv_cache_memory_size, max_seq_len_fitting_
 from estimator.seed.kv_params import KVCacheParams, human_bytes
 from estimator.seed.kv_quant import dtype_size, max_dtype
 from estimator.seed.log import collect, emit, logger
-from meshes.validation import InputError
+from meshes.validation import InputError, check_int
 
 __all__ = ["ArchConfig", "Architecture", "EstimatedPlan", "KVCacheConfig", "MAXModelConfig",
            "MemoryEstimator", "PipelineConfig", "VisionCachePlan", "human_bytes",
@@ -244,20 +246,53 @@ def _max_bisect(kv_at: Callable[[int], int], budget: int, lower: int, upper: int
     return found, inferred
 
 
+def _bytes(name: str, value: Any) -> int:
+    """A byte count the caller passes: an int (numpy's too, made a Python int so that 2^62 + 2^62
+    does not wrap) ≥ 0; floats, bools, None and negatives are refused here, not deep inside."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(name, value, "a byte count: an integer ≥ 0")
+    return check_int(name, int(value), minimum=0, maximum=2**63 - 1)
+
+
+def _sizes(*named: tuple[str, Any]) -> list[int]:
+    return [_bytes(name, value) for name, value in named]
+
+
+def _utilization(model_config: Any) -> float:
+    """``model_config.kv_cache.device_memory_utilization``, a finite number ≥ 0 (MAX takes values
+    above 1 too); a string would multiply into a gigabyte-long string, not a budget."""
+    value = getattr(getattr(model_config, "kv_cache", None), "device_memory_utilization", None)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise InputError("kv_cache.device_memory_utilization", value, "a finite number ≥ 0")
+    return value
+
+
+def _devices(devices: Any) -> Sequence[Any]:
+    if isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence) or not devices:
+        raise InputError("devices", devices, "a non-empty sequence of devices (MAX devices or JAX devices)")
+    return devices
+
+
 class MemoryEstimator:
-    """MAX 26.7.0's planner: pooled free memory, full-checkpoint weights, paged KV per replica."""
+    """MAX 26.7.0's planner: pooled free memory, full-checkpoint weights, paged KV per replica.
+
+    The public methods check their byte counts and device list at the boundary (InputError); what
+    MAX itself refuses keeps MAX's own error text."""
 
     # ---- kvfit's public names (MAX G4 names) ----------------------------------------------
     @classmethod
     def free_memory(cls, devices: Sequence[Any]) -> int:
         """Free bytes summed over ``devices``; a total of 0 falls back to total memory."""
-        return cls._free_memory(devices)
+        return cls._free_memory(_devices(devices))
 
     @classmethod
     def static_memory_size(cls, model_weights_size: int, activation_memory_size: int,
                            signal_buffer_size: int = 0) -> int:
         """Weights + activations + P2P signal buffers, in bytes."""
-        return model_weights_size + activation_memory_size + signal_buffer_size
+        w, a, sig = _sizes(("model_weights_size", model_weights_size),
+                           ("activation_memory_size", activation_memory_size),
+                           ("signal_buffer_size", signal_buffer_size))
+        return w + a + sig
 
     @classmethod
     def available_kv_cache_memory(cls, pipeline_config: PipelineConfig,
@@ -265,8 +300,10 @@ class MemoryEstimator:
                                   model_weights_size: int, activation_memory_size: int,
                                   signal_buffer_size: int = 0) -> int:
         """``int(free · utilization − static)``: MAX's KV budget (float arithmetic, as MAX)."""
-        return cls._available_kv_cache_memory(model_weights_size, activation_memory_size,
-                                              model_config, devices, signal_buffer_size)
+        w, a, sig = _sizes(("model_weights_size", model_weights_size),
+                           ("activation_memory_size", activation_memory_size),
+                           ("signal_buffer_size", signal_buffer_size))
+        return cls._available_kv_cache_memory(w, a, model_config, _devices(devices), sig)
 
     @classmethod
     def max_supported_sequence_length(cls, pipeline_config: PipelineConfig,
@@ -277,9 +314,13 @@ class MemoryEstimator:
                                       legacy: bool | None = None) -> int | None:
         """Longest single request the chosen KV manager holds (None without a KV cache)."""
         legacy = _runtime(pipeline_config, "use_legacy_kv_cache") if legacy is None else legacy
+        w, a, sig = _sizes(("model_weights_size", model_weights_size),
+                           ("activation_memory_size", activation_memory_size),
+                           ("signal_buffer_size", signal_buffer_size))
+        if available_cache_memory is not None:
+            available_cache_memory = _bytes("available_cache_memory", available_cache_memory)
         return cls._max_supported_sequence_length(
-            model_weights_size, activation_memory_size, model_config, devices, arch_config,
-            signal_buffer_size, available_cache_memory,
+            w, a, model_config, _devices(devices), arch_config, sig, available_cache_memory,
             is_di_enabled=_runtime(pipeline_config, "is_disaggregated"), legacy=legacy)
 
     @classmethod
@@ -312,6 +353,10 @@ class MemoryEstimator:
         are read as MAX reads them. Raises MAX's ValueError/RuntimeError texts; logs MAX's lines on
         ``kvfit.max`` (also returned in ``logs``; a failing call has logged its lines too).
         """
+        model_weights_size, activation_memory_size, signal_buffer_size = _sizes(
+            ("model_weights_size", model_weights_size), ("activation_memory_size", activation_memory_size),
+            ("signal_buffer_size", signal_buffer_size))
+        devices = _devices(devices)
         if max_batch_size is None and isinstance(pipeline_config, PipelineConfig):
             max_batch_size = pipeline_config.max_batch_size
         if legacy is None:
@@ -357,7 +402,7 @@ class MemoryEstimator:
                          f"Signal buffers: {human_bytes(s)}. ")
             raise RuntimeError(text + _TRY_SMALLER)
         total = static
-        budget = int(free * model_config.kv_cache.device_memory_utilization - static)
+        budget = int(free * _utilization(model_config) - static)
         if budget <= 0:
             raise RuntimeError(f"The model {human_bytes(w)}, activations {human_bytes(a)}, and "
                                f"signal buffers {human_bytes(s)} don't leave room for KV cache. "
@@ -443,7 +488,7 @@ class MemoryEstimator:
     def _available_kv_cache_memory(cls, model_weights_size: int, activation_memory_size: int,
                                    model_config: MAXModelConfig, devices: Sequence[Any],
                                    signal_buffer_size: int = 0) -> int:
-        return int(cls._free_memory(devices) * model_config.kv_cache.device_memory_utilization
+        return int(cls._free_memory(devices) * _utilization(model_config)
                    - cls._static_memory_size(model_weights_size, activation_memory_size,
                                              signal_buffer_size))
 
