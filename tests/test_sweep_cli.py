@@ -94,9 +94,11 @@ def test_nothing_fits_exits_1():
     (["--batch", "0:8"], "--batch"),
     (["--length", "x"], "--length"),
     (["--layouts", "tp3"], "layout"),
-    (["--kv-cache-dtypes", "fp9"], "kv_cache_dtype"),
-    (["--device-memory-utilization", "1.5"], "utilizations"),
-    (["--page-sizes", "0"], "page_sizes"),
+    (["--kv-cache-dtypes", "fp9"], "--kv-cache-dtypes"),
+    (["--device-memory-utilization", "1.5"], "--device-memory-utilization"),
+    (["--page-sizes", "0"], "--page-sizes"),
+    (["--batch", "0"], "--batch=0"),
+    (["--max-batch-input-tokens", "4611686018427387904"], "--max-batch-input-tokens"),
     (["--mesh", "8xH1000"], "mesh"),
 ])
 def test_bad_input_exits_2_with_one_line(args, field):

@@ -33,6 +33,10 @@ from estimator.model.presets import DEFAULT_MESH, DEFAULT_MODEL
 from estimator.sweeps.axes import parse_axis
 from meshes.validation import InputError, check_output_path
 
+SWEEP_FLAGS = {"batch_sizes": "--batch", "lengths": "--length", "page_sizes": "--page-sizes",
+               "utilizations": "--device-memory-utilization", "kv_cache_dtypes": "--kv-cache-dtypes",
+               "kv_cache_dtype": "--kv-cache-dtypes",
+               "max_batch_input_tokens": "--max-batch-input-tokens"}
 MAX_CONFIGS = 256  # layouts × KV dtypes × page sizes × utilisations
 MAX_SWEEP_CELLS = 1 << 32  # cells of the aggregate sweep (bounded memory; ~1e9 cells/s on one CPU)
 MAX_CSV_CELLS = 1 << 22  # cells of --cells-csv (17 B each in memory, ~60 B each on disk)
@@ -205,8 +209,9 @@ def sweep_command(
                 result.to_csv(cells_csv)
             else:
                 frontier = sweep_frontier(model, mesh, progress=progress, **kwargs)
-    except InputError as e:
-        fail_input(e)
+    except InputError as e:  # the API's argument names back to the flags typed
+        flag = SWEEP_FLAGS.get(e.field)
+        fail_input(InputError(flag, e.value, e.allowed) if flag else e)
     finally:
         progress.close()
     if plot_path:

@@ -134,7 +134,7 @@ def plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | 
     _check_types(reserve_null_page=reserve_null_page, include_mtp=include_mtp, kv_scale_block=kv_scale_block,
                  weights=weights, xla_options=xla_options)
     util = check_fraction("device_memory_utilization", device_memory_utilization)
-    tokens = check_int("max_batch_input_tokens", max_batch_input_tokens)
+    tokens = check_int("max_batch_input_tokens", max_batch_input_tokens, maximum=2**31)  # one prefill chunk
     reserve = check_int("runtime_reserve_bytes", runtime_reserve_bytes, minimum=0)
     check_int("num_draft_tokens", num_draft_tokens, minimum=0, maximum=2**20)
     if max_length is not None:
