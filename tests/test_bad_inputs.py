@@ -215,6 +215,7 @@ def test_output_paths_checked_before_the_work(tmp_path, capsys, monkeypatch, arg
     (["plan", "--mesh", "4096xH100-80GB", "--dp", "4096", "--activations", "xla", "--allow-cpu-proxy"],
      "2,048 devices"),  # XLA:CPU fails at 4,096 devices in one process and stalls at 16,384
     (["plan", "--max-batch-size", "8", "--max-num-seqs", "8"], "--max-num-seqs"),
+    (["plan", "--mesh", "8xH100-80GB", "--dp", "8", "--max-num-seqs", "2147483647"], "--max-num-seqs"),
     (["fit", "--kv-cache-dtype", "nope"], "kv_cache_dtype"),
     (["fit", "--gpu-memory-utilization", "0"], "device_memory_utilization"),
     (["fit", "--target-length", "1000000000000000"], "target_length"),

@@ -139,7 +139,8 @@ def total_batch(max_batch_size: int | None, max_num_seqs: int | None, replicas: 
                          "--max-batch-size (over all replicas), not both")
     if max_num_seqs is None:
         return max_batch_size
-    return check_int("--max-num-seqs", max_num_seqs, maximum=2**31 - 1) * replicas
+    # the total over the replicas is what plan() takes (max_batch_size ≤ 2^31 − 1)
+    return check_int("--max-num-seqs", max_num_seqs, maximum=(2**31 - 1) // max(replicas, 1)) * replicas
 
 
 def replicas_of(mesh: str, layout: str | None) -> int:
