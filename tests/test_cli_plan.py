@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -149,3 +150,12 @@ def test_a_reader_that_stops_early_keeps_the_verdict(args, code):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_advice_uses_the_batch_flag_the_user_gave():
+    # --max-num-seqs counts requests per replica: the advice divides the total by the 8 replicas
+    total = runner.invoke(app, ["plan", "--mesh", "8xH100-80GB", "--dp", "8", "--max-batch-size", "2048"])
+    per = runner.invoke(app, ["plan", "--mesh", "8xH100-80GB", "--dp", "8", "--max-num-seqs", "256"])
+    assert total.exit_code == per.exit_code == 1
+    n = int(re.search(r"reduce --max-batch-size to (\d+)", total.output).group(1))
+    assert f"reduce --max-num-seqs to {n // 8}" in per.output and "--max-batch-size" not in per.output

@@ -27,6 +27,7 @@ if _SIGINT_AT_IMPORT is signal.default_int_handler:
     signal.signal(signal.SIGINT, _quit_on_sigint)
 
 import json
+import re
 from typing import Annotated, Any
 
 import typer
@@ -185,7 +186,13 @@ def plan_command(
         print_plan(p, None if max_length is not None else _context_limit(model))
         if both:
             print_activation_models(p, both)
-    exit_on_verdict(p.fits, p.suggestions)
+    suggestions = list(p.suggestions)
+    if max_num_seqs is not None:  # advise in the flag the user gave: requests per replica
+        replicas = replicas_of(mesh, text)
+        suggestions = [re.sub(r"reduce --max-batch-size to (\d+)",
+                              lambda m: f"reduce --max-num-seqs to {int(m.group(1)) // replicas}", line)
+                       for line in suggestions]
+    exit_on_verdict(p.fits, suggestions)
 
 
 def _context_limit(model: str) -> int | None:
