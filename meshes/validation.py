@@ -50,6 +50,16 @@ def check_fraction(field: str, value: object, *, upper_inclusive: float = 1.0) -
     return value
 
 
+def check_number(field: str, value: object, *, zero_ok: bool = False, maximum: float = 2.0**40) -> float:
+    """Return ``value`` (any real number type, numpy's too) if finite and in (0, maximum] — or
+    [0, maximum] with ``zero_ok`` — else raise InputError naming it; bools are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) \
+            or not (value >= 0 if zero_ok else value > 0) or value > maximum:
+        raise InputError(field, plain_text(value, 60), f"a finite number {'≥ 0' if zero_ok else '> 0'} and "
+                         f"≤ {maximum:.0f}")
+    return value
+
+
 def check_choice(field: str, value: str, choices: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``choices``; otherwise name the close ones and the rest."""
     options = list(choices)

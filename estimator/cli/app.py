@@ -26,7 +26,6 @@ _SIGINT_AT_IMPORT = (signal.getsignal(signal.SIGINT) if threading.current_thread
 if _SIGINT_AT_IMPORT is signal.default_int_handler:
     signal.signal(signal.SIGINT, _quit_on_sigint)
 
-import json
 import re
 from typing import Annotated, Any
 
@@ -179,7 +178,7 @@ def plan_command(
     except InputError as e:
         fail_input(e)
     if as_json:
-        print_json(json.dumps({**p.to_dict(), **({"activation_models": both} if both else {})}))
+        print_json({**p.to_dict(), **({"activation_models": both} if both else {})})
     elif as_csv:  # the per-device rows in bytes
         print_table(plan_table(p, unit=1), as_csv=True)
     else:
@@ -304,8 +303,8 @@ def models_command(as_json: JsonOpt = False, as_csv: CsvOpt = False) -> None:
 
     specs = [load_preset(n) for n in PRESETS]
     if as_json:
-        print_json(json.dumps([{**s.to_dict(), "parameters": parameter_count(s)}
-                                   for s in specs]))
+        print_json([{**s.to_dict(), "parameters": parameter_count(s)}
+                    for s in specs])
         return
     table = Table("preset", "type", "layers", "hidden", "heads", "KV heads", "head dim",
                   "params (B)", "max pos")

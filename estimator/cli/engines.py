@@ -7,7 +7,6 @@ input.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -294,7 +293,7 @@ def engines_command(
     except InputError as e:
         fail_input(e)
     if as_json:
-        print_json(json.dumps([p.to_dict() for p in plans]))
+        print_json([p.to_dict() for p in plans])
     elif as_csv:
         print_table(engines_table(plans), as_csv=True)
     else:
@@ -351,7 +350,7 @@ def translate_command(
                    "(it would not start): nothing to translate", err=True)
         raise typer.Exit(1)
     if as_json:
-        print_json(json.dumps(t.to_dict()))
+        print_json(t.to_dict())
     else:
         out.print(f"{t.source} {t.source_knob}={t.source_value} → {t.source_tokens:,} KV tokens",
                   highlight=False)

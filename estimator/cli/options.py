@@ -39,14 +39,14 @@ from meshes.validation import InputError, check_int, plain_text
 # emoji=False: "a:b:step" and other user text with colons prints as written, never as an emoji.
 _WIDTH = None if sys.stdout.isatty() else max(160, shutil.get_terminal_size((160, 24)).columns)
 out = Console(width=_WIDTH, emoji=False)
-
-
-def print_json(text: str) -> None:
-    """JSON text on stdout, indented, unstyled: rich's highlighter takes seconds a megabyte (a
-    16,384-device plan is 6 MB); control characters stay escaped."""
-    out.file.write(json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n")
-    out.file.flush()
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160, emoji=False)
+
+
+def print_json(data: Any, *, default: Any = None) -> None:
+    """``data`` as indented JSON on stdout, unstyled: rich's highlighter takes seconds a megabyte
+    (a 16,384-device plan is 6 MB); control characters stay escaped."""
+    out.file.write(json.dumps(data, indent=2, ensure_ascii=False, default=default) + "\n")
+    out.file.flush()
 
 
 def safe(value: object, limit: int = 200) -> str:

@@ -5,7 +5,6 @@ Registered on the app by estimator.cli.app. matplotlib and jax load only when th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -53,7 +52,7 @@ def report_command(
     --max-model-len 32768 --out review/
     """
     from estimator.cli.review import _candidates, candidates_batch
-    from estimator.reports.report import REPORT_FILES
+    from estimator.reports.report import REPORT_FILES, check_report_files
 
     try:
         out_dir = check_output_path("--out", out_text, folder=True)
@@ -65,11 +64,7 @@ def report_command(
             check_layout_applies(model, lay)
         max_batch_size = candidates_batch(pairs, max_batch_size, max_num_seqs)
         check_jax_env()
-        for name in REPORT_FILES:  # never write through a link, never over a folder
-            target = out_dir / name
-            if target.is_symlink() or (target.exists() and not target.is_file()):
-                raise InputError("--out", str(out_dir), f"a folder whose {name} is a plain file or absent "
-                                 f"({target} is a {'symbolic link' if target.is_symlink() else 'folder'})")
+        check_report_files("--out", out_dir)
         taken = [name for name in REPORT_FILES if (out_dir / name).exists()]
         if taken and not overwrite:
             raise InputError("--out", str(out_dir), f"a folder without an earlier report ({', '.join(taken)} "
@@ -86,9 +81,9 @@ def report_command(
         fail_input(e)
     written = [report.markdown, report.memory_png] + ([report.heatmap_png] if report.heatmap_png else [])
     if as_json:
-        print_json(json.dumps({"files": [str(p) for p in written],
-                                   "candidates": [{"candidate": c.label, "mesh_preset": c.mesh, **c.plan.to_dict()}
-                                                  for c in report.candidates]}))
+        print_json({"files": [str(p) for p in written],
+                    "candidates": [{"candidate": c.label, "mesh_preset": c.mesh, **c.plan.to_dict()}
+                                   for c in report.candidates]})
     else:
         for path in written:
             out.print(safe(path, 4000), highlight=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -102,8 +101,8 @@ def compare_command(
         fail_input(e)
     if as_json:
         # the plan's own "mesh" (a description) would hide the preset: keep the preset under its own key
-        print_json(json.dumps([{"candidate": c.label, "mesh_preset": c.mesh, **c.plan.to_dict()}
-                                   for c in cands]))
+        print_json([{"candidate": c.label, "mesh_preset": c.mesh, **c.plan.to_dict()}
+                    for c in cands])
     else:  # as CSV, a metric name with a comma in it ("max batch at 32,768 tokens") is quoted
         table = Table("metric", *[safe(c.label) for c in cands], title=f"{safe(cands[0].plan.model)}: candidates",
                       title_justify="left")
@@ -148,9 +147,9 @@ def explain_command(
     except InputError as error:
         fail_input(error)
     if as_json:
-        print_json(json.dumps({"fits": e.plan.fits, "reasons": list(e.reasons),
-                                   "alternatives": [{"change": a.change, "command": a.command,
-                                                     "plan": a.plan.to_dict()} for a in e.alternatives]}))
+        print_json({"fits": e.plan.fits, "reasons": list(e.reasons),
+                    "alternatives": [{"change": a.change, "command": a.command,
+                                      "plan": a.plan.to_dict()} for a in e.alternatives]})
     else:
         table = Table("change", "length", "max batch", "command", title="nearest that fit",
                       title_justify="left")
@@ -198,9 +197,9 @@ def fit_command(
     except InputError as e:
         fail_input(e)
     if as_json:
-        print_json(json.dumps([{"devices": o.devices, "mesh": o.mesh, "layout": o.layout,
-                                    "headroom_bytes": o.headroom_bytes, "max_batch_size": o.plan.max_batch_size}
-                                   for o in options]))
+        print_json([{"devices": o.devices, "mesh": o.mesh, "layout": o.layout,
+                     "headroom_bytes": o.headroom_bytes, "max_batch_size": o.plan.max_batch_size}
+                    for o in options])
     else:
         table = Table("devices", "mesh", "layout", "headroom / device (GiB)", "max batch at target",
                       title=f"{target_concurrency} × {target_length:,} tokens on {safe(device)}", title_justify="left")
@@ -242,8 +241,8 @@ def devices_command(
             live_rows.append({"device": str(d), "kind": d.device_kind, "platform": d.platform,
                               "memory_stats": stats})
     if as_json:
-        print_json(json.dumps({"catalog": [vars(s) | {"aliases": list(s.aliases)} for s in specs],
-                                   "live": live_rows}, default=str))
+        print_json({"catalog": [vars(s) | {"aliases": list(s.aliases)} for s in specs],
+                    "live": live_rows}, default=str)
         return
     table = Table("name", "platform", "memory GiB", "usable GiB", "HBM TB/s", "bf16 TFLOP/s", "aliases")
     for s in specs:

@@ -5,8 +5,6 @@ Registered on the app by estimator.cli.app. jax loads only when the command runs
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Annotated, Any
 
 import typer
@@ -175,8 +173,6 @@ def sweep_command(
         check_one_format(as_json, as_csv)
         check_output_path("--cells-csv", cells_csv, suffixes=(".csv",), overwrite=overwrite, inputs=(model,))
         check_output_path("--plot", plot_path, suffixes=PLOT_SUFFIXES, overwrite=overwrite, inputs=(model,))
-        if cells_csv and plot_path and os.path.abspath(cells_csv) == os.path.abspath(plot_path):
-            raise InputError("--plot", plot_path, "a file other than --cells-csv")
         layout_list = comma_list(layouts) if layouts is not None else None
         dtypes = comma_list(kv_cache_dtypes) if kv_cache_dtypes is not None else [None]
         if layout_list == [] or dtypes == []:
@@ -217,7 +213,7 @@ def sweep_command(
     if plot_path:
         _plot_frontier(frontier, plot_path)
     if as_json:
-        print_json(json.dumps(frontier.to_dict()))
+        print_json(frontier.to_dict())
     elif as_csv:
         print_table(sweep_table(frontier), as_csv=True)
     else:

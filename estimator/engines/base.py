@@ -23,7 +23,7 @@ from estimator.model.resolve import resolve_model
 from estimator.model.spec import ModelSpec
 from meshes.catalog import GiB
 from meshes.mesh import DeviceMesh
-from meshes.validation import InputError, check_int, plain_text
+from meshes.validation import InputError, check_int, check_number, plain_text
 
 ENGINE_NAMES = ("max", "vllm", "sglang", "trtllm", "tpu")
 
@@ -83,15 +83,10 @@ def fraction(*, low: float = 0.0, high: float = 1.0, high_inclusive: bool = True
     return check
 
 
-POSITIVE_NUMBER_MAX = 2.0**40  # above any GiB count or ratio a knob takes; keeps byte products finite
-
-
 def positive_number(field_: str, value: Any) -> float:
-    """A positive finite number up to POSITIVE_NUMBER_MAX (1e308 · bytes would overflow to inf)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or not 0 < value <= POSITIVE_NUMBER_MAX:
-        raise InputError(field_, value, f"a positive number up to {POSITIVE_NUMBER_MAX:.0f}")
-    return float(value)
+    """A positive finite number up to 2^40, above any GiB count or ratio a knob takes (1e308 · bytes
+    would overflow to inf)."""
+    return float(check_number(field_, value))
 
 
 def integer(minimum: int = 1, maximum: int = 2**62, *, optional: bool = True,

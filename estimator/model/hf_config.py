@@ -21,6 +21,7 @@ from meshes.validation import (
     MAX_JSON_DEPTH,
     InputError,
     check_int,
+    check_number,
     parse_json,
     plain_text,
     read_regular_file,
@@ -89,10 +90,8 @@ def _base(r: _Reader, name: str) -> dict[str, Any]:
     max_position = check_int("max_position_embeddings", r.need("max_position_embeddings"), maximum=2**40)
     table = _rope_table(r, max_position)
     for key in ("rope_theta", "rope_local_base_freq"):
-        value = c.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or not 0 < value <= 2**60):
-            raise InputError(f"config.json[{key!r}]", plain_text(value, 40), "a positive finite number")
+        if c.get(key) is not None:
+            check_number(f"config.json[{key!r}]", c[key], maximum=2.0**60)
     scaling = _rope_parameters(r, "full_attention")
     head_dim = r.get("head_dim", hidden // heads)
     partial = scaling.get("partial_rotary_factor", r.get("partial_rotary_factor", 1.0))
@@ -131,16 +130,9 @@ def _check_rope(scaling: Mapping[str, Any], where: str) -> None:
     kind = scaling.get("rope_type") or scaling.get("type") or "default"
     if kind not in ROPE_TYPES:
         raise InputError(f"{where}.rope_type", plain_text(kind, 40), f"one of {', '.join(ROPE_TYPES)}")
-    for key in ROPE_NUMBERS:
-        value = scaling.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or not 0 < value <= 2**40):
-            raise InputError(f"{where}.{key}", plain_text(value, 40), "a positive finite number")
-    for key in ROPE_SCALES:
-        value = scaling.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or not 0 <= value <= 2**40):
-            raise InputError(f"{where}.{key}", plain_text(value, 40), "a finite number ≥ 0")
+    for key in (*ROPE_NUMBERS, *ROPE_SCALES):
+        if scaling.get(key) is not None:
+            check_number(f"{where}.{key}", scaling[key], zero_ok=key in ROPE_SCALES)
     kind = "longrope" if kind == "su" else kind
     needs = {"linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor",), "deepseek_yarn": ("factor",),
              "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
@@ -600,9 +592,7 @@ def vision_encoder_shape(vision: Config, wrapper: _Reader, spatial_merge: int = 
                     vision_tokens_per_item=(side // spatial_merge) ** 2,
                     vision_pixels_per_item=channels * image * image)
     if kind == "llama4_vision_model":
-        ratio = vision.get("pixel_shuffle_ratio", 0.5)
-        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= 1:
-            raise InputError("vision_config.pixel_shuffle_ratio", plain_text(ratio, 40), "a number in (0, 1]")
+        ratio = check_number("vision_config.pixel_shuffle_ratio", vision.get("pixel_shuffle_ratio", 0.5), maximum=1)
         if round(1 / ratio**2) > side * side:
             raise InputError("vision_config.pixel_shuffle_ratio", ratio,
                              f"at least 1 / (image_size / patch_size) = {1 / side:.4g} (one embedding a tile)")

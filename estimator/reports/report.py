@@ -104,6 +104,16 @@ def _tokens(n: int) -> str:
     return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
+def check_report_files(field: str, out: Path) -> None:
+    """Refuse a report file in ``out`` that is a symbolic link or a folder: the report replaces
+    plain files only, never writes through a link to somebody's file."""
+    for name in REPORT_FILES:
+        target = out / name
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise InputError(field, str(out), f"a folder whose {name} is a plain file or absent "
+                             f"({target} is a {'symbolic link' if target.is_symlink() else 'folder'})")
+
+
 def write_report(model: str, meshes: Sequence[str], layouts: Sequence[str | None], out: Path, *,
                  max_length: int | None = None, max_batch_size: int | None = None,
                  kv_cache_dtype: str | None = None, device_memory_utilization: float = 0.9,
@@ -114,6 +124,7 @@ def write_report(model: str, meshes: Sequence[str], layouts: Sequence[str | None
     ``out`` is checked before any work (meshes.validation.check_output_path): a folder that exists
     or can be created, outside /proc, /sys and /dev (InputError otherwise)."""
     out = check_output_path("out", out, folder=True)
+    check_report_files("out", out)
     candidates = compare(model, [(m, lay) for m in meshes for lay in layouts], max_length=max_length,
                          max_batch_size=max_batch_size, kv_cache_dtype=kv_cache_dtype,
                          device_memory_utilization=device_memory_utilization)

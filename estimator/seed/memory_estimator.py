@@ -16,7 +16,6 @@ the KV-capacity and draft clamps and the max-batch-total-tokens default. Log lin
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,7 +26,7 @@ from estimator.seed.kv_manager import kv_cache_memory_size, max_seq_len_fitting_
 from estimator.seed.kv_params import KVCacheParams, human_bytes
 from estimator.seed.kv_quant import dtype_size, max_dtype
 from estimator.seed.log import collect, emit, logger
-from meshes.validation import InputError, check_int
+from meshes.validation import InputError, check_int, check_number
 
 __all__ = ["ArchConfig", "Architecture", "EstimatedPlan", "KVCacheConfig", "MAXModelConfig",
            "MemoryEstimator", "PipelineConfig", "VisionCachePlan", "human_bytes",
@@ -262,9 +261,7 @@ def _utilization(model_config: Any) -> float:
     """``model_config.kv_cache.device_memory_utilization``, a finite number ≥ 0 (MAX takes values
     above 1 too); a string would multiply into a gigabyte-long string, not a budget."""
     value = getattr(getattr(model_config, "kv_cache", None), "device_memory_utilization", None)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise InputError("kv_cache.device_memory_utilization", value, "a finite number ≥ 0")
-    return value
+    return check_number("kv_cache.device_memory_utilization", value, zero_ok=True)
 
 
 def _devices(devices: Any) -> Sequence[Any]:
