@@ -1,14 +1,14 @@
 """SGLang 0.5.23 (sgl-project/sglang, python/sglang/srt/model_executor/model_runner.py).
 
-``mem_fraction_static`` is (weights + KV pool) / memory. Per rank:
-``rest = free_after_weights − pre_load_free · (1 − mem_fraction_static)`` (pre-load free memory is
-the minimum over ranks); ``max_total_num_tokens = rest // cell_size`` floored to whole pages, where
-the cell is the KV bytes of one token over the rank's attention layers (K and V of this rank's
-heads; MLA: the latent, not divided by TP). No forward pass is profiled: activations, CUDA graphs
-and the ReqToTokenPool must fit the (1 − fraction) reserve. Unset, the fraction is derived from the
-GPU's memory and the chunked-prefill / CUDA-graph settings of its tier (§4.1). Sliding-window
-hybrids get a second pool at ``swa_full_tokens_ratio`` (§4.3); Mamba hybrids carve a state pool out
-of ``rest`` first (§4.4).
+``mem_fraction_static`` is (weights + KV pool) / memory. Per rank: ``rest = free_after_weights −
+pre_load_free · (1 − mem_fraction_static)`` (pre-load free memory is the minimum over ranks, read
+after the NCCL communicators exist); ``max_total_num_tokens = rest // cell_size`` floored to whole
+pages, where the cell is the KV bytes of one token over the rank's attention layers (K and V of this
+rank's heads; MLA: the latent, not divided by TP). No forward pass is profiled: activations, CUDA
+graphs and the ReqToTokenPool must fit the (1 − fraction) reserve. Unset, the fraction is derived
+from the GPU's memory and the chunked-prefill / CUDA-graph settings of its tier (§4.1).
+Sliding-window hybrids get a second pool at ``swa_full_tokens_ratio`` (§4.3); Mamba hybrids carve a
+state pool out of ``rest`` first (§4.4).
 """
 
 from __future__ import annotations
@@ -138,26 +138,30 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     if frac is None:
         frac = auto_mem_fraction(min(s.bytes_limit for s in mesh.stats), tp=lay.tensor, pp=lay.pipeline,
                                  chunked=chunked, max_bs=max_bs, graphs=graphs)
-    measured_ctx = setup.measured.get("context_bytes")
-    ctx_band = CONTEXT if measured_ctx is None else Band.exact(measured_ctx)
-    ctx = ctx_band.pick(which)
-    pre = min(s.bytes_limit - s.bytes_in_use for s in mesh.stats) - ctx  # min over ranks, all-reduced
-    per_stage = []
     link = interconnect(mesh.device_kinds[0])
+    context = term("context", CONTEXT, CONTEXT_SOURCE, setup.measured.get("context_bytes"))
+    non_torch = term("non_torch", non_torch_band(NAME, setup.version, tensor=lay.tensor, pipeline=lay.pipeline,
+                                                 link=link), NON_TORCH_SOURCE, setup.measured.get("non_torch_bytes"))
+    # the pre-load reading (min over ranks, all-reduced) comes after the distributed set-up:
+    # ModelRunner.init_torch_distributed calls get_available_gpu_memory only once
+    # init_distributed_environment and initialize_model_parallel have built the NCCL communicators
+    # and custom all-reduce buffers, so they shrink the fraction's base rather than the KV pool
+    pre = min(s.bytes_limit - s.bytes_in_use for s in mesh.stats) - context.band.pick(which) \
+        - non_torch.band.pick(which)
+    per_stage = []
     for s, stage in enumerate(geom.stages):
         terms = [
-            term("context", CONTEXT, CONTEXT_SOURCE, setup.measured.get("context_bytes")),
+            context,
             term("weights", Band.exact(torch_param_bytes(m, stage.weight_bytes, stage=s, tensor=lay.tensor)
                                         + rotary_cache_bytes(m)),
                  WEIGHTS_SOURCE, setup.measured.get("weights_bytes")),
-            term("non_torch", non_torch_band(NAME, setup.version, tensor=lay.tensor, pipeline=lay.pipeline,
-                                             link=link), NON_TORCH_SOURCE, setup.measured.get("non_torch_bytes")),
+            non_torch,
         ]
         if not all(t.measured for t in terms if t.name != "weights"):
             residual = residual_band(NAME, setup.version, lay.tensor, first.bytes_limit)
             terms.append(Term("residual", residual, RESIDUAL_SOURCE))
         nk = NonKV(tuple(terms))
-        after = pre - nk.total(which, ("weights", "non_torch", "residual"))
+        after = pre - nk.total(which, ("weights", "residual"))
         rest = after - int(pre * (1 - Fraction(str(frac))))
         layers = [kvs[i] for i in stage.layers]
         full_cell = sum(kv.token_bytes for kv in layers if not kv.window)
