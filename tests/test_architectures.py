@@ -245,3 +245,35 @@ def test_llama4_maverick_interleaves_dense_and_moe_layers(hf_config):
     norms = 2 * h
     text = 24 * (attention + dense + norms) + 24 * (attention + moe + norms) + 2 * 202048 * h + h
     assert parameter_count(m) == text + m.vision_params
+
+
+def test_qwen2_5_vl_reads_as_qwen2_with_its_vision_tower(hf_config):
+    import json
+
+    path = hf_config("Qwen/Qwen2.5-VL-7B-Instruct")
+    m = load_hf_config(path)
+    # text (Qwen2.5-7B's shape): 28 layers of q 3584², k and v 3584·512 with biases, o 3584², gated
+    # MLP 3·3584·18944, two RMSNorms; untied embedding and head 2·152064·3584; the final norm.
+    # 7,615,616,512 is Qwen2.5-7B's published count.
+    h, kv = 3584, 512
+    text = 28 * (2 * h * h + 2 * h * kv + h + 2 * kv + 3 * h * 18944 + 2 * h) + 2 * 152064 * h + h
+    assert text == 7_615_616_512
+    # vision: a bias-free Conv3d 3·2·14²·1280; 32 blocks of two RMSNorms, qkv 1280 → 3·1280 and
+    # proj 1280 → 1280 with biases, gate and up 1280 → 3420 and down 3420 → 1280 with biases; the
+    # merger: an RMSNorm and 4·1280 → 5120 → 3584 with biases. A public parameter breakdown of the
+    # checkpoint prints "Vision Encoder 676.55M".
+    v, i = 1280, 3420
+    block = 2 * v + 3 * v * v + 3 * v + v * v + v + 2 * (v * i + i) + i * v + v
+    vision = 3 * 2 * 14 * 14 * v + 32 * block + v + 5120 * 5120 + 5120 + 5120 * 3584 + 3584
+    assert round(vision / 1e4) == 67655
+    assert parameter_count(m) == text + vision
+    # TP engines split qkv, the MLP and the merger's linears (matrices and column-parallel biases)
+    assert m.vision_sharded_params == 32 * (4 * v * v + 3 * v + 3 * v * i + 2 * i) + 5120 * 5120 + 5120 + 5120 * 3584
+    # the root's bfloat16 wins over the float32 transformers 4.53 wrote into text_config (vLLM reads the root)
+    assert m.attention_bias and m.weight_dtype == "bfloat16"
+    assert geometry(m, Layout()).stages[0].kv_bytes_per_token == 28 * 2 * 4 * 128 * 2
+    # the hub's original flat form (no text_config, rope_scaling type "mrope") reads the same
+    flat = json.loads(path.read_text())
+    del flat["text_config"]
+    flat["rope_scaling"] = {"type": "mrope", "mrope_section": [16, 24, 24]}
+    assert spec_from_hf_config(flat, m.name).to_dict() == {**m.to_dict(), "model_type": "qwen2_5_vl"}

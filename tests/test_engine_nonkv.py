@@ -381,6 +381,12 @@ def test_vision_encoder_shapes_from_the_configs():
     maverick = load_preset("llama-4-maverick")
     assert (maverick.vision_patches_per_item, maverick.vision_tokens_per_item,
             maverick.vision_pixels_per_item) == (17 * 577, 17 * 144, 17 * 3 * 336**2)
+    # Qwen2.5-VL: the processor's max_pixels 12,845,056 = 16,384 merged 28 × 28 patches (3584²),
+    # 256² = 65,536 ViT positions of 3 channels × 2 frames × 14² pixels; a gated MLP (3 × 3,420)
+    qwen_vl = load_hf_config(Path(__file__).parent / "model_configs" / "Qwen__Qwen2.5-VL-7B-Instruct.json")
+    assert (qwen_vl.vision_hidden_size, qwen_vl.vision_mlp_width, qwen_vl.vision_patches_per_item,
+            qwen_vl.vision_tokens_per_item, qwen_vl.vision_pixels_per_item) == \
+        (1280, 3 * 3420, 256**2, 128**2, 256**2 * 3 * 2 * 14**2)
     assert load_preset("llama-3.1-8b").vision_patches_per_item == 0  # text only
 
 
@@ -472,3 +478,25 @@ def test_v0_pipeline_stages_share_the_shrunk_dummy_batch():
     last = [(a["non_kv_bytes"], b["non_kv_bytes"]) for a, b in zip(images.devices, text.devices, strict=True)
             if a["stage"] == 1]
     assert last and all(t - i == 2_550_759_424 - 132_120_576 for i, t in last)
+
+
+def test_v0_profiles_qwen2_5_vl_with_an_image_and_a_video_in_one_uncut_prompt():
+    from estimator.engines.non_kv import encoder_items, v0_dummy_sequences
+
+    qwen_vl = load_hf_config(Path(__file__).parent / "model_configs" / "Qwen__Qwen2.5-VL-7B-Instruct.json")
+    # vLLM V0 logs of Qwen2.5-VL (vllm-project/vllm #15802, 7B): "Computed max_num_seqs (min(64, 16384
+    # // 32768)) to be less than 1" and "32768 tokens in total, out of which {'image': 16384, 'video':
+    # 16384} are reserved for multi-modal embeddings"; with limit_mm_per_prompt={'image': 10}
+    # (vllm-project/vllm-ascend #622, 72B, vLLM 0.8.4 V0) "min(256, 32768 // 180224)" and "{'image':
+    # 163840, 'video': 16384}"
+    assert v0_dummy_sequences(qwen_vl, 16384, 64, 1) == (1, 32768)
+    assert v0_dummy_sequences(qwen_vl, 32768, 256, 10) == (1, 180224)
+    assert encoder_items(qwen_vl, "v0", batched=16384, seqs=64, max_model_len=32768, limit=None) == 2
+    # V1 profiles one modality: budget max(8192, 16384) // 16384 = 1 image
+    assert encoder_items(qwen_vl, "0.10", batched=8192, seqs=256, max_model_len=32768, limit=None) == 1
+    # so the language model's dummy forward covers all 32,768 embeddings, not the 8,192 batched
+    # tokens: 32768 × 2 B × (3 · 3584 + 3 · 18944) beats the tower's two items (2 · 2 B · (77,070,336
+    # pixel values + 65,536 positions × (2 · 1280 + 3 · 3420)) = 3,668,967,424 B)
+    with calibrated(SYN):
+        p = engine_plan(qwen_vl, "1xH100-80GB", engine="vllm", version="v0", max_model_len=8192)
+    assert p.non_kv.get("activation") == 32768 * 2 * (3 * 3584 + 3 * 18944)

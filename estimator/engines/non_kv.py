@@ -376,20 +376,33 @@ def encoder_items(model: ModelSpec, version: str, *, batched: int, seqs: int, ma
     - V1 from 0.10 (``MultiModalBudget.get_max_items``, vllm/v1/worker/utils.py, later
       vllm/multimodal/encoder_budget.py): ``budget // tokens per image`` capped at ``max_num_seqs ×
       max(1, min(limit, max_model_len // tokens per image))``, at least one;
-    - V0 (vllm/worker/model_runner.py ``profile_run``): ``limit`` images (1 unset) in each of
-      ``min(max_num_seqs, max_num_batched_tokens // (limit × tokens per image))`` dummy sequences,
-      at least one."""
+    - V0 (vllm/worker/model_runner.py ``profile_run``): ``limit`` images (1 unset) and, for a model
+      that takes videos, one largest video (V0's limit for it, sized like an image: ``vision_video``)
+      in each of ``v0_dummy_sequences`` dummy sequences."""
     per = model.vision_tokens_per_item
     v0 = version.startswith("v0")
     limit = (1 if v0 else 999) if limit is None else limit
     if not (per and model.vision_patches_per_item and limit):
         return 0
     if v0:
-        return limit * max(1, min(seqs, batched // (limit * per)))
+        return v0_dummy_sequences(model, batched, seqs, limit)[0] * (limit + model.vision_video)
     budget = max(batched, per)
     if version == "0.9":
         return min(-(-budget // per), seqs * limit)
     return max(1, min(budget // per, seqs * max(1, min(limit, max_model_len // per))))
+
+
+def v0_dummy_sequences(model: ModelSpec, batched: int, seqs: int, limit: int) -> tuple[int, int]:
+    """(dummy sequences, tokens of the forward) of vLLM V0's multimodal profile run: each sequence
+    carries ``limit`` largest images (and a largest video where the model takes videos), so their
+    count is ``min(max_num_seqs, max_num_batched_tokens // those embeddings)``, at least one
+    (vllm/worker/model_runner.py ``profile_run``: "Computed max_num_seqs ... to be less than 1");
+    a prompt whose embeddings outgrow its share of max_num_batched_tokens is not cut (V0 only warns
+    that "the sequence length used for profiling ... is too short to hold the multi-modal
+    embeddings", vllm/multimodal/profiling.py), so the forward covers them all."""
+    embeddings = (limit + model.vision_video) * model.vision_tokens_per_item
+    sequences = max(1, min(seqs, batched // embeddings))
+    return sequences, max(batched, sequences * embeddings)
 
 
 def encoder_peak_bytes(model: ModelSpec, tensor: int, items: int) -> tuple[int, int]:
@@ -639,4 +652,4 @@ __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTE
            "custom_all_reduce_bytes", "encoder_items", "encoder_peak_bytes", "fitted", "forward_bytes",
            "forward_bytes_per_token", "gpu_class", "interconnect", "lora_slot_bytes", "mxfp4_padding_bytes",
            "non_torch_band", "residual_band", "rotary_cache_bytes", "sampler_bytes_per_logit", "term",
-           "torch_param_bytes", "torch_sort_sampler_bytes", "vision_split_bytes"]
+           "torch_param_bytes", "torch_sort_sampler_bytes", "v0_dummy_sequences", "vision_split_bytes"]

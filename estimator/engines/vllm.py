@@ -89,6 +89,7 @@ from estimator.engines.non_kv import (
     sampler_bytes_per_logit,
     term,
     torch_param_bytes,
+    v0_dummy_sequences,
 )
 from estimator.model.spec import ModelSpec
 from meshes.validation import InputError
@@ -406,13 +407,16 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
     profiled = encoder_items(m, version, batched=batched, seqs=seqs, max_model_len=max_model_len,
                              limit=k["limit_mm_per_prompt"])
     # V0 shrinks max_num_seqs to the dummy sequences that carry the images (``limit`` each), on
-    # every stage, so only that many rows reach the last stage's sampler
-    rows = profiled // (k["limit_mm_per_prompt"] or 1) if v0 and profiled else min(seqs, batched)
+    # every stage, so only that many rows reach the last stage's sampler; their prompts hold every
+    # embedding, however many tokens that is
+    rows, tokens = min(seqs, batched), batched
+    if v0 and profiled:
+        rows, tokens = v0_dummy_sequences(m, batched, seqs, k["limit_mm_per_prompt"] or 1)
     # kvfit holds the vision tower on the first stage (estimator.model.weights), so its dummy run is
     # charged there; vLLM's V1 profile_run has no first-rank check, which a tower built on every
     # stage would also run: an approximation for pipeline-parallel multimodal models
     images = profiled if stage == 0 else 0
-    act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=batched,
+    act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=tokens,
                           sampler_rows=rows, last_stage=stage == lay.pipeline - 1,
                           sampler_bytes_per_logit=sampler_bytes_per_logit(version, rows, m.vocab_size),
                           # DP + expert parallel (EP = DP x TP): the naive all-to-all gathers every DP

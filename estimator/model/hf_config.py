@@ -257,12 +257,17 @@ def _explicit_layer_types(r: _Reader, spec: dict[str, Any]) -> bool:
     aliases = {"attention": "full_attention", "linear_attention": "linear_attention"}
     spec["layer_types"] = tuple(aliases.get(t, t) for t in types)
     spec["sliding_window"] = r.get("sliding_window", 0)
+    if set(spec["layer_types"]) == {"full_attention"}:  # spelt out but uniform: a plain model
+        spec["layer_types"], spec["sliding_window"] = (), 0
     return True
+
+
+QWEN2_FAMILY = ("qwen2", "qwen2_moe", "qwen2_5_vl", "qwen2_5_vl_text")  # q, k, v projections with biases
 
 
 def _dense(r: _Reader, name: str) -> dict[str, Any]:
     spec = _base(r, name)
-    if r.model_type in ("qwen2", "qwen2_moe"):
+    if r.model_type in QWEN2_FAMILY:
         spec["attention_bias"] = True
     spec["qk_norm"] = r.model_type in ("qwen3", "qwen3_moe")
     if not _explicit_layer_types(r, spec):
@@ -477,6 +482,7 @@ def _nemotron_h(r: _Reader, name: str) -> dict[str, Any]:
 
 READERS: dict[str, Callable[[_Reader, str], dict[str, Any]]] = {
     "llama": _dense, "mistral": _dense, "qwen2": _dense, "qwen3": _dense, "phi3": _dense,
+    "qwen2_5_vl": _dense, "qwen2_5_vl_text": _dense,
     "phi": _phi, "mixtral": _mixtral, "qwen2_moe": _qwen_moe, "qwen3_moe": _qwen_moe,
     "qwen3_next": _qwen3_next, "deepseek_v2": _deepseek, "deepseek_v3": _deepseek,
     "deepseek_v32": _deepseek, "kimi_k2": _deepseek, "glm4_moe": _glm4_moe, "gemma2": _gemma,
@@ -532,8 +538,14 @@ def _spec_from_hf_config(config: Config, name: str) -> ModelSpec:
     wrapper = _Reader(config, plain_text(model_type, 40))  # multimodal keys beside text_config
     if isinstance(text, Mapping):  # multimodal wrapper: plan the text model
         merged = {**text, "model_type": text.get("model_type", model_type)}
-        for key in ("torch_dtype", "dtype", "tie_word_embeddings", "quantization_config"):
+        for key in ("tie_word_embeddings", "quantization_config"):
             if key in config and key not in text:
+                merged[key] = config[key]
+        # the root's dtype wins over the text model's: vLLM's _get_and_verify_dtype reads the root
+        # config's torch_dtype and falls back to get_text_config() only where the root has none
+        # (transformers 4.53 re-saves Qwen2.5-VL with a float32 text_config beside a bfloat16 root)
+        for key in ("torch_dtype", "dtype"):
+            if config.get(key) is not None:
                 merged[key] = config[key]
         config, model_type = merged, merged["model_type"]
     elif text is not None:
@@ -543,7 +555,8 @@ def _spec_from_hf_config(config: Config, name: str) -> ModelSpec:
         raise InputError("model_type", plain_text(model_type, 80), f"one of {', '.join(SUPPORTED_MODEL_TYPES)}")
     spec = READERS[model_type](_Reader(config, model_type), name)
     if isinstance(vision, Mapping):
-        merge = wrapper.count("spatial_merge_size", default=2, maximum=64)
+        merge = _Reader(vision, "vision", "vision_config").count(
+            "spatial_merge_size", default=wrapper.count("spatial_merge_size", default=2, maximum=64), maximum=64)
         spec["vision_params"], spec["vision_sharded_params"] = vision_tower_params(
             vision, spec["hidden_size"], merge)
         spec.update(vision_encoder_shape(vision, wrapper, merge))
@@ -581,6 +594,8 @@ def vision_encoder_shape(vision: Config, wrapper: _Reader, spatial_merge: int = 
       ``get_max_num_tiles``; transformers Llama4ImageProcessor ``max_patches`` = 16)."""
     r = _Reader(vision, plain_text(vision.get("model_type", "vision"), 40), "vision_config")
     h, inter = r.count("hidden_size", maximum=2**24), r.count("intermediate_size", maximum=2**26)
+    if vision.get("model_type") == "qwen2_5_vl":
+        return _qwen2_5_vl_encoder_shape(r, h, inter, spatial_merge)
     patch, image = r.count("patch_size", maximum=2**16), r.count("image_size", maximum=2**20)
     channels = r.count("num_channels", default=3, maximum=2**16)
     if patch > image:
@@ -609,6 +624,28 @@ def vision_encoder_shape(vision: Config, wrapper: _Reader, spatial_merge: int = 
                 vision_tokens_per_item=tokens, vision_pixels_per_item=channels * image * image)
 
 
+def _qwen2_5_vl_encoder_shape(r: _Reader, h: int, inter: int, merge: int) -> dict[str, int]:
+    """Qwen2.5-VL's largest image: the square of ``QWEN2_VL_MAX_PIXELS`` in whole merged patches
+    (vllm/model_executor/models/qwen2_vl.py ``get_image_size_with_most_features``: max_pixels //
+    (patch · merge)² embeddings), each patch a ``temporal_patch_size``-frame cube of pixels (a still
+    image is repeated in time), ``spatial_merge_size``² patches to one embedding. It takes videos too:
+    the largest is two such frames, as many embeddings (``get_num_video_tokens``)."""
+    patch, frames = r.count("patch_size", maximum=2**16), r.count("temporal_patch_size", default=2, maximum=64)
+    channels = r.count("in_channels", "in_chans", default=3, maximum=2**16)
+    tokens = QWEN2_VL_MAX_PIXELS // (patch * merge) ** 2
+    if not tokens:
+        raise InputError("vision_config.patch_size", patch, f"a merged patch of at most {QWEN2_VL_MAX_PIXELS:,} "
+                         "pixels (the processor's max_pixels)")
+    patches = tokens * merge * merge
+    return dict(vision_hidden_size=h, vision_mlp_width=3 * inter, vision_patches_per_item=patches,
+                vision_tokens_per_item=tokens, vision_pixels_per_item=patches * channels * frames * patch * patch,
+                vision_video=True)
+
+
+# The image processor's max_pixels that Qwen2.5-VL checkpoints ship (preprocessor_config.json of
+# Qwen/Qwen2.5-VL-{3B,7B,32B,72B}-Instruct: 12845056 = 16384 × 28²); vLLM sizes its dummy image
+# from it. config.json does not carry it.
+QWEN2_VL_MAX_PIXELS = 12845056
 LLAMA4_MAX_TILES = 16  # transformers Llama4ImageProcessor max_patches
 GEMMA3_IMAGE_TOKENS = 256  # transformers Gemma3Config mm_tokens_per_image
 
@@ -631,6 +668,8 @@ def vision_tower_params(vision: Config, text_hidden: int, spatial_merge: int = 2
     for key in ("num_attention_heads", "head_dim"):  # not in the counts, but a tower needs them positive
         if vision.get(key) is not None:
             r.count(key, maximum=2**16)
+    if vision.get("model_type") == "qwen2_5_vl":
+        return _qwen2_5_vl_tower_params(r, h, inter, text_hidden, spatial_merge)
     layers = r.layers()
     patch, image = r.count("patch_size", maximum=2**16), r.count("image_size", maximum=2**20)
     channels = r.count("num_channels", default=3, maximum=2**16)
@@ -645,3 +684,24 @@ def vision_tower_params(vision: Config, text_hidden: int, spatial_merge: int = 2
     embed = channels * patch * patch * h + h + positions * h
     total = layers * per_layer + embed + 2 * h + h * text_hidden + h
     return total, layers * (4 * h * h + 3 * h + 2 * h * inter + inter)
+
+
+def _qwen2_5_vl_tower_params(r: _Reader, h: int, inter: int, text_hidden: int, merge: int) -> tuple[int, int]:
+    """Qwen2.5-VL's vision transformer (transformers models/qwen2_5_vl ``Qwen2_5_VisionTransformer
+    PretrainedModel``; vllm/model_executor/models/qwen2_5_vl.py): a bias-free Conv3d patch embedding
+    (channels × temporal_patch_size × patch² → hidden); ``depth`` blocks of two RMSNorms, a fused qkv
+    and an output projection with biases and a gated MLP (gate, up, down) with biases; a merger of an
+    RMSNorm and two biased linears (merge² · hidden → merge² · hidden → out_hidden_size). vLLM splits
+    qkv, the MLP and the merger's linears over TP (QKV/MergedColumn/Column/RowParallelLinear): their
+    matrices and column-parallel biases; norms, the patch embedding and row-parallel biases stay whole."""
+    layers = r.layers("depth")
+    r.count("num_heads", maximum=2**16)
+    patch, frames = r.count("patch_size", maximum=2**16), r.count("temporal_patch_size", default=2, maximum=64)
+    channels = r.count("in_channels", "in_chans", default=3, maximum=2**16)
+    out = r.count("out_hidden_size", default=text_hidden, maximum=2**24)
+    merged = merge * merge * h
+    per_layer = 4 * h * h + 3 * h * inter + 2 * inter + 7 * h
+    merger = h + merged * merged + merged + merged * out + out
+    total = channels * frames * patch * patch * h + layers * per_layer + merger
+    split = layers * (4 * h * h + 3 * h + 3 * h * inter + 2 * inter) + merged * merged + merged + merged * out
+    return total, split

@@ -108,6 +108,7 @@ class ModelSpec:
     vision_patches_per_item: int = 0  # encoder positions of one largest image (class tokens incl.)
     vision_tokens_per_item: int = 0  # embeddings it hands the language model
     vision_pixels_per_item: int = 0  # values of its pixel tensor (channels × height × width)
+    vision_video: bool = False  # also takes videos, which vLLM V0 profiles beside the images (Qwen2.5-VL)
     # positions of each RoPE cos/sin table the reference code precomputes (() = one table of
     # max_position_embeddings); rope scaling and per-layer-kind bases change it (hf_config.rope_tables)
     rope_positions: tuple[int, ...] = ()
