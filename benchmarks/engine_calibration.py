@@ -712,15 +712,28 @@ def quantile(values: list[float], q: float) -> float:
     return v[i] if i + 1 >= len(v) else v[i] + (v[i + 1] - v[i]) * (pos - i)
 
 
+# Student's t, 97.5th percentile, by degrees of freedom 1-18 (any statistics table)
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101)
+
+
 def quantiles(values: list[float]) -> tuple[float, float]:
-    """The (low, high) residual band in GiB: the 2.5th and 97.5th percentiles of the residuals (their
-    extremes under 20 residuals), containing 0; non_kv.residual_band widens it to its floor."""
+    """The (low, high) residual band in GiB, containing 0; non_kv.residual_band widens it to its floor.
+
+    From 20 residuals on: their 2.5th and 97.5th percentiles. Under 20 the extremes alone are too
+    narrow (the next value falls outside the range of n others with probability 2 / (n + 1): 40 % at
+    n = 4), so the band is the textbook 95 % prediction interval for one more value, mean ± t(n − 1) ·
+    s · √(1 + 1/n), and at least the extremes."""
     if not values:
         return 0.0, 0.0
-    if len(values) < 20:
-        lo, hi = min(values), max(values)
-    else:
+    if len(values) >= 20:
         lo, hi = (quantile(values, q) for q in BAND_QUANTILES)
+    elif len(values) == 1:
+        lo = hi = values[0]
+    else:
+        n, mean = len(values), statistics.fmean(values)
+        half = T_975[n - 2] * statistics.stdev(values) * math.sqrt(1 + 1 / n)
+        lo, hi = min(min(values), mean - half), max(max(values), mean + half)
     return min(lo, 0.0), max(hi, 0.0)
 
 
