@@ -701,7 +701,7 @@ def fit(cases: Iterable[Case]) -> dict[str, Any]:
     return cal
 
 
-BAND_QUANTILES = (0.025, 0.975)  # from 20 residuals on; below that, the extremes
+BAND_QUANTILES = (0.025, 0.975)  # from 20 residuals on; below that, a prediction interval (quantiles)
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -630,8 +630,7 @@ def _qwen2_5_vl_encoder_shape(r: _Reader, h: int, inter: int, merge: int) -> dic
     (patch · merge)² embeddings), each patch a ``temporal_patch_size``-frame cube of pixels (a still
     image is repeated in time), ``spatial_merge_size``² patches to one embedding. It takes videos too:
     the largest is two such frames, as many embeddings (``get_num_video_tokens``)."""
-    patch, frames = r.count("patch_size", maximum=2**16), r.count("temporal_patch_size", default=2, maximum=64)
-    channels = r.count("in_channels", "in_chans", default=3, maximum=2**16)
+    patch, frames, channels = _qwen2_5_vl_patch(r)
     tokens = QWEN2_VL_MAX_PIXELS // (patch * merge) ** 2
     if not tokens:
         raise InputError("vision_config.patch_size", patch, f"a merged patch of at most {QWEN2_VL_MAX_PIXELS:,} "
@@ -640,6 +639,12 @@ def _qwen2_5_vl_encoder_shape(r: _Reader, h: int, inter: int, merge: int) -> dic
     return dict(vision_hidden_size=h, vision_mlp_width=3 * inter, vision_patches_per_item=patches,
                 vision_tokens_per_item=tokens, vision_pixels_per_item=patches * channels * frames * patch * patch,
                 vision_video=True)
+
+
+def _qwen2_5_vl_patch(r: _Reader) -> tuple[int, int, int]:
+    """(patch edge, frames, channels) of one Qwen2.5-VL patch: the Conv3d kernel's shape."""
+    return (r.count("patch_size", maximum=2**16), r.count("temporal_patch_size", default=2, maximum=64),
+            r.count("in_channels", "in_chans", default=3, maximum=2**16))
 
 
 # The image processor's max_pixels that Qwen2.5-VL checkpoints ship (preprocessor_config.json of
@@ -696,8 +701,7 @@ def _qwen2_5_vl_tower_params(r: _Reader, h: int, inter: int, text_hidden: int, m
     matrices and column-parallel biases; norms, the patch embedding and row-parallel biases stay whole."""
     layers = r.layers("depth")
     r.count("num_heads", maximum=2**16)
-    patch, frames = r.count("patch_size", maximum=2**16), r.count("temporal_patch_size", default=2, maximum=64)
-    channels = r.count("in_channels", "in_chans", default=3, maximum=2**16)
+    patch, frames, channels = _qwen2_5_vl_patch(r)
     out = r.count("out_hidden_size", default=text_hidden, maximum=2**24)
     merged = merge * merge * h
     per_layer = 4 * h * h + 3 * h * inter + 2 * inter + 7 * h
