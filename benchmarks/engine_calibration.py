@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from estimator.engines import engine_plan  # noqa: E402
+from estimator.engines import engine_plan, vllm  # noqa: E402
 from estimator.engines.non_kv import (  # noqa: E402
     CALIBRATION_PATH,
     calibrated,
@@ -238,28 +238,31 @@ def resolve_card(gpu: str, total_gib: float | None) -> tuple[DeviceSpec | None, 
     return spec, ""
 
 
+RELEASE_IN_TEXT = re.compile(r"\b0\.\d+\.\d+(?:\.\d+)?(?:\.?(?:rc|post|dev)\d*)*")  # 0.10.1.1, 0.8.5.dev
+
+
 def vllm_version(case_doc: dict[str, Any]) -> str:
+    """The vLLM family a corpus entry's free-text version names ("0.11.x (V1)", "0.6.4.post1 (V0)",
+    "0.2x (2026-06, V1)"): its first full release number through vllm.release_family, with the
+    engine the log names (V0 logs of 0.8–0.10, V1 dev builds of 0.7) and the era words kept."""
     bucket = str(case_doc.get("version_bucket", ""))
     text = str(case_doc.get("engine_version", ""))
-    if "V0" in bucket or "(V0" in text:
-        m = re.search(r"\b0\.(\d+)\.(\d+|x)", text)  # "0.6.4.x", "0.4.x", "0.6.x"
-        if m:
-            minor, patch = int(m.group(1)), m.group(2)
-            # before 0.6.5 (vllm PR #10511); "0.6.x" stays ambiguous and goes with the later rule
-            if minor < 6 or (minor == 6 and patch != "x" and int(patch) < 5):
-                return "v0-early"
-        return "v0"
+    release = RELEASE_IN_TEXT.search(text)
+    minor = VERSION_RE.search(text)
+    if "V0" in bucket or "(V0" in text:  # the V0 engine, whichever release: before or after 0.6.5
+        m = re.search(r"\b0\.(\d+)\.(\d+|x)", text)  # "0.6.4.x", "0.4.x"; "0.6.x" goes with the later rule
+        early = m and (int(m.group(1)) < 6 or (m.group(1) == "6" and m.group(2) != "x" and int(m.group(2)) < 5))
+        return "v0-early" if early else "v0"
     if "<=0.9" in bucket:
         return "0.9"
-    m = VERSION_RE.search(text)
-    if m is None and "0.10-0.19" in bucket:
+    if "0.2x" in text or (minor is None and "0.10-0.19" not in bucket):
+        return "0.2x"
+    if release:
+        family = vllm.release_family(release.group())
+        return "0.9" if family.startswith("v0") else family  # a V1 dev build before 0.8 (VLLM_USE_V1=1)
+    if minor is None:
         return "0.11"
-    minor = int(m.group(1)) if m else 20
-    if minor < 10:
-        return "0.9"
-    if minor < 20:
-        return "0.10" if minor == 10 else "0.11" if minor < 17 else "0.17"
-    return "0.2x" if minor < 30 else "0.33"
+    return vllm.release_family(f"0.{minor.group(1)}.0")  # "0.11.x": the family of the minor release
 
 
 def load_case(path: Path) -> Case:

@@ -46,8 +46,8 @@ LengthOpt = Annotated[int | None, typer.Option(
 DtypeOpt = Annotated[str | None, typer.Option("--kv-cache-dtype", help="bf16, fp8, ... for every engine.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="ENGINE.KNOB=VALUE with the engine's own knob name, e.g. "
-    "vllm.gpu_memory_utilization=0.95, sglang.mem_fraction_static=0.88, vllm.version=v0 (VALUE none: "
-    "the engine's default). Repeatable.")]
+    "vllm.gpu_memory_utilization=0.95, sglang.mem_fraction_static=0.88, vllm.version=0.11.0 (a release "
+    "or a family: v0, 0.9, 0.10, ...; VALUE none: the engine's default). Repeatable.")]
 
 # The flags users pass to the engines themselves. A shared flag goes to every selected engine that has
 # the same concept under its own name (estimator.engines.CONCEPTS); an engine-specific flag only to its

@@ -214,8 +214,10 @@ def unknown_knob(engine: str, name: str, value: Any, knobs: Mapping[str, Knob]) 
 def make_setup(engine: str, versions: tuple[str, ...], knob_specs: Mapping[str, Knob],
                model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout | str | None,
                knobs: Mapping[str, Any], platforms: tuple[str, ...],
-               measured_names: tuple[str, ...] = MEASURED) -> Setup:
-    """Resolve model/mesh/layout, check every knob and measured value, fill defaults."""
+               measured_names: tuple[str, ...] = MEASURED,
+               release_family: Callable[[str], str] | None = None) -> Setup:
+    """Resolve model/mesh/layout, check every knob and measured value, fill defaults.
+    ``release_family`` maps a release the engine numbers ("0.11.0") to one of ``versions``."""
     model = resolve_model(model)
     if not isinstance(mesh, (DeviceMesh, str)):
         raise InputError("mesh", plain_text(mesh, 60), "a DeviceMesh or a mesh preset name such as 8xH100-80GB")
@@ -229,6 +231,8 @@ def make_setup(engine: str, versions: tuple[str, ...], knob_specs: Mapping[str, 
     layout = Layout.resolve(layout, mesh)
     given = dict(knobs)
     version = given.pop("version", None) or versions[0]
+    if version not in versions and release_family is not None:
+        version = release_family(version)
     if version not in versions:
         raise InputError("version", version, f"one of {', '.join(versions)} ({engine} semantics "
                          "kvfit follows)")

@@ -18,7 +18,7 @@ PROFILES: dict[str, ModuleType] = {"max": _max, "vllm": vllm, "sglang": sglang, 
 
 
 def profile(engine: str) -> ModuleType:
-    """The module of one engine profile (NAME, VERSIONS, KNOBS, plan)."""
+    """The module of one engine profile (NAME, VERSIONS, KNOBS, plan; optionally release_family)."""
     key = str(engine).strip().lower()
     if key not in PROFILES:
         check_choice("engine", key, ENGINE_NAMES)
@@ -46,5 +46,6 @@ def engine_plan(model: ModelSpec | str, mesh: DeviceMesh | str, layout: Layout |
     p = profile(engine)
     if not isinstance(band, bool):
         raise InputError("band", band, "True or False")
-    setup = make_setup(p.NAME, p.VERSIONS, p.KNOBS, model, mesh, layout, knobs, PLATFORMS[p.NAME], p.MEASURED)
+    setup = make_setup(p.NAME, p.VERSIONS, p.KNOBS, model, mesh, layout, knobs, PLATFORMS[p.NAME], p.MEASURED,
+                       getattr(p, "release_family", None))
     return p.plan(setup, band)

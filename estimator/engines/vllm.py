@@ -21,7 +21,8 @@ come from, the version being a knob:
 - ``"v0-early"`` (V0 0.2.5–0.6.4, vllm/worker/worker.py ``determine_num_available_blocks`` before
   PR #10511): the peak is free memory at worker start minus free memory after the profile run —
   every byte the process gained, NCCL included.
-Utilization defaults to 0.92 in 0.33 and 0.9 before.
+Utilization defaults to 0.92 in 0.33 and 0.9 before. The version knob also takes the release a
+user runs ("0.11.0", "v0.10.1.1"): ``release_family`` (estimator.engines.vllm_releases) maps it.
 
 Per worker (one device of a tensor/pipeline group; each data-parallel rank is its own engine, and
 ``max_num_seqs`` / ``max_num_batched_tokens`` are per data-parallel rank, as vLLM means them):
@@ -91,6 +92,7 @@ from estimator.engines.non_kv import (
     torch_param_bytes,
     v0_dummy_sequences,
 )
+from estimator.engines.vllm_releases import release_family as _family_of
 from estimator.model.spec import ModelSpec
 from meshes.validation import InputError
 
@@ -98,6 +100,8 @@ NAME = "vllm"
 VERSIONS = ("0.33", "0.2x", "0.17", "0.11", "0.10", "0.9", "v0", "v0-early")
 CORE = {"0.33": "0.33", "0.2x": "0.2x", "0.17": "0.2x", "0.11": "0.2x", "0.10": "0.2x", "0.9": "0.2x",
         "v0": "v0", "v0-early": "v0"}  # vllm_core semantics
+
+
 SNAPSHOT_AFTER_INIT = ("0.33", "0.2x", "0.17", "0.11")  # NCCL set up before the memory snapshot (PR #25359)
 GRAPH_VERSIONS = ("0.33", "0.2x")  # the CUDA-graph estimate is subtracted (default since v0.21.0)
 MEASURED = ("weights_bytes", "activation_bytes", "non_torch_bytes", "cuda_graph_bytes",
@@ -111,6 +115,12 @@ KV_DTYPES = {"auto": None, "bfloat16": "bfloat16", "float16": "float16", "fp8": 
              "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
 USAGE = ("openai_api_server", "llm_class")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
+
+
+def release_family(release: str) -> str:
+    """The family (one of VERSIONS) a vLLM release such as "0.11.0" is modelled with."""
+    return _family_of(release, VERSIONS)
+
 
 KNOBS = {
     "gpu_memory_utilization": Knob("gpu_memory_utilization", None, fraction(

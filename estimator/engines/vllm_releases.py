@@ -1,0 +1,67 @@
+"""A vLLM release string → the behaviour family kvfit models it with ("0.11.0" → "0.11").
+
+Users know the release they run ("0.11.0", "v0.10.1.1", "0.8.5.post1", an NVIDIA container's
+"0.11.0+582e4e37.nv25.11", a nightly's "0.16.0rc2.dev377+g…"), not kvfit's family names; the
+families (estimator.engines.vllm) differ in the start-up arithmetic, so the release picks one. Each
+family starts at the first release carrying the change that sets it apart (``FAMILY_STARTS``).
+A nightly counts as the release it is numbered after: builds of main between two releases can
+carry changes of the next one, which the family bands leave room for.
+"""
+
+from __future__ import annotations
+
+import re
+
+from meshes.validation import InputError
+
+# (first release, family), newest first, with the change each family begins with:
+FAMILY_STARTS: tuple[tuple[tuple[int, int, int], str], ...] = (
+    # 0.30: the null block held back in the fit check, utilization 0.92, one capacity line
+    ((0, 30, 0), "0.33"),
+    # 0.20: FlashInfer top-k/top-p by default again (vllm PR #40376, 2026-04-20); the CUDA-graph
+    # estimate subtracted (on by default from 0.21, vllm PR #30515)
+    ((0, 20, 0), "0.2x"),
+    # 0.17: the Triton top-k/top-p kernel (vllm PR #33538)
+    ((0, 17, 0), "0.17"),
+    # 0.11: memory snapshot after NCCL set-up (vllm PR #25359); native sampler (PR #26859)
+    ((0, 11, 0), "0.11"),
+    # 0.9.2: V1's worker profiles with V0's memory_profiling (vllm PR #19312)
+    ((0, 9, 2), "0.10"),
+    # 0.8.0: the V1 engine by default (VLLM_USE_V1=1), total · util − (torch peak + non-torch)
+    ((0, 8, 0), "0.9"),
+    # 0.6.5: V0's memory profiling overhaul (vllm PR #10511)
+    ((0, 6, 5), "v0"),
+    # 0.2.5: the profile charges non-torch memory (vllm PR #2031)
+    ((0, 2, 5), "v0-early"),
+)
+FIRST_MODELLED = FAMILY_STARTS[-1][0]
+
+_RELEASE = re.compile(
+    r"v?(?P<major>\d+)\.(?P<minor>\d+)(?:\.(?P<patch>\d+))?(?:\.\d+)*"  # 0.10.1.1: a fourth part
+    r"(?P<pre>(?:\.?(?:rc|a|b|post|dev)\d*)*)"  # 0.8.5.post1, 0.16.0rc2.dev377
+    r"(?:\+[0-9A-Za-z.\-_]*)?",  # local part: +g0b7f11a1e, +582e4e37.nv25.11, +cu128
+    re.IGNORECASE)
+
+
+def release_family(release: str, families: tuple[str, ...]) -> str:
+    """The family of ``release`` (a family name itself is returned as it is); an InputError for
+    text that is no vLLM release, a source build without a tag, or a release before 0.2.5."""
+    text = str(release).strip()
+    if text in families:
+        return text
+    allowed = (f"a vLLM release from {'.'.join(map(str, FIRST_MODELLED))} (e.g. 0.11.0, v0.10.1.1, "
+               f"0.8.5.post1) or one of {', '.join(families)}")
+    match = _RELEASE.fullmatch(text)
+    if match is None:
+        raise InputError("version", release, allowed)
+    major, minor = int(match["major"]), int(match["minor"])
+    patch = int(match["patch"] or 0)
+    if (major, minor) < (0, 2) and "dev" in match["pre"].lower():
+        raise InputError("version", release, "a tagged vLLM release (this reads like a source build "
+                         "without tags, numbered 0.1.devN); name the release it was built from "
+                         f"or one of {', '.join(families)}")
+    number = (major, minor, patch)
+    if number < FIRST_MODELLED:
+        raise InputError("version", release, allowed + " — before 0.2.5 vLLM's profile charged no "
+                         "non-torch memory at all (vllm PR #2031), which kvfit does not model")
+    return next(family for start, family in FAMILY_STARTS if number >= start)

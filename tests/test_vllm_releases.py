@@ -1,0 +1,58 @@
+"""vLLM release strings → the family kvfit models them with. Expectations come from the vLLM changes
+each family begins with (vllm PRs #2031 → 0.2.5, #10511 → 0.6.5, V1 by default → 0.8.0, #19312 →
+0.9.2, #25359/#26859 → 0.11.0, #33538 → 0.17.0, #40376 → 0.20.0), written out release by release."""
+
+from __future__ import annotations
+
+import pytest
+
+from estimator.engines import engine_plan
+from estimator.engines.vllm import VERSIONS, release_family
+from meshes import InputError
+
+
+@pytest.mark.parametrize("release, family", [
+    ("0.2.5", "v0-early"), ("0.3.0", "v0-early"), ("0.6.4.post1", "v0-early"),
+    ("0.6.5", "v0"), ("0.7.3", "v0"),
+    ("0.8.0", "0.9"), ("0.8.5.post1", "0.9"), ("0.9.0.1", "0.9"), ("0.9.1", "0.9"),
+    ("0.9.2", "0.10"), ("0.10.0", "0.10"), ("v0.10.1.1", "0.10"), ("0.10.2", "0.10"),
+    ("0.11.0", "0.11"), ("0.11.0+582e4e37.nv25.11", "0.11"), ("0.15.0rc1", "0.11"),
+    ("0.16.0rc2.dev377+g0123abc", "0.11"), ("0.16.0", "0.11"),
+    ("0.17.0", "0.17"), ("0.19.1rc1.dev301+g60995c05b", "0.17"),
+    ("0.20.0", "0.2x"), ("0.24.0", "0.2x"), ("0.29.1rc1.dev468+g0b7f11a1e", "0.2x"),
+    ("0.30.0", "0.33"), ("0.33.0", "0.33"), ("V0.33.1", "0.33"),
+])
+def test_release_to_family(release, family):
+    assert release_family(release) == family
+
+
+@pytest.mark.parametrize("family", VERSIONS)
+def test_family_names_are_kept(family):
+    assert release_family(family) == family
+
+
+@pytest.mark.parametrize("release, says", [
+    ("0.2.4", "before 0.2.5"),
+    ("0.1.dev3512+g388ee3d", "source build without tags"),
+    ("latest", "a vLLM release from 0.2.5"),
+    ("0.11.0; rm -rf /", "a vLLM release from 0.2.5"),
+    ("", "a vLLM release from 0.2.5"),
+])
+def test_what_is_no_release_is_refused(release, says):
+    with pytest.raises(InputError) as err:
+        release_family(release)
+    assert says in str(err.value) and "version" in str(err.value)
+
+
+def test_a_release_plans_as_its_family():
+    by_release = engine_plan("llama-3.1-8b", "2xH100-80GB", "tp2", engine="vllm", version="0.11.0")
+    by_family = engine_plan("llama-3.1-8b", "2xH100-80GB", "tp2", engine="vllm", version="0.11")
+    assert by_release.version == "0.11"
+    assert by_release.to_dict() == by_family.to_dict()
+    other = engine_plan("llama-3.1-8b", "2xH100-80GB", "tp2", engine="vllm", version="0.10.1.1")
+    assert other.version == "0.10" and other.to_dict() != by_family.to_dict()
+
+
+def test_engines_without_releases_keep_their_names():
+    with pytest.raises(InputError, match="one of 0.5.23"):
+        engine_plan("llama-3.1-8b", "1xH100-80GB", engine="sglang", version="0.4.9")
