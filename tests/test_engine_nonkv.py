@@ -500,3 +500,26 @@ def test_v0_profiles_qwen2_5_vl_with_an_image_and_a_video_in_one_uncut_prompt():
     with calibrated(SYN):
         p = engine_plan(qwen_vl, "1xH100-80GB", engine="vllm", version="v0", max_model_len=8192)
     assert p.non_kv.get("activation") == 32768 * 2 * (3 * 3584 + 3 * 18944)
+
+
+# ----------------------------------------------------------------------------- the sampler's kernel
+QWEN3_8B_LOGITS = 256 * 151_936  # A100-40GB class: 256 rows (max_num_seqs) × Qwen3's vocabulary
+
+
+@pytest.mark.parametrize(("version", "flashinfer", "per_logit"), [
+    ("0.10", None, 10),  # the release's default where FlashInfer is installed: probabilities in fp32
+    ("0.10", False, 2 + 4 + 4 + 8 + 8 + 12),  # a pip install without FlashInfer: the native sort
+    ("0.11", True, 10),  # opted in (VLLM_USE_FLASHINFER_SAMPLER=1)
+    ("0.17", False, 2 + 4 + 4 + 4),  # FlashInfer off from 0.17: the Triton kernel at ≥ 8 rows
+    ("0.33", False, 2 + 4 + 4 + 4),
+])
+def test_the_sampler_kernel_a_log_names_sets_the_activation(version, flashinfer, per_logit):
+    # Qwen3-8B on an A100-40GB: the 2048-token dummy forward (< 0.2 GiB) is below every sampler peak
+    plan = engine_plan("qwen3-8b", "1xA100-40GB", engine="vllm", version=version,
+                       use_flashinfer_sampler=flashinfer)
+    assert plan.non_kv.get("activation") == QWEN3_8B_LOGITS * per_logit
+
+
+def test_the_v0_engine_has_no_sampler_knob():
+    with pytest.raises(InputError, match="use_flashinfer_sampler"):
+        engine_plan("qwen3-8b", "1xA100-40GB", engine="vllm", version="v0", use_flashinfer_sampler=True)

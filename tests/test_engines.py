@@ -124,6 +124,31 @@ def test_vllm_hybrid_sliding_groups_by_hand():
     assert p.kv_tokens == int((avail // block) / per_request * 32768)
 
 
+@pytest.mark.parametrize("version, util, ceil, tokens_by", [
+    ("0.2x", 0.92, True, "concurrency"),  # 0.20–0.28: utilization 0.92, count from 0.20.1, no null block
+    ("0.17", 0.90, True, "blocks"),  # 0.17–0.19: 0.9, num_blocks // groups × block size
+    ("0.11", 0.90, False, "blocks"),  # total × util unrounded before request_memory (0.15)
+])
+def test_vllm_families_differ_where_the_releases_do(version, util, ceil, tokens_by):
+    # the sliding-window model above: 6 groups of 2 layers, per request 2048 + 5 × 193 blocks
+    kinds = tuple("full_attention" if i % 6 == 5 else "sliding_attention" for i in range(12))
+    spec = ModelSpec(name="swa", model_type="gemma3_text", num_layers=12, hidden_size=1024,
+                     num_attention_heads=8, num_kv_heads=4, head_dim=128, vocab_size=32000,
+                     intermediate_size=4096, max_position_embeddings=32768, layer_types=kinds,
+                     sliding_window=1024)
+    p = engine_plan(spec, "1xH100-80GB", engine="vllm", version=version, max_num_batched_tokens=2048,
+                    **PINNED)
+    requested = math.ceil(H100 * util) if ceil else int(H100 * util)
+    avail = requested - (15 * GiB + GiB + GiB // 4 + GiB // 2)  # a measured graph term is charged as given
+    blocks = avail // (2 * 16 * 4 * 128 * 2 * 2)
+    assert (p.budget_bytes, p.num_blocks) == (requested, blocks)
+    by_concurrency = int(blocks / (2048 + 5 * 193) * 32768)
+    by_blocks = blocks // 6 * 16
+    assert by_concurrency != by_blocks
+    assert p.kv_tokens == (by_concurrency if tokens_by == "concurrency" else by_blocks)
+    assert (f"GPU KV cache size: {p.kv_tokens:,} tokens") in p.log_lines  # two lines before 0.28
+
+
 def test_vllm_startup_free_memory_check():
     mesh = DeviceMesh.from_preset("1xH100-80GB", bytes_in_use=20 * GiB)  # another process holds 20 GiB
     p = engine_plan("llama-3.1-8b", mesh, engine="vllm", max_model_len=8192)

@@ -1,6 +1,7 @@
 """vLLM release strings → the family kvfit models them with. Expectations come from the vLLM changes
-each family begins with (vllm PRs #2031 → 0.2.5, #10511 → 0.6.5, V1 by default → 0.8.0, #19312 →
-0.9.2, #25359/#26859 → 0.11.0, #33538 → 0.17.0, #40376 → 0.20.0), written out release by release."""
+each family begins with, as the release wheels' code shows them (vllm PRs #2031 → 0.2.5, #10511 →
+0.6.5, V1 by default → 0.8.0, #19312 → 0.9.1, #25359 → 0.11.0, #33538 → 0.17.0, #38284 → 0.20.0,
+#47272 → 0.29.0), written out release by release."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from meshes import InputError
 @pytest.mark.parametrize("release, family", [
     ("0.2.5", "v0-early"), ("0.3.0", "v0-early"), ("0.6.4.post1", "v0-early"),
     ("0.6.5", "v0"), ("0.7.3", "v0"),
-    ("0.8.0", "0.9"), ("0.8.5.post1", "0.9"), ("0.9.0.1", "0.9"), ("0.9.1", "0.9"),
-    ("0.9.2", "0.10"), ("0.10.0", "0.10"), ("v0.10.1.1", "0.10"), ("0.10.2", "0.10"),
+    ("0.8.0", "0.9"), ("0.8.5.post1", "0.9"), ("0.9.0.1", "0.9"),
+    ("0.9.1", "0.10"), ("0.9.2", "0.10"), ("0.10.0", "0.10"), ("v0.10.1.1", "0.10"), ("0.10.2", "0.10"),
     ("0.11.0", "0.11"), ("0.11.0+582e4e37.nv25.11", "0.11"), ("0.15.0rc1", "0.11"),
     ("0.16.0rc2.dev377+g0123abc", "0.11"), ("0.16.0", "0.11"),
     ("0.17.0", "0.17"), ("0.19.1rc1.dev301+g60995c05b", "0.17"),
-    ("0.20.0", "0.2x"), ("0.24.0", "0.2x"), ("0.29.1rc1.dev468+g0b7f11a1e", "0.2x"),
-    ("0.30.0", "0.33"), ("0.33.0", "0.33"), ("V0.33.1", "0.33"),
+    ("0.20.0", "0.2x"), ("0.24.0", "0.2x"), ("0.28.0", "0.2x"),
+    ("0.29.0", "0.33"), ("0.29.1rc1.dev468+g0b7f11a1e", "0.33"), ("0.30.0", "0.33"),
+    ("0.33.0", "0.33"), ("V0.33.1", "0.33"),
 ])
 def test_release_to_family(release, family):
     assert release_family(release) == family

@@ -258,26 +258,40 @@ TRITON_MIN_ROWS = 8
 
 
 # The default top-k/top-p path of each V1 release family (vllm-project/vllm
-# vllm/v1/sample/ops/topk_topp_sampler.py ``TopKTopPSampler.__init__`` and ``apply_top_k_top_p``):
-# - "0.9" (0.8.x–0.9.0): native — FlashInfer >= 0.2.3 was switched off in V1 by PR #14815
-#   (2025-03-14) until PR #15777 (merged 2025-05-21, after v0.9.0) adapted to its API;
-# - "0.10" (0.10.x): FlashInfer, a default dependency of vLLM's CUDA build by then;
-# - "0.11" (0.11–0.16): native — PR #26859 (2025-10-15, "Disable FlashInfer sampler by default")
-#   made FlashInfer opt-in, and the native path sorts (v0.15.0 ships no topk_topp_triton module);
-# - "0.17" (0.17–0.19): native, now through PR #33538's Triton kernel at ≥ 8 rows — vllm main at
-#   0.16.0rc2.dev377 (2026-02-26, vllm issue #35390) fails inside it during ``_dummy_sampler_run``,
-#   and the 0.19.0 gpt-oss-20b log fits it — until PR #40376 (2026-04-20, "Enable FlashInfer
-#   top-k/top-p sampler by default"). Whether 0.16.0 itself shipped the kernel is not settled: the
-#   "0.11" band reaches down to it;
-# - "0.2x" and "0.33": FlashInfer (PR #40376), band up to V1's native path (no FlashInfer installed).
+# vllm/v1/sample/ops/topk_topp_sampler.py ``TopKTopPSampler.__init__`` and ``apply_top_k_top_p``, as
+# the release wheels ship them):
+# - "0.9" (0.8.0–0.9.0): native — FlashInfer >= 0.2.3 was switched off in V1 by PR #14815
+#   (2025-03-14) until PR #15777 adapted to its API in 0.9.0 (the band's low end covers 0.9.0's
+#   FlashInfer where a build has it);
+# - "0.10" (0.9.1–0.10.x): FlashInfer wherever it is installed — the official image ships it (the
+#   wheel only from 0.11.1: a plain pip install logs "FlashInfer is not available. Falling back to
+#   the PyTorch-native implementation", the band's high end);
+# - "0.11" (0.11–0.16): native — PR #26859 ("Disable FlashInfer sampler by default") made FlashInfer
+#   opt-in from 0.11.1 (0.11.0 still used it where installed: the band's low end), and the native
+#   path sorts (topk_topp_triton.py is in neither 0.15.1 nor 0.16.0);
+# - "0.17" (0.17–0.19): native, now through PR #33538's Triton kernel at ≥ 8 rows (first in 0.17.0;
+#   vllm main at 0.16.0rc2.dev377, issue #35390, fails inside it during ``_dummy_sampler_run``, and
+#   the 0.19.0 gpt-oss-20b log fits it);
+# - "0.2x" and "0.33": FlashInfer by default from 0.21.0 (PR #40376), band up to V1's native path (no
+#   FlashInfer installed); 0.20.x still runs the Triton kernel (14 B), inside that band.
 NATIVE_DEFAULT_V1 = ("0.9", "0.11")
 TRITON_DEFAULT_V1 = ("0.17",)
+TRITON_KERNEL_V1 = ("0.17", "0.2x", "0.33")  # where FlashInfer is off, the native path runs the kernel
 
 
-def sampler_bytes_per_logit(version: str, rows: int, vocab: int) -> tuple[int, int, int]:
+def sampler_bytes_per_logit(version: str, rows: int, vocab: int,
+                            flashinfer: bool | None = None) -> tuple[int, int, int]:
     """(low, central, high) peak bytes per logit of the dummy sampler run of a vLLM version over
-    ``rows`` × ``vocab`` logits."""
+    ``rows`` × ``vocab`` logits. ``flashinfer``: whether FlashInfer's top-k/top-p kernel runs
+    (installed and enabled: the start-up log prints "Using FlashInfer for top-p & top-k sampling"
+    or "Falling back to the PyTorch-native implementation"); None: the release's default."""
     native = torch_sort_sampler_bytes(rows, vocab)
+    if flashinfer:
+        return FLASHINFER_SAMPLER_BYTES[0], FLASHINFER_SAMPLER_BYTES[1], FLASHINFER_SAMPLER_BYTES[1]
+    if flashinfer is False:
+        if version in TRITON_KERNEL_V1 and rows >= TRITON_MIN_ROWS:
+            return TRITON_SAMPLER_BYTES, TRITON_SAMPLER_BYTES, TRITON_SAMPLER_BYTES + TRITON_BUFFER_BYTES
+        return native, native, native + NATIVE_SAMPLER_BAND[1]
     if version in TRITON_DEFAULT_V1 and rows >= TRITON_MIN_ROWS:
         return (FLASHINFER_SAMPLER_BYTES[0], TRITON_SAMPLER_BYTES,
                 TRITON_SAMPLER_BYTES + TRITON_BUFFER_BYTES)

@@ -166,7 +166,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                  f"({budget / GiB:.2f} GiB = {util} × {limit / GiB:.2f} GiB). Increase "
                  "--gpu-memory-utilization.")
     bpb = cache.bytes_per_block(stage.layers)  # global over the mesh (all data shards' pages)
-    core = vllm_core(core="0.33" if version == "0.32.0" else "0.2x", workers=[(avail, bpb)], layout=cache,
+    core = vllm_core(core="0.33" if version == "0.32.0" else "0.1x", workers=[(avail, bpb)], layout=cache,
                      max_model_len=length, auto_fit=auto_fit, batched_tokens=batched, state_blocks=1,
                      override=k["num_gpu_blocks_override"], longest=derived)
     error = error or core.error

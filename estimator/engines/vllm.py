@@ -2,18 +2,21 @@
 vllm/v1/core/kv_cache_utils.py) and of the releases old logs
 come from, the version being a knob:
 
-- ``"0.33"`` (current, ≥ 0.21 behaviour): ``available = ceil(total · util) − non-KV − CUDA graphs``;
-  the null block held back in the fit check; one "GPU KV cache size … Maximum concurrency" line.
-- ``"0.2x"`` (0.20–0.2x kv_cache_utils.py): no null block in the fit check, two capacity lines;
-  the CUDA-graph estimate subtracted (default since v0.21.0, PR #30515).
-- ``"0.17"`` (0.17–0.19), ``"0.11"`` (0.11–0.16) and ``"0.10"`` (0.10.x): ``non_kv =
+- ``"0.33"`` (current; 0.29–0.33): ``available = ceil(total · util) − non-KV − CUDA graphs``; the
+  null block held back in the fit check (vllm PR #47272, 0.29.0); one "GPU KV cache size …
+  Maximum concurrency" line (PR #50462, 0.28.0).
+- ``"0.2x"`` (0.20–0.28): no null block in the fit check, two capacity lines, the token count
+  ``int(concurrency × max_model_len)`` (0.20.1); the CUDA-graph estimate subtracted and
+  utilization 0.92 by default (vllm PR #38284, 0.20.0, though the log says "default since v0.21.0").
+- ``"0.17"`` (0.17–0.19), ``"0.11"`` (0.11–0.16) and ``"0.10"`` (0.9.1–0.10.x): ``non_kv =
   non_torch_increase + torch_peak_increase + weights`` (vllm/utils memory_profiling of those
   releases), no CUDA-graph term; they differ in the dummy sampler's top-k/top-p path
   (estimator.engines.non_kv ``sampler_bytes_per_logit``: FlashInfer in 0.10, the sort-based native
   path in 0.11, the Triton kernel from 0.17) and in what the snapshot sees: from 0.11 (vllm PR
   #25359) it is taken after NCCL init, so only the torch communicator the profile run creates is
   charged (estimator.engines.non_kv ``non_torch_band``).
-- ``"0.9"`` (V1 up to 0.9, vllm/v1/worker/gpu_worker.py @0012cf69 ``determine_available_memory``):
+- ``"0.9"`` (V1 0.8.0–0.9.0, vllm/v1/worker/gpu_worker.py @0012cf69 ``determine_available_memory``;
+  0.9.1 moved V1 to V0's memory_profiling, vllm PR #19312):
   ``available = total · util − (torch_peak + non_torch_allocations)``, no CUDA-graph term.
 - ``"v0"`` (the V0 engine from 0.6.5, vllm PR #10511 memory profiling): "# GPU blocks", its own
   error text, no CUDA-graph term, max_num_batched_tokens = max(max_model_len, 2048); the baseline
@@ -21,7 +24,7 @@ come from, the version being a knob:
 - ``"v0-early"`` (V0 0.2.5–0.6.4, vllm/worker/worker.py ``determine_num_available_blocks`` before
   PR #10511): the peak is free memory at worker start minus free memory after the profile run —
   every byte the process gained, NCCL included.
-Utilization defaults to 0.92 in 0.33 and 0.9 before. The version knob also takes the release a
+Utilization defaults to 0.92 from 0.20 and 0.9 before. The version knob also takes the release a
 user runs ("0.11.0", "v0.10.1.1"): ``release_family`` (estimator.engines.vllm_releases) maps it.
 
 Per worker (one device of a tensor/pipeline group; each data-parallel rank is its own engine, and
@@ -98,12 +101,14 @@ from meshes.validation import InputError
 
 NAME = "vllm"
 VERSIONS = ("0.33", "0.2x", "0.17", "0.11", "0.10", "0.9", "v0", "v0-early")
-CORE = {"0.33": "0.33", "0.2x": "0.2x", "0.17": "0.2x", "0.11": "0.2x", "0.10": "0.2x", "0.9": "0.2x",
+CORE = {"0.33": "0.33", "0.2x": "0.2x", "0.17": "0.1x", "0.11": "0.1x", "0.10": "0.1x", "0.9": "0.1x",
         "v0": "v0", "v0-early": "v0"}  # vllm_core semantics
-
-
 SNAPSHOT_AFTER_INIT = ("0.33", "0.2x", "0.17", "0.11")  # NCCL set up before the memory snapshot (PR #25359)
-GRAPH_VERSIONS = ("0.33", "0.2x")  # the CUDA-graph estimate is subtracted (default since v0.21.0)
+GRAPH_VERSIONS = ("0.33", "0.2x")  # the CUDA-graph estimate is subtracted (default from 0.20.0, PR #38284)
+# ceil(total · util) and round(GiB, 2) in the lines (vllm/v1/worker/utils.py request_memory, vllm/utils/
+# mem_utils.py format_gib: both in 0.15.1, neither in 0.11.1; the "0.11" family keeps the older form)
+CEIL_VERSIONS = ("0.33", "0.2x", "0.17")
+UTIL_092_VERSIONS = ("0.33", "0.2x")  # default gpu_memory_utilization 0.92 (0.9 before 0.20.0, PR #38284)
 MEASURED = ("weights_bytes", "activation_bytes", "non_torch_bytes", "cuda_graph_bytes",
             "context_bytes")  # the measured values this profile charges
 DEFAULT_BLOCK_SIZE = 16  # vllm/config/cache.py CacheConfig.DEFAULT_BLOCK_SIZE (§3.7)
@@ -125,7 +130,7 @@ def release_family(release: str) -> str:
 KNOBS = {
     "gpu_memory_utilization": Knob("gpu_memory_utilization", None, fraction(
         message="vLLM: gpu_memory_utilization is the fraction of total GPU memory for this instance "
-                "and must be > 0 and ≤ 1"), "0.92 (0.33), 0.9 (older)"),
+                "and must be > 0 and ≤ 1"), "0.92 (from 0.20), 0.9 (older)"),
     "max_model_len": Knob("max_model_len", None, integer(-1, 2**40, message="-1 (auto-fit) or a "
                           "positive length"), "default: the model's max_position_embeddings"),
     "block_size": Knob("block_size", None, choice(BLOCK_SIZES, "vLLM's --block-size choices"),
@@ -153,6 +158,10 @@ KNOBS = {
     "limit_mm_per_prompt": Knob("limit_mm_per_prompt", None, integer(0, 2**20),
                                 "images a prompt may carry (vllm --limit-mm-per-prompt '{\"image\": N}'; "
                                 "0: text only, no encoder profiling); default 999 (V1), 1 (V0)"),
+    "use_flashinfer_sampler": Knob("use_flashinfer_sampler", None, boolean,
+                                   "whether FlashInfer's top-k/top-p sampler runs (V1; env "
+                                   "VLLM_USE_FLASHINFER_SAMPLER with FlashInfer installed); default: the "
+                                   "release's (0.9.1–0.11.0 and from 0.21: when installed)"),
     "usage_context": Knob("usage_context", "openai_api_server", choice(USAGE),
                           "openai_api_server (vllm serve) or llm_class (LLM(...)): batch defaults"),
 }
@@ -273,7 +282,7 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
               longest: int) -> CoreResult:
     """Block counting, fit check, max-length estimate and capacity lines of vLLM's core.
 
-    ``workers`` are (available KV bytes, bytes per block) per worker; ``core`` is "0.33", "0.2x"
+    ``workers`` are (available KV bytes, bytes per block) per worker; ``core`` is "0.33", "0.2x", "0.1x"
     or "v0"; ``longest`` bounds the max-length search (the model's max position).
     """
     bs = layout.block_size
@@ -352,9 +361,9 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
     blocks = override if override is not None else min(max(a // b, 0) for a, b in workers)
     per_request = layout.blocks_per_request(length, batched_tokens, state_blocks)
     concurrency = blocks / per_request if per_request else 0.0
-    if core == "0.33":
+    if core in ("0.33", "0.2x"):  # from 0.20.1 (kv_cache_utils.py get_kv_cache_capacity)
         tokens = int(concurrency * length)
-    else:  # ≤ 0.2x: num_blocks // num_groups × min block size
+    else:  # ≤ 0.20.0: num_blocks // num_groups × min block size
         tokens = blocks // len(layout.groups) * bs
     if error is None:
         if core == "0.33":
@@ -414,6 +423,10 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         weights -= min(int(k["cpu_offload_gb"] * GiB), params)
         source += " − cpu_offload_gb"
     v0 = version.startswith("v0")
+    if v0 and k["use_flashinfer_sampler"] is not None:
+        raise InputError("use_flashinfer_sampler", k["use_flashinfer_sampler"],
+                         f"unset for the V0 engine (version {version}): the choice of top-k/top-p kernel "
+                         "kvfit models is V1's")
     profiled = encoder_items(m, version, batched=batched, seqs=seqs, max_model_len=max_model_len,
                              limit=k["limit_mm_per_prompt"])
     # V0 shrinks max_num_seqs to the dummy sequences that carry the images (``limit`` each), on
@@ -428,7 +441,8 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
     images = profiled if stage == 0 else 0
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=tokens,
                           sampler_rows=rows, last_stage=stage == lay.pipeline - 1,
-                          sampler_bytes_per_logit=sampler_bytes_per_logit(version, rows, m.vocab_size),
+                          sampler_bytes_per_logit=sampler_bytes_per_logit(version, rows, m.vocab_size,
+                                                                          k["use_flashinfer_sampler"]),
                           # DP + expert parallel (EP = DP x TP): the naive all-to-all gathers every DP
                           # rank's tokens before the experts (non_kv.forward_bytes); V1 only
                           moe_gather=lay.data if (m.is_moe and lay.data > 1 and lay.expert > 1
@@ -476,7 +490,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                          f"1 or data × tensor = {lay.data * lay.tensor} for vLLM (--enable-expert-parallel "
                          "spans every data and tensor rank)")
     m = apply_model_knobs(setup.model, k["quantization"], k["dtype"])
-    util = k["gpu_memory_utilization"] or (0.92 if version == "0.33" else 0.9)
+    util = k["gpu_memory_utilization"] or (0.92 if version in UTIL_092_VERSIONS else 0.9)
     length, auto_fit = _check_length(setup, k["max_model_len"])
     if auto_fit and version.startswith("v0"):
         raise InputError("max_model_len", -1, "a positive length (auto-fit needs the V1 engine)")
@@ -510,7 +524,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
             nk = non_kv_terms(setup, m, stage_weights=stage.weight_bytes, stage=s, stage_layers=stage.layers,
                               kv_heads_per_shard=geom.kv_heads_per_shard, batched=batched, seqs=seqs,
                               graphs=graphs, max_model_len=length)
-            requested = scaled(stats.bytes_limit, util, ceil=version == "0.33")
+            requested = scaled(stats.bytes_limit, util, ceil=version in CEIL_VERSIONS)
             context = setup.measured.get("context_bytes", CONTEXT.central)
             if stats.free - context < requested and startup_error is None:
                 startup_error = (f"Free memory on device cuda:{rank} ({stats.free / GiB:.2f}/"
@@ -548,7 +562,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     if graphs:
         lines.append(f"Estimated CUDA graph memory: {nk.get('cuda_graph') / GiB:.2f} GiB total")
     if not version.startswith("v0"):
-        shown = format_gib(avail) if version == "0.33" else gib2(avail)
+        shown = format_gib(avail) if version in CEIL_VERSIONS else gib2(avail)
         lines.append(f"Available KV cache memory: {shown} GiB")
     lines += list(cache.notes) + list(core.lines)
     estimated = estimated_flags(lines, ("the current vLLM instance can use", "Setting attention block size",

@@ -4,8 +4,9 @@ Users know the release they run ("0.11.0", "v0.10.1.1", "0.8.5.post1", an NVIDIA
 "0.11.0+582e4e37.nv25.11", a nightly's "0.16.0rc2.dev377+g…"), not kvfit's family names; the
 families (estimator.engines.vllm) differ in the start-up arithmetic, so the release picks one. Each
 family starts at the first release carrying the change that sets it apart (``FAMILY_STARTS``).
-A nightly counts as the release it is numbered after: builds of main between two releases can
-carry changes of the next one, which the family bands leave room for.
+The boundaries were read from the release wheels' code (PyPI). A nightly ("0.16.0rc2.dev377")
+counts as the release in its number: builds of main between two releases can carry changes of
+the next one, which the family bands leave room for.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ from meshes.validation import InputError
 
 # (first release, family), newest first, with the change each family begins with:
 FAMILY_STARTS: tuple[tuple[tuple[int, int, int], str], ...] = (
-    # 0.30: the null block held back in the fit check, utilization 0.92, one capacity line
-    ((0, 30, 0), "0.33"),
-    # 0.20: FlashInfer top-k/top-p by default again (vllm PR #40376, 2026-04-20); the CUDA-graph
-    # estimate subtracted (on by default from 0.21, vllm PR #30515)
+    # 0.29.0: the null block held back in the fit check (vllm PR #47272); one capacity line since 0.28.0
+    ((0, 29, 0), "0.33"),
+    # 0.20.0: the CUDA-graph estimate subtracted and utilization 0.92 by default (vllm PR #38284);
+    # FlashInfer top-k/top-p by default again from 0.21.0 (PR #40376)
     ((0, 20, 0), "0.2x"),
-    # 0.17: the Triton top-k/top-p kernel (vllm PR #33538)
+    # 0.17.0: the Triton top-k/top-p kernel (vllm PR #33538; topk_topp_triton.py is not in 0.16.0)
     ((0, 17, 0), "0.17"),
-    # 0.11: memory snapshot after NCCL set-up (vllm PR #25359); native sampler (PR #26859)
+    # 0.11.0: memory snapshot after NCCL set-up (vllm PR #25359); FlashInfer sampler opt-in from
+    # 0.11.1 (PR #26859) and a wheel dependency only from then
     ((0, 11, 0), "0.11"),
-    # 0.9.2: V1's worker profiles with V0's memory_profiling (vllm PR #19312)
-    ((0, 9, 2), "0.10"),
+    # 0.9.1: V1's worker profiles with V0's memory_profiling (vllm PR #19312)
+    ((0, 9, 1), "0.10"),
     # 0.8.0: the V1 engine by default (VLLM_USE_V1=1), total · util − (torch peak + non-torch)
     ((0, 8, 0), "0.9"),
     # 0.6.5: V0's memory profiling overhaul (vllm PR #10511)
