@@ -68,6 +68,11 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "neuralmagic/meta-llama-3.1-70b-instruct-quantized.w8a8": ("meta-llama/Llama-3.1-70B",
                                                                 {"weight_quant": "fp8"}),
     "meta-llama/llama-2-7b": ("meta-llama/Llama-2-7b-hf", {}),
+    # the -2507 releases keep the architecture and raise the context to 262,144 (their model cards);
+    # the -FP8 checkpoints are 128x128 block-scaled fp8 like Qwen3-235B-A22B-FP8's vendored config
+    "qwen/qwen3-30b-a3b-instruct-2507-fp8": ("Qwen/Qwen3-30B-A3B", {
+        "weight_quant": "fp8_block", "max_position_embeddings": 262144}),
+    "qwen/qwen3-235b-a22b-instruct-2507-fp8": ("Qwen/Qwen3-235B-A22B-FP8", {"max_position_embeddings": 262144}),
     "qwen/qwen3-30b-a3b-instruct": ("Qwen/Qwen3-30B-A3B", {}),  # -2507: same architecture
     "deepseek-ai/deepseek-v3.2-exp": ("deepseek-ai/DeepSeek-V3.2", {}),  # V3.2 is the Exp architecture
     "cognitivecomputations/deepseek-v3-0324-awq": ("deepseek-ai/DeepSeek-V3", {"weight_quant": "awq"}),
@@ -253,13 +258,13 @@ def vllm_version(case_doc: dict[str, Any]) -> str:
         m = re.search(r"\b0\.(\d+)\.(\d+|x)", text)  # "0.6.4.x", "0.4.x"; "0.6.x" goes with the later rule
         early = m and (int(m.group(1)) < 6 or (m.group(1) == "6" and m.group(2) != "x" and int(m.group(2)) < 5))
         return "v0-early" if early else "v0"
+    if release:
+        family = vllm.release_family(release.group())
+        return "0.9" if family.startswith("v0") else family  # a V1 dev build before 0.8 (VLLM_USE_V1=1)
     if "<=0.9" in bucket:
         return "0.9"
     if "0.2x" in text or (minor is None and "0.10-0.19" not in bucket):
         return "0.2x"
-    if release:
-        family = vllm.release_family(release.group())
-        return "0.9" if family.startswith("v0") else family  # a V1 dev build before 0.8 (VLLM_USE_V1=1)
     if minor is None:
         return "0.11"
     return vllm.release_family(f"0.{minor.group(1)}.0")  # "0.11.x": the family of the minor release
@@ -378,6 +383,17 @@ def load_case(path: Path) -> Case:
     return case
 
 
+def sampler_in_log(lines: Iterable[str]) -> bool | None:
+    """Whether a V1 log says FlashInfer's top-k/top-p sampler runs (vllm/v1/sample/ops/
+    topk_topp_sampler.py prints one of these at start-up), None when it says neither."""
+    text = "\n".join(map(str, lines))
+    if "Using FlashInfer for top-p & top-k sampling" in text:
+        return True
+    if "Falling back to the PyTorch-native implementation of top-p & top-k sampling" in text:
+        return False
+    return None
+
+
 def knobs_for(engine: str, version: str, doc: dict[str, Any], flags: dict[str, Any],
               model: ModelSpec) -> dict[str, Any]:
     """The profile knobs a log's flags state (a "default" flag is left to the profile's default).
@@ -400,10 +416,14 @@ def knobs_for(engine: str, version: str, doc: dict[str, Any], flags: dict[str, A
             v = number(flags.get(name))
             if v:
                 knobs[name] = int(v)
-        for name in ("enforce_eager", "enable_prefix_caching", "enable_lora", "disable_custom_all_reduce"):
+        for name in ("enforce_eager", "enable_prefix_caching", "enable_lora", "disable_custom_all_reduce",
+                     "use_flashinfer_sampler"):
             v = boolean(flags.get(name))
             if v is not None:
                 knobs[name] = v
+        sampler = sampler_in_log(doc.get("raw_lines") or [])
+        if sampler is not None and not version.startswith("v0"):
+            knobs.setdefault("use_flashinfer_sampler", sampler)
         if kv in ("fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16"):
             knobs["kv_cache_dtype"] = kv
         dt = first_word(flags.get("dtype") or doc.get("dtype"))
