@@ -523,3 +523,19 @@ def test_the_sampler_kernel_a_log_names_sets_the_activation(version, flashinfer,
 def test_the_v0_engine_has_no_sampler_knob():
     with pytest.raises(InputError, match="use_flashinfer_sampler"):
         engine_plan("qwen3-8b", "1xA100-40GB", engine="vllm", version="v0", use_flashinfer_sampler=True)
+
+
+def test_v1_before_0_9_1_counts_the_whole_device_as_non_torch():
+    # 0.8.0–0.9.0: non-torch = mem_get_info total − free − torch allocated: the CUDA context (0.5 GiB
+    # central) and another process's 3 GiB join the base (0.25 GiB here); no start-up refusal either
+    from meshes import DeviceMesh
+
+    busy = DeviceMesh.from_preset("1xH100-80GB", bytes_in_use=3 * GiB)
+    with calibrated(SYN):
+        old = engine_plan("llama-3.1-8b", busy, engine="vllm", version="0.9", max_model_len=8192)
+        new = engine_plan("llama-3.1-8b", busy, engine="vllm", version="0.10", max_model_len=8192)
+        pinned = engine_plan("llama-3.1-8b", busy, engine="vllm", version="0.9", max_model_len=8192,
+                             context_bytes=GiB)
+    assert old.non_kv.get("non_torch") == GiB // 4 + GiB // 2 + 3 * GiB and old.starts
+    assert pinned.non_kv.get("non_torch") == GiB // 4 + GiB + 3 * GiB
+    assert new.non_kv.get("non_torch") == GiB // 4  # a snapshot after the context sees neither

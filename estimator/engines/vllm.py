@@ -17,7 +17,9 @@ come from, the version being a knob:
   charged (estimator.engines.non_kv ``non_torch_band``).
 - ``"0.9"`` (V1 0.8.0–0.9.0, vllm/v1/worker/gpu_worker.py @0012cf69 ``determine_available_memory``;
   0.9.1 moved V1 to V0's memory_profiling, vllm PR #19312):
-  ``available = total · util − (torch_peak + non_torch_allocations)``, no CUDA-graph term.
+  ``available = total · util − (torch_peak + non_torch_allocations)``, the non-torch part all the
+  device holds beyond torch's allocations (the CUDA context and other processes included); no
+  CUDA-graph term and no free-memory check at start-up.
 - ``"v0"`` (the V0 engine from 0.6.5, vllm PR #10511 memory profiling): "# GPU blocks", its own
   error text, no CUDA-graph term, max_num_batched_tokens = max(max_model_len, 2048); the baseline
   is taken after the communicators exist, so NCCL is charged only for what grows while profiling.
@@ -108,6 +110,12 @@ GRAPH_VERSIONS = ("0.33", "0.2x")  # the CUDA-graph estimate is subtracted (defa
 # ceil(total · util) and round(GiB, 2) in the lines (vllm/v1/worker/utils.py request_memory, vllm/utils/
 # mem_utils.py format_gib: both in 0.15.1, neither in 0.11.1; the "0.11" family keeps the older form)
 CEIL_VERSIONS = ("0.33", "0.2x", "0.17")
+# V1 before 0.9.1 counts as non-torch everything the device holds beyond torch's allocations —
+# ``mem_get_info`` total − free − torch allocated — so the CUDA context and other processes' memory too
+DEVICE_WIDE_NON_TORCH = ("0.9",)
+DEVICE_WIDE_SOURCE = "vllm/v1/worker/gpu_worker.py determine_available_memory of 0.8.0–0.9.0"
+# no free-memory check at start-up before V1's 0.9.1 (gpu_worker.py init_device): V0 and V1 0.8–0.9.0 start
+NO_STARTUP_CHECK = ("0.9", "v0", "v0-early")
 UTIL_092_VERSIONS = ("0.33", "0.2x")  # default gpu_memory_utilization 0.92 (0.9 before 0.20.0, PR #38284)
 MEASURED = ("weights_bytes", "activation_bytes", "non_torch_bytes", "cuda_graph_bytes",
             "context_bytes")  # the measured values this profile charges
@@ -406,8 +414,10 @@ def _check_length(setup: Setup, requested: int | None) -> tuple[int, bool]:
 
 # ----------------------------------------------------------------------------- profile
 def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, stage_layers: range,
-                 kv_heads_per_shard: int, batched: int, seqs: int, graphs: bool, max_model_len: int) -> NonKV:
-    """vLLM's non-KV terms on one worker of pipeline stage ``stage`` (estimator.engines.non_kv)."""
+                 kv_heads_per_shard: int, batched: int, seqs: int, graphs: bool, max_model_len: int,
+                 others: int = 0) -> NonKV:
+    """vLLM's non-KV terms on one worker of pipeline stage ``stage`` (estimator.engines.non_kv);
+    ``others``: bytes other processes hold on its device."""
     lay, k, version, measured = setup.layout, setup.knobs, setup.version, setup.measured
     params = torch_param_bytes(m, stage_weights, stage=stage, tensor=lay.tensor)  # what cpu_offload_gb moves
     weights = params + rotary_cache_bytes(m)
@@ -450,15 +460,20 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
                                                   and not v0) else 1,
                           images=images, encoder_outputs_held=not v0)
     link = interconnect(setup.mesh.device_kinds[0])
+    non_torch = non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
+                               custom_ar=not k["disable_custom_all_reduce"],
+                               data=1 if version.startswith("v0") else lay.data,
+                               snapshot_after_init=version in SNAPSHOT_AFTER_INIT)
+    non_torch_source = NON_TORCH_SOURCE
+    if version in DEVICE_WIDE_NON_TORCH:
+        context = measured.get("context_bytes")
+        non_torch = non_torch + (CONTEXT if context is None else Band.exact(context)) + Band.exact(others)
+        non_torch_source += "; + the CUDA context and other processes' memory (" + DEVICE_WIDE_SOURCE + ")"
     terms = [
         term("weights", Band.exact(weights), source, measured.get("weights_bytes")),
         term("activation", act, f"{ENCODER_SOURCE} + {ACTIVATION_SOURCE}" if images else ACTIVATION_SOURCE,
              measured.get("activation_bytes")),
-        term("non_torch", non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
-                                         custom_ar=not k["disable_custom_all_reduce"],
-                                         data=1 if version.startswith("v0") else lay.data,
-                                         snapshot_after_init=version in SNAPSHOT_AFTER_INIT),
-             NON_TORCH_SOURCE, measured.get("non_torch_bytes")),
+        term("non_torch", non_torch, non_torch_source, measured.get("non_torch_bytes")),
         term("cuda_graph", graph_band(m, lay.tensor, kv_heads_per_shard, seqs, batched,
                                       k["max_cudagraph_capture_size"]) if graphs else Band.exact(0),
              CUDA_GRAPH_SOURCE, measured.get("cuda_graph_bytes")),
@@ -523,10 +538,10 @@ def compute(setup: Setup, which: str) -> EnginePlan:
             stage = geom.stages[s]
             nk = non_kv_terms(setup, m, stage_weights=stage.weight_bytes, stage=s, stage_layers=stage.layers,
                               kv_heads_per_shard=geom.kv_heads_per_shard, batched=batched, seqs=seqs,
-                              graphs=graphs, max_model_len=length)
+                              graphs=graphs, max_model_len=length, others=stats.bytes_in_use)
             requested = scaled(stats.bytes_limit, util, ceil=version in CEIL_VERSIONS)
             context = setup.measured.get("context_bytes", CONTEXT.central)
-            if stats.free - context < requested and startup_error is None:
+            if stats.free - context < requested and startup_error is None and version not in NO_STARTUP_CHECK:
                 startup_error = (f"Free memory on device cuda:{rank} ({stats.free / GiB:.2f}/"
                                  f"{stats.bytes_limit / GiB:.2f} GiB) on startup is less than desired GPU "
                                  f"memory utilization ({util}, {requested / GiB:.2f} GiB). Decrease GPU "
