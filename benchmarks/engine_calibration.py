@@ -366,6 +366,10 @@ def load_case(path: Path) -> Case:
     case.model = model
     try:
         case.knobs = knobs_for(engine, case.version, doc, flags, model)
+        if engine == "vllm":  # the release itself where the log prints one of the family's
+            release = RELEASE_IN_TEXT.search(str(doc.get("engine_version", "")))
+            if release and vllm.release_family(release.group()) == case.version:
+                case.knobs["version"] = release.group()
     except ValueError as err:
         case.skip = str(err)
         return case

@@ -58,3 +58,17 @@ def test_a_release_plans_as_its_family():
 def test_engines_without_releases_keep_their_names():
     with pytest.raises(InputError, match="one of 0.5.23"):
         engine_plan("llama-3.1-8b", "1xH100-80GB", engine="sglang", version="0.4.9")
+
+
+@pytest.mark.parametrize("release, mesh, batched, seqs", [
+    # vllm/engine/arg_utils.py of each release (the API server's defaults)
+    ("0.8.0", "1xH100-80GB", 8192, 1024), ("0.8.3", "1xA10-24GB", 2048, 1024),  # by name; 1024 for all
+    ("0.8.4", "1xH20-96GB", 2048, 256), ("0.8.4", "1xH200-141GB", 8192, 1024),  # by name, 256 for others
+    ("0.8.5", "1xA100-80GB", 8192, 1024), ("0.8.5", "1xH20-96GB", 8192, 1024),  # ≥ 70 GiB
+    ("0.9.0", "1xA100-80GB", 2048, 256), ("0.19.1", "1xH20-96GB", 8192, 1024),  # A100s left out
+    ("0.27.0", "1xB200-192GB", 8192, 1024), ("0.28.0", "1xB200-192GB", 16384, 1024),  # ≥ 160 GiB
+    ("0.9", "1xA100-80GB", 2048, 256), ("0.33", "1xB200-192GB", 16384, 1024),  # a family: its newest rule
+])
+def test_batch_defaults_follow_the_release(release, mesh, batched, seqs):
+    plan = engine_plan("llama-3.1-8b", mesh, engine="vllm", version=release, max_model_len=8192)
+    assert (plan.knobs["max_num_batched_tokens"], plan.knobs["max_num_seqs"]) == (batched, seqs)

@@ -192,6 +192,7 @@ class Setup:
     layout: Layout
     knobs: dict[str, Any]
     measured: dict[str, int]
+    release: str | None = None  # the engine release the user named, when it was one ("0.8.5")
 
 
 def unknown_knob(engine: str, name: str, value: Any, knobs: Mapping[str, Knob]) -> InputError:
@@ -231,8 +232,9 @@ def make_setup(engine: str, versions: tuple[str, ...], knob_specs: Mapping[str, 
     layout = Layout.resolve(layout, mesh)
     given = dict(knobs)
     version = given.pop("version", None) or versions[0]
+    release = None
     if version not in versions and release_family is not None:
-        version = release_family(version)
+        release, version = str(version).strip(), release_family(version)
     if version not in versions:
         raise InputError("version", version, f"one of {', '.join(versions)} ({engine} semantics "
                          "kvfit follows)")
@@ -252,7 +254,7 @@ def make_setup(engine: str, versions: tuple[str, ...], knob_specs: Mapping[str, 
         value = given.get(name)
         value = spec.default if value is None else value  # None given means the engine's default
         resolved[name] = spec.check(name, value) if value is not None else None
-    return Setup(engine, version, model, mesh, layout, resolved, measured)
+    return Setup(engine, version, model, mesh, layout, resolved, measured, release)
 
 
 PLATFORMS = {"max": ("gpu", "cpu"), "vllm": ("gpu",), "sglang": ("gpu",), "trtllm": ("gpu",),

@@ -85,7 +85,6 @@ from estimator.engines.non_kv import (
     capture_graph_band,
     cudagraph_capture_sizes,
     encoder_items,
-    gpu_class,
     interconnect,
     lora_slot_bytes,
     mxfp4_padding_bytes,
@@ -98,6 +97,7 @@ from estimator.engines.non_kv import (
     v0_dummy_sequences,
 )
 from estimator.engines.vllm_releases import release_family as _family_of
+from estimator.engines.vllm_releases import release_number
 from estimator.model.spec import ModelSpec
 from meshes.validation import InputError
 
@@ -384,16 +384,35 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
 
 
 # ----------------------------------------------------------------------------- defaults
-def batch_defaults(version: str, cls: str, usage: str, max_model_len: int) -> tuple[int, int]:
-    """(max_num_batched_tokens, max_num_seqs) when unset (§3.1 item 4, item 6)."""
+# The release a family's batch defaults follow when only the family is named
+FAMILY_RELEASE = {"0.33": (0, 33, 0), "0.2x": (0, 20, 0), "0.17": (0, 17, 0), "0.11": (0, 11, 0),
+                  "0.10": (0, 10, 0), "0.9": (0, 9, 0)}
+
+
+def batch_defaults(version: str, total_bytes: int, device_kind: str, usage: str, max_model_len: int,
+                   release: str | None = None) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) when unset (vllm/engine/arg_utils.py
+    ``_set_default_args_v1`` / ``get_batch_defaults`` of each release, §3.1 item 4, item 6):
+    0.8.0–0.8.3 raise the token budget on H100/H200 by name and give every GPU 1024 sequences;
+    0.8.4 also gives the others 256; 0.8.5 picks by memory (≥ 70 GiB); 0.9.0 leaves A100s out of
+    that class (PR #17885); 0.28.0 adds ≥ 160 GiB cards (B200/B300) at 16384 tokens for the server too."""
     if version.startswith("v0"):  # chunked prefill off; on automatically above 32K with 2048 tokens
         return (2048 if max_model_len > 32768 else max(max_model_len, 2048)), 256
+    number = release_number(release) if release else None
+    number = number or FAMILY_RELEASE[version]
     llm = usage == "llm_class"
-    if cls == "large":
+    name = device_kind.lower()
+    by_name = "h100" in name or "h200" in name
+    large = (16384 if llm else 8192), 1024
+    small = (8192 if llm else 2048), 256
+    if number < (0, 8, 4):
+        return (large[0] if by_name else small[0]), 1024
+    if number < (0, 8, 5):
+        return large if by_name else small
+    if number >= (0, 28, 0) and total_bytes >= 160 * GiB:
         return 16384, 1024
-    if cls == "hbm":
-        return (16384 if llm else 8192), 1024
-    return (8192 if llm else 2048), 256
+    big = total_bytes >= 70 * GiB and (number < (0, 9, 0) or "a100" not in name)
+    return large if big else small
 
 
 def _check_length(setup: Setup, requested: int | None) -> tuple[int, bool]:
@@ -518,8 +537,8 @@ def compute(setup: Setup, which: str) -> EnginePlan:
         cache = CacheLayout((KVGroup(tuple(i for i, kv in enumerate(kvs) if holds_kv(kv))),),
                             block, block * max(kv.token_bytes for kv in kvs), ())
     first = mesh.stats[0]
-    cls = gpu_class(first.bytes_limit, mesh.device_kinds[0])
-    d_tokens, d_seqs = batch_defaults(version, cls, k["usage_context"], length)
+    d_tokens, d_seqs = batch_defaults(version, first.bytes_limit, mesh.device_kinds[0], k["usage_context"],
+                                      length, setup.release)
     batched = k["max_num_batched_tokens"] or d_tokens
     seqs = k["max_num_seqs"] or d_seqs
     graphs = version in GRAPH_VERSIONS and not k["enforce_eager"]

@@ -45,6 +45,14 @@ _RELEASE = re.compile(
     re.IGNORECASE)
 
 
+def release_number(release: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of a release string, None for text that is not one."""
+    match = _RELEASE.fullmatch(str(release).strip())
+    if match is None:
+        return None
+    return int(match["major"]), int(match["minor"]), int(match["patch"] or 0)
+
+
 def release_family(release: str, families: tuple[str, ...]) -> str:
     """The family of ``release`` (a family name itself is returned as it is); an InputError for
     text that is no vLLM release, a source build without a tag, or a release before 0.2.5."""
@@ -53,16 +61,13 @@ def release_family(release: str, families: tuple[str, ...]) -> str:
         return text
     allowed = (f"a vLLM release from {'.'.join(map(str, FIRST_MODELLED))} (e.g. 0.11.0, v0.10.1.1, "
                f"0.8.5.post1) or one of {', '.join(families)}")
-    match = _RELEASE.fullmatch(text)
-    if match is None:
+    number = release_number(text)
+    if number is None:
         raise InputError("version", release, allowed)
-    major, minor = int(match["major"]), int(match["minor"])
-    patch = int(match["patch"] or 0)
-    if (major, minor) < (0, 2) and "dev" in match["pre"].lower():
+    if number[:2] < (0, 2) and "dev" in text.lower():
         raise InputError("version", release, "a tagged vLLM release (this reads like a source build "
                          "without tags, numbered 0.1.devN); name the release it was built from "
                          f"or one of {', '.join(families)}")
-    number = (major, minor, patch)
     if number < FIRST_MODELLED:
         raise InputError("version", release, allowed + " — before 0.2.5 vLLM's profile charged no "
                          "non-torch memory at all (vllm PR #2031), which kvfit does not model")
