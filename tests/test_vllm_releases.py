@@ -35,10 +35,11 @@ def test_family_names_are_kept(family):
 
 @pytest.mark.parametrize("release, says", [
     ("0.2.4", "before 0.2.5"),
+    ("0.34.0", "does not model yet"), ("1.0.0", "pass version=0.33"),
     ("0.1.dev3512+g388ee3d", "source build without tags"),
-    ("latest", "a vLLM release from 0.2.5"),
-    ("0.11.0; rm -rf /", "a vLLM release from 0.2.5"),
-    ("", "a vLLM release from 0.2.5"),
+    ("latest", "a vLLM release 0.2.5–0.33.x"),
+    ("0.11.0; rm -rf /", "a vLLM release 0.2.5–0.33.x"),
+    ("", "a vLLM release 0.2.5–0.33.x"),
 ])
 def test_what_is_no_release_is_refused(release, says):
     with pytest.raises(InputError) as err:

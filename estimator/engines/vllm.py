@@ -28,6 +28,8 @@ come from, the version being a knob:
   every byte the process gained, NCCL included.
 Utilization defaults to 0.92 from 0.20 and 0.9 before. The version knob also takes the release a
 user runs ("0.11.0", "v0.10.1.1"): ``release_family`` (estimator.engines.vllm_releases) maps it.
+0.34 is refused by name: it sizes the KV cache from memory measured after warmup and CUDA-graph
+capture (the extensible KV cache), which these families do not describe.
 
 Per worker (one device of a tensor/pipeline group; each data-parallel rank is its own engine, and
 ``max_num_seqs`` / ``max_num_batched_tokens`` are per data-parallel rank, as vLLM means them):

@@ -37,6 +37,10 @@ FAMILY_STARTS: tuple[tuple[tuple[int, int, int], str], ...] = (
     ((0, 2, 5), "v0-early"),
 )
 FIRST_MODELLED = FAMILY_STARTS[-1][0]
+# 0.34.0 sizes the KV cache from the memory measured after warmup and CUDA-graph capture (the
+# extensible KV cache, on by default on CUDA and ROCm, with gpu_memory_utilization then 1.0:
+# vllm/v1/worker/extensible_kv_cache.py measure_kv_cache_bytes), which kvfit does not model yet
+NOT_YET_MODELLED = (0, 34, 0)
 
 _RELEASE = re.compile(
     r"v?(?P<major>\d+)\.(?P<minor>\d+)(?:\.(?P<patch>\d+))?(?:\.\d+)*"  # 0.10.1.1: a fourth part
@@ -59,7 +63,7 @@ def release_family(release: str, families: tuple[str, ...]) -> str:
     text = str(release).strip()
     if text in families:
         return text
-    allowed = (f"a vLLM release from {'.'.join(map(str, FIRST_MODELLED))} (e.g. 0.11.0, v0.10.1.1, "
+    allowed = (f"a vLLM release {'.'.join(map(str, FIRST_MODELLED))}–0.33.x (e.g. 0.11.0, v0.10.1.1, "
                f"0.8.5.post1) or one of {', '.join(families)}")
     number = release_number(text)
     if number is None:
@@ -71,4 +75,9 @@ def release_family(release: str, families: tuple[str, ...]) -> str:
     if number < FIRST_MODELLED:
         raise InputError("version", release, allowed + " — before 0.2.5 vLLM's profile charged no "
                          "non-torch memory at all (vllm PR #2031), which kvfit does not model")
+    if number >= NOT_YET_MODELLED:
+        raise InputError("version", release, allowed + " — from 0.34 vLLM sizes the KV cache after "
+                         "warmup and CUDA-graph capture (the extensible KV cache, gpu_memory_utilization "
+                         "1.0 by default), which kvfit does not model yet; with "
+                         "--no-enable-extensible-kv-cache it sizes as 0.33 does: pass version=0.33")
     return next(family for start, family in FAMILY_STARTS if number >= start)
