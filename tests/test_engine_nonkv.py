@@ -117,26 +117,34 @@ def test_cuda_graph_term_follows_the_capture_sizes():
 
 def test_dummy_sampler_over_max_num_seqs_by_version():
     # 2048 batched tokens: forward 2048 × 110,592 B = 0.21 GiB; the sampler over 1024 rows dominates
-    # V1 with FlashInfer top-k/top-p (0.10.x, 0.2x on): bf16 logits 2 + fp32 logits 4 + fp32
-    # probabilities 4 = 10 B (H100 V1 logs of Llama-3.1-8B at 1024 seqs print 1.21–1.24 GiB:
-    # 1024 × 128,256 × 10 B = 1.22 GiB); its band reaches the native sort's band top (38 + 2 B)
-    logits = 1024 * 128256
-    for version in ("0.33", "0.2x", "0.10"):
+    # V1 with FlashInfer top-k/top-p (by default where installed: 0.8.0–0.11.0 and from 0.21): bf16
+    # logits 2 + fp32 logits 4 + fp32 probabilities 4 = 10 B; the band reaches what runs without
+    # FlashInfer: the native sort's band top (38 + 2 B) before 0.17, the Triton kernel's 14 + 4 B after
+    # From 0.9.2 (and in V0) the dummy forward's 2048 × 4096 bf16 hidden states stay alive beside it
+    logits, hidden = 1024 * 128256, 2048 * 4096 * 2
+    for version, without, held in (("0.33", 18, hidden), ("0.2x", 18, hidden), ("0.10", 40, hidden),
+                                   ("0.9", 40, 0)):
         p = vllm(version=version, max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
         act = next(t for t in p.non_kv.terms if t.name == "activation").band
-        assert (act.central, act.high) == (logits * 10, logits * 40)
-    # V1 0.8.x–0.9.0 (FlashInfer >= 0.2.3 off: vllm PR #14815 until PR #15777), 0.11–0.16
-    # (FlashInfer opt-in: PR #26859 until PR #40376) and V0 sort the fp32 logits; at ≥ 128 rows
-    # PyTorch's segmented sort holds bf16 2 + fp32 4 + sorted values 4 + int64 indices 8 + int64
+        assert (act.low, act.central, act.high) == (held + logits * 8, held + logits * 10,
+                                                    held + logits * without)
+    # 0.11.1–0.16 (FlashInfer opt-in: PR #26859 until PR #40376) and V0 sort the fp32 logits; at ≥ 128
+    # rows PyTorch's segmented sort holds bf16 2 + fp32 4 + sorted values 4 + int64 indices 8 + int64
     # reverse indices 8 + cub's alternate key/value buffers 4 + 8 = 38 B; band from FlashInfer's 8 B to 40 B
-    for version in ("0.9", "0.11", "v0"):
+    for version in ("0.11", "v0"):
         p = vllm(version=version, max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
         act = next(t for t in p.non_kv.terms if t.name == "activation").band
-        assert (act.low, act.central, act.high) == (logits * 8, logits * 38, logits * 40)
+        assert (act.low, act.central, act.high) == (hidden + logits * 8, hidden + logits * 38,
+                                                    hidden + logits * 40)
+    # 0.11.0 itself still ran FlashInfer where installed; 0.20.x ran the Triton kernel
+    p = vllm(version="0.11.0", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
+    assert p.non_kv.get("activation") == hidden + logits * 10
+    p = vllm(version="0.20.2", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
+    assert p.non_kv.get("activation") == hidden + logits * 14
     # 64 rows: sorted as one array — two int2 index/segment arrays 16 + a key buffer 4 + cub's key
     # and int2 buffers 12 beside the 18 B held = 50 B, which beats the forward pass at 2048 tokens
     few = vllm(version="0.11", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=64)
-    assert few.non_kv.get("activation") == max(64 * 128256 * 50, 2048 * 110_592)
+    assert few.non_kv.get("activation") == max(hidden + 64 * 128256 * 50, 2048 * 110_592)
     small = vllm(version="0.10", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=64)
     assert small.non_kv.get("activation") == 2048 * 110_592  # the forward pass wins
     # 0.17–0.19: the Triton kernel (vllm PR #33538) masks the fp32 logits in place from 8 rows on;
@@ -145,9 +153,10 @@ def test_dummy_sampler_over_max_num_seqs_by_version():
     # batch is sorted (50 B)
     p = vllm(version="0.17", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
     act = next(t for t in p.non_kv.terms if t.name == "activation").band
-    assert (act.low, act.central, act.high) == (logits * 8, logits * 14, logits * 18)
+    assert (act.low, act.central, act.high) == (hidden + logits * 8, hidden + logits * 14,
+                                                hidden + logits * 18)
     tiny = vllm(version="0.17", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=4)
-    assert tiny.non_kv.get("activation") == max(4 * 128256 * 50, 2048 * 110_592)
+    assert tiny.non_kv.get("activation") == max(hidden + 4 * 128256 * 50, 2048 * 110_592)
 
 
 def test_torch_sort_peak_by_rows():
@@ -163,12 +172,13 @@ def test_gpt_oss_120b_sampler_peak_matches_the_vllm_0_11_log():
     # vllm-project/vllm #27508 (0.11, one H100, --gpu-memory-utilization 0.95
     # --max-num-batched-tokens 1024): 1.71 GiB of KV; #23278 logs the weights, 65.97 GiB. What
     # the profile charged beside them: 0.95 × 79.18 − 65.97 − 1.71 = 7.54 GiB. The dummy sampler
-    # over 1024 rows × 201,088 logits at 38 B is 7.29 GiB of it (28 B: 5.37 GiB)
+    # over 1024 rows × 201,088 logits at 38 B is 7.29 GiB of it (28 B: 5.37 GiB), beside the dummy
+    # forward's hidden states (1024 tokens × 2880 × bf16), which stay alive through it
     model = load_preset("gpt-oss-120b")
     with calibrated(SYN):
         p = engine_plan(model, "1xH100-80GB", engine="vllm", version="0.11", gpu_memory_utilization=0.95,
                         max_num_batched_tokens=1024, max_model_len=8192)
-    assert p.non_kv.get("activation") == 1024 * 201_088 * 38
+    assert p.non_kv.get("activation") == 1024 * 201_088 * 38 + 1024 * 2880 * 2
     assert abs((p.non_kv.get("activation") + p.non_kv.get("non_torch")) / GiB - 7.54) < 0.3
 
 
@@ -184,7 +194,7 @@ def test_gpt_oss_20b_triton_sampler_matches_the_vllm_0_19_log():
     with calibrated(SYN):
         p = engine_plan(model, "1xA100-80GB", engine="vllm", version="0.17", gpu_memory_utilization=0.65,
                         max_model_len=131072)
-    assert p.non_kv.get("activation") == 256 * 201_088 * 14
+    assert p.non_kv.get("activation") == 256 * 201_088 * 14 + 2048 * 2880 * 2  # + 2048 tokens' hidden states
     charged = (p.non_kv.get("activation") + p.non_kv.get("non_torch")) / GiB
     assert 0 < 1.23 - charged < 0.35
 
@@ -426,6 +436,7 @@ def test_dummy_encoder_run_by_hand():
     assert encoder_peak_bytes(gemma, 8, 32)[0] == 32 * 2 * (pixels + 4096 * (3 * 1152 + 4 * 144))
     # vLLM 0.10 on one H100: 8,192 batched tokens → 32 images, 2.80 GiB, above the outputs (64 MiB
     # kept through the language model's run) plus the FlashInfer sampler's 1024 × 262,208 × 10 B
+    # beside the 8,192 tokens' hidden states (8192 × 5376 × bf16 = 84 MiB)
     peak, outputs = 32 * 2 * (pixels + 4096 * 10_912), 32 * 256 * 5376 * 2
     with calibrated(SYN):
         plan = engine_plan(gemma, "1xH100-80GB", engine="vllm", version="0.10", max_model_len=32768)
@@ -433,9 +444,10 @@ def test_dummy_encoder_run_by_hand():
                            limit_mm_per_prompt=0)
         sorted_ = engine_plan(gemma, "1xH100-80GB", engine="vllm", version="0.11", max_model_len=32768)
     assert plan.non_kv.get("activation") == peak
-    assert text.non_kv.get("activation") == 1024 * 262_208 * 10
+    hidden = 8192 * 5376 * 2
+    assert text.non_kv.get("activation") == hidden + 1024 * 262_208 * 10
     # 0.11's sort (38 B a logit) outweighs the encoder; the cached outputs sit on top of it
-    assert sorted_.non_kv.get("activation") == outputs + 1024 * 262_208 * 38
+    assert sorted_.non_kv.get("activation") == outputs + hidden + 1024 * 262_208 * 38
     with pytest.raises(InputError, match="limit_mm_per_prompt"):
         engine_plan(gemma, "1xH100-80GB", engine="vllm", limit_mm_per_prompt=-1)
 
@@ -462,22 +474,24 @@ def test_v0_gives_each_image_its_own_dummy_sequence():
         text = engine_plan(gemma, "8xH100-80GB", "tp8", engine="vllm", version="v0", max_model_len=8192,
                            limit_mm_per_prompt=0)
     assert images.non_kv.get("activation") == 1_211_105_280
-    # text only: 256 dummy sequences, and the sort over 256 × 262,208 logits (38 B) is the peak
-    assert text.non_kv.get("activation") == 256 * 262_208 * 38
+    # text only: 256 dummy sequences, and the sort over 256 × 262,208 logits (38 B) is the peak,
+    # beside the 8,192 tokens' hidden states V0 samples next to (8192 × 5376 × bf16)
+    assert text.non_kv.get("activation") == 256 * 262_208 * 38 + 8192 * 5376 * 2
 
 
 def test_v0_pipeline_stages_share_the_shrunk_dummy_batch():
     # V0 shrinks max_num_seqs for the whole engine, so the last stage's sampler sees the 8 image
     # sequences of 2,048 batched tokens (2048 // 256), not 256 rows. On that stage (TP 4) the
     # forward pass, 2048 × 2 × (3 · 5376 + 3 · 21504 / 4) = 132,120,576 B, beats those 8 rows
-    # (8 × 262,208 × 50 B); text only, 256 rows are sorted: 256 × 262,208 × 38 = 2,550,759,424 B
+    # (8 × 262,208 × 50 B, beside 2048 × 5376 × 2 B of hidden states); text only, 256 rows are
+    # sorted: 256 × 262,208 × 38 = 2,550,759,424 B beside the same 22,020,096 B
     gemma = load_preset("gemma-3-27b")
     with calibrated(SYN):
         images, text = (engine_plan(gemma, "8xH100-80GB", "pp2xtp4", engine="vllm", version="v0",
                                     max_model_len=2048, **knobs) for knobs in ({}, {"limit_mm_per_prompt": 0}))
     last = [(a["non_kv_bytes"], b["non_kv_bytes"]) for a, b in zip(images.devices, text.devices, strict=True)
             if a["stage"] == 1]
-    assert last and all(t - i == 2_550_759_424 - 132_120_576 for i, t in last)
+    assert last and all(t - i == 2_550_759_424 + 22_020_096 - 132_120_576 for i, t in last)
 
 
 def test_v0_profiles_qwen2_5_vl_with_an_image_and_a_video_in_one_uncut_prompt():
@@ -517,7 +531,8 @@ def test_the_sampler_kernel_a_log_names_sets_the_activation(version, flashinfer,
     # Qwen3-8B on an A100-40GB: the 2048-token dummy forward (< 0.2 GiB) is below every sampler peak
     plan = engine_plan("qwen3-8b", "1xA100-40GB", engine="vllm", version=version,
                        use_flashinfer_sampler=flashinfer)
-    assert plan.non_kv.get("activation") == QWEN3_8B_LOGITS * per_logit
+    hidden = 2048 * 4096 * 2  # the dummy forward's hidden states stay alive through the sampler run
+    assert plan.non_kv.get("activation") == QWEN3_8B_LOGITS * per_logit + hidden
 
 
 def test_the_v0_engine_has_no_sampler_knob():

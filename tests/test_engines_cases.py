@@ -67,8 +67,9 @@ R1_BLOCK = 16 * 131_072  # 16 tokens × 131,072 B/token
 
 def test_r1_exact():
     assert 1952 in rounding_window(3.81, R1_BLOCK)
+    # V0 has no kv_cache_memory_bytes (0.10.2): pin the logged pool by its block count
     p = engine_plan("llama-3.1-8b", "1xRTX3090-24GB", engine="vllm", version="v0", max_model_len=20000,
-                    kv_cache_memory_bytes=1952 * R1_BLOCK)
+                    num_gpu_blocks_override=1952)
     assert p.starts and p.num_blocks == 1952 and p.kv_tokens == 1952 * 16
     assert "# GPU blocks: 1952, # CPU blocks: 2048" in p.log_lines
     assert "Maximum concurrency for 20000 tokens per request: 1.56x" in p.log_lines  # 1952·16/20000
@@ -87,7 +88,7 @@ def test_r1_config_and_card():
 def test_r2_exact():
     assert 1478 in rounding_window(2.89, R1_BLOCK)
     p = engine_plan("llama-3.1-8b", "1xRTX3090-24GB", engine="vllm", version="v0", max_model_len=29000,
-                    kv_cache_memory_bytes=1478 * R1_BLOCK)
+                    num_gpu_blocks_override=1478)
     assert not p.starts
     assert p.error == ("The model's max seq len (29000) is larger than the maximum number of tokens that can "
                        "be stored in KV cache (23648). Try increasing `gpu_memory_utilization` or decreasing "

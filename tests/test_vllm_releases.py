@@ -48,7 +48,7 @@ def test_what_is_no_release_is_refused(release, says):
 
 
 def test_a_release_plans_as_its_family():
-    by_release = engine_plan("llama-3.1-8b", "2xH100-80GB", "tp2", engine="vllm", version="0.11.0")
+    by_release = engine_plan("llama-3.1-8b", "2xH100-80GB", "tp2", engine="vllm", version="0.15.1")
     by_family = engine_plan("llama-3.1-8b", "2xH100-80GB", "tp2", engine="vllm", version="0.11")
     assert by_release.version == "0.11"
     assert by_release.to_dict() == by_family.to_dict()
@@ -73,3 +73,20 @@ def test_engines_without_releases_keep_their_names():
 def test_batch_defaults_follow_the_release(release, mesh, batched, seqs):
     plan = engine_plan("llama-3.1-8b", mesh, engine="vllm", version=release, max_model_len=8192)
     assert (plan.knobs["max_num_batched_tokens"], plan.knobs["max_num_seqs"]) == (batched, seqs)
+
+
+@pytest.mark.parametrize("release", ["v0", "0.9", "0.8.5", "0.10.1"])
+def test_kv_cache_memory_bytes_is_refused_before_0_10_2(release):
+    with pytest.raises(InputError, match="kv_cache_memory_bytes"):
+        engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", version=release, max_model_len=8192,
+                    kv_cache_memory_bytes=10 * 2**30)
+
+
+def test_the_budget_is_rounded_up_from_0_14():
+    # vllm/v1/worker/utils.py request_memory: ceil(total × util) from 0.14.0; total × util before
+    total = 85_018_542_080  # H100 80GB as torch reports it
+    old = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", version="0.13.0", max_model_len=8192,
+                      gpu_memory_utilization=0.37)
+    new = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", version="0.14.0", max_model_len=8192,
+                      gpu_memory_utilization=0.37)
+    assert (old.budget_bytes, new.budget_bytes) == (int(total * 0.37), -(-total * 37 // 100))

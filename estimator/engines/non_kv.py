@@ -64,7 +64,7 @@ Terms (bytes on one device):
     differences, NCCL included (PR #2031); the public V0 0.6.5–0.8 TP logs print 0.2–0.43 GiB;
   * with pipeline parallelism only the point-to-point communicator of the PP group
     (``nccl_pp_gib``) — a PP run holds no tensor-parallel buffers.
-- ``cuda_graph``: the dummy CUDA-graph capture vLLM subtracts since v0.21
+- ``cuda_graph``: the dummy CUDA-graph capture vLLM subtracts from 0.20.0 (PR #38284; its log says v0.21)
   (vllm/v1/worker/gpu_model_runner.py ``profile_cudagraph_memory``, PR #30515; on by default
   through ``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS``) as a function of the capture sizes
   (``capture_graph_band``): the largest capture's activations plus a fitted per-graph cost for
@@ -257,47 +257,57 @@ TRITON_BUFFER_BYTES = 4
 TRITON_MIN_ROWS = 8
 
 
-# The default top-k/top-p path of each V1 release family (vllm-project/vllm
+# The default top-k/top-p path of each V1 release (vllm-project/vllm
 # vllm/v1/sample/ops/topk_topp_sampler.py ``TopKTopPSampler.__init__`` and ``apply_top_k_top_p``, as
-# the release wheels ship them):
-# - "0.9" (0.8.0–0.9.0): native — FlashInfer >= 0.2.3 was switched off in V1 by PR #14815
-#   (2025-03-14) until PR #15777 adapted to its API in 0.9.0 (the band's low end covers 0.9.0's
-#   FlashInfer where a build has it);
-# - "0.10" (0.9.1–0.10.x): FlashInfer wherever it is installed — the official image ships it (the
-#   wheel only from 0.11.1: a plain pip install logs "FlashInfer is not available. Falling back to
-#   the PyTorch-native implementation", the band's high end);
-# - "0.11" (0.11–0.16): native — PR #26859 ("Disable FlashInfer sampler by default") made FlashInfer
-#   opt-in from 0.11.1 (0.11.0 still used it where installed: the band's low end), and the native
-#   path sorts (topk_topp_triton.py is in neither 0.15.1 nor 0.16.0);
-# - "0.17" (0.17–0.19): native, now through PR #33538's Triton kernel at ≥ 8 rows (first in 0.17.0;
-#   vllm main at 0.16.0rc2.dev377, issue #35390, fails inside it during ``_dummy_sampler_run``, and
-#   the 0.19.0 gpt-oss-20b log fits it);
-# - "0.2x" and "0.33": FlashInfer by default from 0.21.0 (PR #40376), band up to V1's native path (no
-#   FlashInfer installed); 0.20.x still runs the Triton kernel (14 B), inside that band.
-NATIVE_DEFAULT_V1 = ("0.9", "0.11")
-TRITON_DEFAULT_V1 = ("0.17",)
+# the release wheels ship them). FlashInfer's kernel runs where FlashInfer is installed and the
+# release enables it; the official image ships FlashInfer (0.8.x: 0.2.1.post2, which 0.8.x uses by
+# default), the wheel depends on it only from 0.11.1 (a plain pip install logs "FlashInfer is not
+# available. Falling back to the PyTorch-native implementation"). Where it is off, the native
+# path sorts until 0.16 and runs PR #33538's Triton kernel at ≥ 8 rows from 0.17.0 (vllm main at
+# 0.16.0rc2.dev377, issue #35390, fails inside it during ``_dummy_sampler_run``; topk_topp_triton.py
+# is in neither 0.15.1 nor 0.16.0). By release:
+# - 0.8.0–0.9.0 ("0.9"): FlashInfer where installed (FlashInfer < 0.2.3 in 0.8.x; PR #14815 only
+#   switched off ≥ 0.2.3, and PR #15777 adapted 0.9.0 to it);
+# - 0.9.1–0.10.x ("0.10") and 0.11.0: FlashInfer where installed;
+# - 0.11.1–0.16 ("0.11"): native — PR #26859 ("Disable FlashInfer sampler by default") made it opt-in;
+# - 0.17–0.20 ("0.17", "0.2x" up to 0.20.x): the Triton kernel;
+# - 0.21 on ("0.2x", "0.33"): FlashInfer by default again (PR #40376).
+# The central value is the release's default as the official image runs it; the band reaches the
+# other path. Logs say which ran (``use_flashinfer_sampler``).
 TRITON_KERNEL_V1 = ("0.17", "0.2x", "0.33")  # where FlashInfer is off, the native path runs the kernel
 
 
-def sampler_bytes_per_logit(version: str, rows: int, vocab: int,
-                            flashinfer: bool | None = None) -> tuple[int, int, int]:
+def flashinfer_by_default(version: str, release: tuple[int, int, int] | None = None) -> bool:
+    """Whether a V1 release runs FlashInfer's top-k/top-p kernel by default where it is installed
+    (the table above); ``release`` refines a family that changed inside it."""
+    if version in ("0.9", "0.10", "0.33"):
+        return True
+    if version == "0.11":
+        return release is not None and release < (0, 11, 1)
+    if version == "0.2x":
+        return release is None or release >= (0, 21, 0)
+    return False
+
+
+def sampler_bytes_per_logit(version: str, rows: int, vocab: int, flashinfer: bool | None = None,
+                            release: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
     """(low, central, high) peak bytes per logit of the dummy sampler run of a vLLM version over
-    ``rows`` × ``vocab`` logits. ``flashinfer``: whether FlashInfer's top-k/top-p kernel runs
-    (installed and enabled: the start-up log prints "Using FlashInfer for top-p & top-k sampling"
-    or "Falling back to the PyTorch-native implementation"); None: the release's default."""
+    ``rows`` × ``vocab`` logits. ``flashinfer``: whether FlashInfer's top-k/top-p kernel runs (the
+    start-up log prints "Using FlashInfer for top-p & top-k sampling" or "Falling back to the
+    PyTorch-native implementation"); None: the release's default, the other path in the band."""
     native = torch_sort_sampler_bytes(rows, vocab)
-    if flashinfer:
-        return FLASHINFER_SAMPLER_BYTES[0], FLASHINFER_SAMPLER_BYTES[1], FLASHINFER_SAMPLER_BYTES[1]
-    if flashinfer is False:
-        if version in TRITON_KERNEL_V1 and rows >= TRITON_MIN_ROWS:
-            return TRITON_SAMPLER_BYTES, TRITON_SAMPLER_BYTES, TRITON_SAMPLER_BYTES + TRITON_BUFFER_BYTES
-        return native, native, native + NATIVE_SAMPLER_BAND[1]
-    if version in TRITON_DEFAULT_V1 and rows >= TRITON_MIN_ROWS:
-        return (FLASHINFER_SAMPLER_BYTES[0], TRITON_SAMPLER_BYTES,
-                TRITON_SAMPLER_BYTES + TRITON_BUFFER_BYTES)
-    if version.startswith("v0") or version in NATIVE_DEFAULT_V1 + TRITON_DEFAULT_V1:
+    if version.startswith("v0"):  # V0's sampler sorts (FlashInfer only by VLLM_USE_FLASHINFER_SAMPLER)
         return NATIVE_SAMPLER_BAND[0], native, native + NATIVE_SAMPLER_BAND[1]
-    return FLASHINFER_SAMPLER_BYTES[0], FLASHINFER_SAMPLER_BYTES[1], native + NATIVE_SAMPLER_BAND[1]
+    kernel = (FLASHINFER_SAMPLER_BYTES[0], FLASHINFER_SAMPLER_BYTES[1], FLASHINFER_SAMPLER_BYTES[1])
+    if version in TRITON_KERNEL_V1 and rows >= TRITON_MIN_ROWS:
+        fallback = (TRITON_SAMPLER_BYTES, TRITON_SAMPLER_BYTES, TRITON_SAMPLER_BYTES + TRITON_BUFFER_BYTES)
+    else:
+        fallback = (native, native, native + NATIVE_SAMPLER_BAND[1])
+    if flashinfer is not None:
+        return kernel if flashinfer else fallback
+    if flashinfer_by_default(version, release):
+        return kernel[0], kernel[1], fallback[2]
+    return kernel[0], fallback[1], fallback[2]
 
 
 ACTIVATION_BAND = (0.9, 1.0, 1.35)
@@ -439,17 +449,22 @@ def encoder_peak_bytes(model: ModelSpec, tensor: int, items: int) -> tuple[int, 
 def activation_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int, tokens: int,
                     sampler_rows: int, last_stage: bool = True,
                     sampler_bytes_per_logit: tuple[int, int, int] = FLASHINFER_SAMPLER_BYTES,
-                    moe_gather: int = 1, images: int = 0, encoder_outputs_held: bool = True) -> Band:
+                    moe_gather: int = 1, images: int = 0, encoder_outputs_held: bool = True,
+                    hidden_held: bool = False) -> Band:
     """Transient activation peak of a profile pass, with its band: max(forward, sampler), and with
     a dummy encoder run of ``images`` (``encoder_items``; on the stage holding the tower) the larger of its own
     peak and, where its outputs stay cached through the language model's run (V1), the outputs
-    plus max(forward, sampler)."""
+    plus max(forward, sampler). ``hidden_held``: the dummy forward's hidden states of every token
+    stay alive through the sampler run (V1 from 0.9.2: ``hidden_states, last_hidden_states =
+    self._dummy_run(...)`` deleted after ``_dummy_sampler_run``; V0's ``execute_model`` samples
+    beside them)."""
     forward = forward_bytes(model, tensor, kv_heads_per_shard, tokens, moe_gather)
     rows = sampler_rows if last_stage else 0
     logits = rows * model.vocab_size
+    beside = tokens * model.hidden_size * activation_width(model) if hidden_held and rows else 0
     encoder, outputs = encoder_peak_bytes(model, tensor, images)
     held = outputs if encoder_outputs_held else 0
-    return Band.of(*(max(encoder * f, held + max(forward * f, logits * b))
+    return Band.of(*(max(encoder * f, held + max(forward * f, beside + logits * b))
                      for f, b in zip(ACTIVATION_BAND, sampler_bytes_per_logit, strict=True)))
 
 
@@ -589,7 +604,7 @@ MIN_GRAPH_BYTES = MiB  # vLLM's floor per extra graph ("at least 1 MiB per graph
 def capture_graph_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int,
                        modes: Iterable[Iterable[int]]) -> Band:
     """Graph-pool memory of capturing each mode's sizes, as vLLM's ``profile_cudagraph_memory``
-    estimates it (vllm/v1/worker/gpu_model_runner.py, default since v0.21.0, PR #30515): per mode
+    estimates it (vllm/v1/worker/gpu_model_runner.py, PR #30515; on by default from 0.20.0): per mode
     the first (largest) capture's memory plus ``(n − 1) ×`` the second's, the modes sharing one pool
     (the largest first capture counts once). The first capture holds the step's activations at its
     size (``forward_bytes``); the per-graph bytes are fitted (calibration.json
@@ -606,7 +621,7 @@ def capture_graph_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int
 
 
 CUDA_GRAPH_SOURCE = ("vllm/v1/worker/gpu_model_runner.py profile_cudagraph_memory (PR #30515, applied by "
-                     "default since v0.21); " + CALIBRATION_SOURCE)
+                     "on by default from 0.20.0); " + CALIBRATION_SOURCE)
 
 
 # The residual band reaches at least this far either side of 0: a share of the device's memory

@@ -22,7 +22,8 @@ come from, the version being a knob:
   CUDA-graph term and no free-memory check at start-up.
 - ``"v0"`` (the V0 engine from 0.6.5, vllm PR #10511 memory profiling): "# GPU blocks", its own
   error text, no CUDA-graph term, max_num_batched_tokens = max(max_model_len, 2048); the baseline
-  is taken after the communicators exist, so NCCL is charged only for what grows while profiling.
+  is taken before the communicators are set up (worker.py of 0.6.5 and 0.7.3), yet V0 TP logs print
+  only 0.2–0.43 GiB of non-torch memory in all, so the fitted NCCL charge of the family is small.
 - ``"v0-early"`` (V0 0.2.5–0.6.4, vllm/worker/worker.py ``determine_num_available_blocks`` before
   PR #10511): the peak is free memory at worker start minus free memory after the profile run —
   every byte the process gained, NCCL included.
@@ -110,7 +111,7 @@ CORE = {"0.33": "0.33", "0.2x": "0.2x", "0.17": "0.1x", "0.11": "0.1x", "0.10": 
 SNAPSHOT_AFTER_INIT = ("0.33", "0.2x", "0.17", "0.11")  # NCCL set up before the memory snapshot (PR #25359)
 GRAPH_VERSIONS = ("0.33", "0.2x")  # the CUDA-graph estimate is subtracted (default from 0.20.0, PR #38284)
 # ceil(total · util) and round(GiB, 2) in the lines (vllm/v1/worker/utils.py request_memory, vllm/utils/
-# mem_utils.py format_gib: both in 0.15.1, neither in 0.11.1; the "0.11" family keeps the older form)
+# mem_utils.py format_gib: both from 0.14.0; the "0.11" family keeps the older form unless a release says)
 CEIL_VERSIONS = ("0.33", "0.2x", "0.17")
 # V1 before 0.9.1 counts as non-torch everything the device holds beyond torch's allocations —
 # ``mem_get_info`` total − free − torch allocated — so the CUDA context and other processes' memory too
@@ -454,6 +455,8 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         weights -= min(int(k["cpu_offload_gb"] * GiB), params)
         source += " − cpu_offload_gb"
     v0 = version.startswith("v0")
+    named = release_number(setup.release) if setup.release else None  # the release, when one was named
+    release = named or FAMILY_RELEASE.get(version, (0, 0, 0))
     if v0 and k["use_flashinfer_sampler"] is not None:
         raise InputError("use_flashinfer_sampler", k["use_flashinfer_sampler"],
                          f"unset for the V0 engine (version {version}): the choice of top-k/top-p kernel "
@@ -472,14 +475,15 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
     images = profiled if stage == 0 else 0
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=tokens,
                           sampler_rows=rows, last_stage=stage == lay.pipeline - 1,
-                          sampler_bytes_per_logit=sampler_bytes_per_logit(version, rows, m.vocab_size,
-                                                                          k["use_flashinfer_sampler"]),
+                          sampler_bytes_per_logit=sampler_bytes_per_logit(
+                              version, rows, m.vocab_size, k["use_flashinfer_sampler"], named),
                           # DP + expert parallel (EP = DP x TP): the naive all-to-all gathers every DP
                           # rank's tokens before the experts (non_kv.forward_bytes); V1 only
                           moe_gather=lay.data if (m.is_moe and lay.data > 1 and lay.expert > 1
                                                   and lay.expert == lay.data * lay.tensor
                                                   and not v0) else 1,
-                          images=images, encoder_outputs_held=not v0)
+                          images=images, encoder_outputs_held=not v0,
+                          hidden_held=v0 or (version != "0.9" and release >= (0, 9, 2)))
     link = interconnect(setup.mesh.device_kinds[0])
     non_torch = non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
                                custom_ar=not k["disable_custom_all_reduce"],
@@ -547,6 +551,12 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     group_size = lay.tensor * lay.pipeline
     state_blocks = 2 if k["enable_prefix_caching"] else 1
     kv_bytes_override = k["kv_cache_memory_bytes"]
+    named = release_number(setup.release) if setup.release else None
+    if kv_bytes_override is not None and (version in ("0.9", "v0", "v0-early") or (named or (1,)) < (0, 10, 2)):
+        raise InputError("kv_cache_memory_bytes", kv_bytes_override,  # vllm/config/cache.py from 0.10.2
+                         f"unset before vLLM 0.10.2 (version {setup.release or version}); set "
+                         "gpu_memory_utilization or num_gpu_blocks_override instead")
+    ceil = version in CEIL_VERSIONS or (named or (0,)) >= (0, 14, 0)
     pinned = kv_bytes_override is not None or k["num_gpu_blocks_override"] is not None
 
     worst = None
@@ -560,7 +570,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
             nk = non_kv_terms(setup, m, stage_weights=stage.weight_bytes, stage=s, stage_layers=stage.layers,
                               kv_heads_per_shard=geom.kv_heads_per_shard, batched=batched, seqs=seqs,
                               graphs=graphs, max_model_len=length, others=stats.bytes_in_use)
-            requested = scaled(stats.bytes_limit, util, ceil=version in CEIL_VERSIONS)
+            requested = scaled(stats.bytes_limit, util, ceil=ceil)
             context = setup.measured.get("context_bytes", CONTEXT.central)
             if stats.free - context < requested and startup_error is None and version not in NO_STARTUP_CHECK:
                 startup_error = (f"Free memory on device cuda:{rank} ({stats.free / GiB:.2f}/"
@@ -598,7 +608,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     if graphs:
         lines.append(f"Estimated CUDA graph memory: {nk.get('cuda_graph') / GiB:.2f} GiB total")
     if not version.startswith("v0"):
-        shown = format_gib(avail) if version in CEIL_VERSIONS else gib2(avail)
+        shown = format_gib(avail) if ceil else gib2(avail)
         lines.append(f"Available KV cache memory: {shown} GiB")
     lines += list(cache.notes) + list(core.lines)
     estimated = estimated_flags(lines, ("the current vLLM instance can use", "Setting attention block size",
