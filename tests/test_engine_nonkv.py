@@ -554,3 +554,25 @@ def test_v1_before_0_9_1_counts_the_whole_device_as_non_torch():
     assert old.non_kv.get("non_torch") == GiB // 4 + GiB // 2 + 3 * GiB and old.starts
     assert pinned.non_kv.get("non_torch") == GiB // 4 + GiB + 3 * GiB
     assert new.non_kv.get("non_torch") == GiB // 4  # a snapshot after the context sees neither
+
+
+def test_fused_moe_workspaces_and_chunk_by_release():
+    # Qwen3-30B-A3B (hidden K 2048, expert I 768, top-8; attention 2 × 32 × 128 + 2 × 4 × 128 = 9,216)
+    from estimator.engines.non_kv import forward_bytes, forward_bytes_per_token, fused_moe_chunk_size
+
+    model = load_preset("qwen3-30b-a3b")
+    # fused_experts_impl (≤ 0.13): caches max(2I, K) + I per routed token → 8 × (2048 + 768)
+    assert forward_bytes_per_token(model, 1, 4) == 2 * (3 * 2048 + 8 * (2048 + 768)) == 57_344
+    # TritonExperts (from 0.14): max(I, K) + max(2I, K) → 8 × (2048 + 2048)
+    modular = forward_bytes_per_token(model, 1, 4, modular_moe=True)
+    assert modular == 2 * (3 * 2048 + 8 * (2048 + 2048)) == 77_824
+    dense = 2 * (3 * 2048 + 9216)  # without the experts: the attention projections are the peak
+    assert [fused_moe_chunk_size(r) for r in ((0, 11, 1), (0, 12, 0), (0, 17, 1), (0, 18, 0))] == \
+        [32768, 16384, 16384, None]
+    assert forward_bytes(model, 1, 4, 65536, moe_chunk=16384, modular_moe=True) == \
+        65536 * dense + 16384 * (modular - dense)
+    assert forward_bytes(model, 1, 4, 65536, moe_chunk=None, modular_moe=True) == 65536 * modular
+    with calibrated(SYN):
+        late = engine_plan(model, "1xH100-80GB", engine="vllm", version="0.19.1", max_model_len=32768,
+                           max_num_batched_tokens=65536, max_num_seqs=16)
+    assert late.non_kv.get("activation") == 65536 * modular  # no chunk, beyond the 16-row sampler

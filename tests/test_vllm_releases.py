@@ -68,7 +68,7 @@ def test_engines_without_releases_keep_their_names():
     ("0.8.5", "1xA100-80GB", 8192, 1024), ("0.8.5", "1xH20-96GB", 8192, 1024),  # ≥ 70 GiB
     ("0.9.0", "1xA100-80GB", 2048, 256), ("0.19.1", "1xH20-96GB", 8192, 1024),  # A100s left out
     ("0.27.0", "1xB200-192GB", 8192, 1024), ("0.28.0", "1xB200-192GB", 16384, 1024),  # ≥ 160 GiB
-    ("0.9", "1xA100-80GB", 2048, 256), ("0.33", "1xB200-192GB", 16384, 1024),  # a family: its newest rule
+    ("0.9", "1xA100-80GB", 2048, 256), ("0.33", "1xB200-192GB", 16384, 1024),  # a family: its release
 ])
 def test_batch_defaults_follow_the_release(release, mesh, batched, seqs):
     plan = engine_plan("llama-3.1-8b", mesh, engine="vllm", version=release, max_model_len=8192)

@@ -220,7 +220,16 @@ def interconnect(device_kind: str) -> str:
 
 
 # ----------------------------------------------------------------------------- activation
-FUSED_MOE_CHUNK_SIZE = 32768  # vllm/envs.py VLLM_FUSED_MOE_CHUNK_SIZE default
+# vllm/envs.py VLLM_FUSED_MOE_CHUNK_SIZE default: 32768 up to 0.11.x, 16384 from 0.12.0; from 0.18.0 the
+# variable is gone and the experts run over every token at once (``fused_moe_chunk_size``)
+FUSED_MOE_CHUNK_SIZE = 32768
+
+
+def fused_moe_chunk_size(release: tuple[int, int, int]) -> int | None:
+    """vLLM's fused-MoE chunk of a release (tokens; None: not chunked)."""
+    if release >= (0, 18, 0):
+        return None
+    return 16384 if release >= (0, 12, 0) else FUSED_MOE_CHUNK_SIZE
 # (low, central, high) bytes per logit of the dummy sampler run (module docstring); the native
 # paths' central is the sort's peak, torch_sort_sampler_bytes; low: FlashInfer's 8–10 B or the
 # Triton kernel's 14 B where a build takes them (0.8.x Docker images ship FlashInfer < 0.2.3)
@@ -319,25 +328,30 @@ def activation_width(model: ModelSpec) -> int:
 
 
 def forward_bytes_per_token(model: ModelSpec, tensor: int, kv_heads_per_shard: int, *,
-                            moe: bool = True) -> int:
+                            moe: bool = True, modular_moe: bool = False) -> int:
     """Peak live bytes per batched token of one decoder layer on one tensor shard (``moe=False``:
-    without the fused-MoE workspaces)."""
+    without the fused-MoE workspaces). ``modular_moe``: vLLM's bf16 MoE through the modular
+    ``TritonExperts`` (from 0.14.0), whose workspaces are ``(M, top_k, max(I, K))`` and
+    ``(M, top_k, max(2I, K))`` instead of ``fused_experts_impl``'s ``max(2I, K)`` and ``I``."""
     a = activation_width(model)
     h, tp = model.hidden_size, tensor
     q = model.num_attention_heads * (model.qk_nope_head_dim + model.qk_rope_head_dim
                                      if model.is_mla else model.head_dim)
     attention = 2 * -(-q // tp) + 2 * kv_heads_per_shard * model.head_dim
-    mlp = 3 * -(-model.intermediate_size // tp)
+    mlp = 3 * -(-model.intermediate_size // tp) if model.has_dense_layers or not model.is_moe else 0
     if model.is_moe and moe:
         mi = -(-model.moe_intermediate_size // tp)
-        moe = model.num_experts_per_token * (max(2 * mi, h) + mi)  # workspace13 + workspace2
-        mlp = max(mlp if model.has_dense_layers else 0, moe)
+        second = max(mi, h) if modular_moe else mi  # workspace1 / intermediate cache 2
+        moe = model.num_experts_per_token * (max(2 * mi, h) + second)
+        mlp = max(mlp, moe)
     return a * (3 * h + max(attention, mlp))
 
 
 def forward_bytes(model: ModelSpec, tensor: int, kv_heads_per_shard: int, tokens: int,
-                  moe_gather: int = 1) -> int:
-    """Forward-pass peak of ``tokens`` batched tokens; the fused-MoE part is capped at one chunk.
+                  moe_gather: int = 1, *, moe_chunk: int | None = FUSED_MOE_CHUNK_SIZE,
+                  modular_moe: bool = False) -> int:
+    """Forward-pass peak of ``tokens`` batched tokens; the fused-MoE part is capped at one chunk
+    (``moe_chunk``: VLLM_FUSED_MOE_CHUNK_SIZE, None where the release no longer chunks).
 
     ``moe_gather`` > 1: expert parallelism across that many data-parallel ranks with vLLM's default
     ("naive") all-to-all. Its dispatch gathers every DP rank's hidden states into one buffer
@@ -347,14 +361,14 @@ def forward_bytes(model: ModelSpec, tensor: int, kv_heads_per_shard: int, tokens
     every DP rank runs the same dummy batch, so the MoE sees ``tokens × moe_gather`` tokens, chunked
     at VLLM_FUSED_MOE_CHUNK_SIZE; the gathered hidden states and their combined output stay live.
     """
-    per = forward_bytes_per_token(model, tensor, kv_heads_per_shard)
+    per = forward_bytes_per_token(model, tensor, kv_heads_per_shard, modular_moe=modular_moe)
     moe_tokens = tokens * max(moe_gather, 1)
-    if not model.is_moe or (moe_tokens <= FUSED_MOE_CHUNK_SIZE and moe_gather <= 1):
+    chunk = moe_tokens if moe_chunk is None else moe_chunk
+    if not model.is_moe or (moe_tokens <= chunk and moe_gather <= 1):
         return tokens * per
     dense = forward_bytes_per_token(model, tensor, kv_heads_per_shard, moe=False)
     gathered = 2 * (moe_tokens - tokens) * model.hidden_size * activation_width(model)
-    return (tokens * dense + min(moe_tokens, FUSED_MOE_CHUNK_SIZE) * max(per - dense, 0)
-            + gathered)
+    return tokens * dense + min(moe_tokens, chunk) * max(per - dense, 0) + gathered
 
 
 def rotary_cache_bytes(model: ModelSpec) -> int:
@@ -450,7 +464,8 @@ def activation_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int, t
                     sampler_rows: int, last_stage: bool = True,
                     sampler_bytes_per_logit: tuple[int, int, int] = FLASHINFER_SAMPLER_BYTES,
                     moe_gather: int = 1, images: int = 0, encoder_outputs_held: bool = True,
-                    hidden_held: bool = False) -> Band:
+                    hidden_held: bool = False, moe_chunk: int | None = FUSED_MOE_CHUNK_SIZE,
+                    modular_moe: bool = False) -> Band:
     """Transient activation peak of a profile pass, with its band: max(forward, sampler), and with
     a dummy encoder run of ``images`` (``encoder_items``; on the stage holding the tower) the larger of its own
     peak and, where its outputs stay cached through the language model's run (V1), the outputs
@@ -458,7 +473,8 @@ def activation_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int, t
     stay alive through the sampler run (V1 from 0.9.2: ``hidden_states, last_hidden_states =
     self._dummy_run(...)`` deleted after ``_dummy_sampler_run``; V0's ``execute_model`` samples
     beside them)."""
-    forward = forward_bytes(model, tensor, kv_heads_per_shard, tokens, moe_gather)
+    forward = forward_bytes(model, tensor, kv_heads_per_shard, tokens, moe_gather, moe_chunk=moe_chunk,
+                            modular_moe=modular_moe)
     rows = sampler_rows if last_stage else 0
     logits = rows * model.vocab_size
     beside = tokens * model.hidden_size * activation_width(model) if hidden_held and rows else 0
@@ -679,6 +695,7 @@ __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTE
            "WEIGHTS_SOURCE", "Band", "NonKV", "Term", "activation_band", "activation_width", "calibrated",
            "calibration", "capture_graph_band", "cuda_graph_band", "cudagraph_capture_sizes",
            "custom_all_reduce_bytes", "encoder_items", "encoder_peak_bytes", "fitted", "forward_bytes",
-           "forward_bytes_per_token", "gpu_class", "interconnect", "lora_slot_bytes", "mxfp4_padding_bytes",
+           "forward_bytes_per_token", "fused_moe_chunk_size", "gpu_class", "interconnect", "lora_slot_bytes",
+           "mxfp4_padding_bytes",
            "non_torch_band", "residual_band", "rotary_cache_bytes", "sampler_bytes_per_logit", "term",
            "torch_param_bytes", "torch_sort_sampler_bytes", "v0_dummy_sequences", "vision_split_bytes"]

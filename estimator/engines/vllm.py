@@ -88,6 +88,7 @@ from estimator.engines.non_kv import (
     capture_graph_band,
     cudagraph_capture_sizes,
     encoder_items,
+    fused_moe_chunk_size,
     interconnect,
     lora_slot_bytes,
     mxfp4_padding_bytes,
@@ -110,9 +111,8 @@ CORE = {"0.33": "0.33", "0.2x": "0.2x", "0.17": "0.1x", "0.11": "0.1x", "0.10": 
         "v0": "v0", "v0-early": "v0"}  # vllm_core semantics
 SNAPSHOT_AFTER_INIT = ("0.33", "0.2x", "0.17", "0.11")  # NCCL set up before the memory snapshot (PR #25359)
 GRAPH_VERSIONS = ("0.33", "0.2x")  # the CUDA-graph estimate is subtracted (default from 0.20.0, PR #38284)
-# ceil(total · util) and round(GiB, 2) in the lines (vllm/v1/worker/utils.py request_memory, vllm/utils/
-# mem_utils.py format_gib: both from 0.14.0; the "0.11" family keeps the older form unless a release says)
-CEIL_VERSIONS = ("0.33", "0.2x", "0.17")
+# ceil(total · util) and round(GiB, 2) in the lines from 0.14.0 (vllm/v1/worker/utils.py request_memory,
+# vllm/utils/mem_utils.py format_gib)
 # V1 before 0.9.1 counts as non-torch everything the device holds beyond torch's allocations —
 # ``mem_get_info`` total − free − torch allocated — so the CUDA context and other processes' memory too
 DEVICE_WIDE_NON_TORCH = ("0.9",)
@@ -387,13 +387,20 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
 
 
 # ----------------------------------------------------------------------------- defaults
-# The release a family's batch defaults follow when only the family is named
-FAMILY_RELEASE = {"0.33": (0, 33, 0), "0.2x": (0, 20, 0), "0.17": (0, 17, 0), "0.11": (0, 11, 0),
-                  "0.10": (0, 10, 0), "0.9": (0, 9, 0)}
+# The release a family name stands for where a rule changed inside the family: one that has what
+# most of the family's releases have (the sampler kernel, batch defaults, MoE workspaces, rounding)
+FAMILY_RELEASE = {"0.33": (0, 33, 0), "0.2x": (0, 24, 0), "0.17": (0, 18, 0), "0.11": (0, 15, 0),
+                  "0.10": (0, 10, 1), "0.9": (0, 9, 0), "v0": (0, 7, 3), "v0-early": (0, 4, 0)}
+
+
+def representative_release(setup: Setup) -> tuple[int, int, int]:
+    """The release the user named, else the one its family name stands for (FAMILY_RELEASE)."""
+    named = release_number(setup.release) if setup.release else None
+    return named or FAMILY_RELEASE[setup.version]
 
 
 def batch_defaults(version: str, total_bytes: int, device_kind: str, usage: str, max_model_len: int,
-                   release: str | None = None) -> tuple[int, int]:
+                   release: tuple[int, int, int]) -> tuple[int, int]:
     """(max_num_batched_tokens, max_num_seqs) when unset (vllm/engine/arg_utils.py
     ``_set_default_args_v1`` / ``get_batch_defaults`` of each release, §3.1 item 4, item 6):
     0.8.0–0.8.3 raise the token budget on H100/H200 by name and give every GPU 1024 sequences;
@@ -401,8 +408,7 @@ def batch_defaults(version: str, total_bytes: int, device_kind: str, usage: str,
     that class (PR #17885); 0.28.0 adds ≥ 160 GiB cards (B200/B300) at 16384 tokens for the server too."""
     if version.startswith("v0"):  # chunked prefill off; on automatically above 32K with 2048 tokens
         return (2048 if max_model_len > 32768 else max(max_model_len, 2048)), 256
-    number = release_number(release) if release else None
-    number = number or FAMILY_RELEASE[version]
+    number = release
     llm = usage == "llm_class"
     name = device_kind.lower()
     by_name = "h100" in name or "h200" in name
@@ -455,8 +461,7 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         weights -= min(int(k["cpu_offload_gb"] * GiB), params)
         source += " − cpu_offload_gb"
     v0 = version.startswith("v0")
-    named = release_number(setup.release) if setup.release else None  # the release, when one was named
-    release = named or FAMILY_RELEASE.get(version, (0, 0, 0))
+    release = representative_release(setup)
     if v0 and k["use_flashinfer_sampler"] is not None:
         raise InputError("use_flashinfer_sampler", k["use_flashinfer_sampler"],
                          f"unset for the V0 engine (version {version}): the choice of top-k/top-p kernel "
@@ -476,14 +481,15 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=tokens,
                           sampler_rows=rows, last_stage=stage == lay.pipeline - 1,
                           sampler_bytes_per_logit=sampler_bytes_per_logit(
-                              version, rows, m.vocab_size, k["use_flashinfer_sampler"], named),
+                              version, rows, m.vocab_size, k["use_flashinfer_sampler"], release),
                           # DP + expert parallel (EP = DP x TP): the naive all-to-all gathers every DP
                           # rank's tokens before the experts (non_kv.forward_bytes); V1 only
                           moe_gather=lay.data if (m.is_moe and lay.data > 1 and lay.expert > 1
                                                   and lay.expert == lay.data * lay.tensor
                                                   and not v0) else 1,
                           images=images, encoder_outputs_held=not v0,
-                          hidden_held=v0 or (version != "0.9" and release >= (0, 9, 2)))
+                          hidden_held=v0 or (version != "0.9" and release >= (0, 9, 2)),
+                          moe_chunk=fused_moe_chunk_size(release), modular_moe=release >= (0, 14, 0))
     link = interconnect(setup.mesh.device_kinds[0])
     non_torch = non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
                                custom_ar=not k["disable_custom_all_reduce"],
@@ -544,19 +550,19 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                             block, block * max(kv.token_bytes for kv in kvs), ())
     first = mesh.stats[0]
     d_tokens, d_seqs = batch_defaults(version, first.bytes_limit, mesh.device_kinds[0], k["usage_context"],
-                                      length, setup.release)
+                                      length, representative_release(setup))
     batched = k["max_num_batched_tokens"] or d_tokens
     seqs = k["max_num_seqs"] or d_seqs
     graphs = version in GRAPH_VERSIONS and not k["enforce_eager"]
     group_size = lay.tensor * lay.pipeline
     state_blocks = 2 if k["enable_prefix_caching"] else 1
     kv_bytes_override = k["kv_cache_memory_bytes"]
-    named = release_number(setup.release) if setup.release else None
-    if kv_bytes_override is not None and (version in ("0.9", "v0", "v0-early") or (named or (1,)) < (0, 10, 2)):
+    release = representative_release(setup)
+    if kv_bytes_override is not None and release < (0, 10, 2) and (setup.release or version != "0.10"):
         raise InputError("kv_cache_memory_bytes", kv_bytes_override,  # vllm/config/cache.py from 0.10.2
                          f"unset before vLLM 0.10.2 (version {setup.release or version}); set "
                          "gpu_memory_utilization or num_gpu_blocks_override instead")
-    ceil = version in CEIL_VERSIONS or (named or (0,)) >= (0, 14, 0)
+    ceil = release >= (0, 14, 0)
     pinned = kv_bytes_override is not None or k["num_gpu_blocks_override"] is not None
 
     worst = None
