@@ -149,7 +149,9 @@ def test_would_log_lines_mark_estimates():
             "--max-model-len", "8192")
     assert r.exit_code == 0, r.output
     assert "≈ GPU KV cache size:" in r.output and "KV tokens band" in r.output
-    assert "  the current vLLM instance can use total_gpu_memory" in r.output  # exact: not marked
+    v0 = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", "--engines", "vllm",
+             "--max-model-len", "8192", "--set", "vllm.version=v0")
+    assert "  the current vLLM instance can use total_gpu_memory" in v0.output  # exact: not marked
     pinned = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", "--engines", "vllm",
                  "--max-model-len", "8192", "--set", "vllm.kv_cache_memory_bytes=10000000000")
     assert "≈" not in pinned.output

@@ -605,15 +605,17 @@ def compute(setup: Setup, which: str) -> EnginePlan:
             worst = (core, nonkvs[tight], workers[tight], startup_error, rows)
     core, (nk, requested, avail, stats, _idx), (_, bpb), startup_error, rows = worst
     weights, act = nk.get("weights"), nk.get("activation")
-    lines = [f"the current vLLM instance can use total_gpu_memory ({stats.bytes_limit / GiB:.2f}GiB) "
-             f"x gpu_memory_utilization ({util:.2f}) = {requested / GiB:.2f}GiB"]
-    lines.append(f"model weights take {weights / GiB:.2f}GiB; non_torch_memory takes "
-                 f"{nk.get('non_torch') / GiB:.2f}GiB; PyTorch activation peak memory takes "
-                 f"{act / GiB:.2f}GiB; the rest of the memory reserved for KV Cache is "
-                 f"{avail / GiB:.2f}GiB.")
+    lines = []
+    if version.startswith("v0"):  # V0's worker.py memory summary (V1 prints neither line)
+        lines.append(f"the current vLLM instance can use total_gpu_memory ({stats.bytes_limit / GiB:.2f}GiB) "
+                     f"x gpu_memory_utilization ({util:.2f}) = {requested / GiB:.2f}GiB")
+        lines.append(f"model weights take {weights / GiB:.2f}GiB; non_torch_memory takes "
+                     f"{nk.get('non_torch') / GiB:.2f}GiB; PyTorch activation peak memory takes "
+                     f"{act / GiB:.2f}GiB; the rest of the memory reserved for KV Cache is "
+                     f"{avail / GiB:.2f}GiB.")
     if graphs:
         lines.append(f"Estimated CUDA graph memory: {nk.get('cuda_graph') / GiB:.2f} GiB total")
-    if not version.startswith("v0"):
+    if not version.startswith("v0") and release >= (0, 9, 1):  # gpu_worker.py from 0.9.1 (PR #19312)
         shown = format_gib(avail) if ceil else gib2(avail)
         lines.append(f"Available KV cache memory: {shown} GiB")
     lines += list(cache.notes) + list(core.lines)
