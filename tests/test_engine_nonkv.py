@@ -576,3 +576,14 @@ def test_fused_moe_workspaces_and_chunk_by_release():
         late = engine_plan(model, "1xH100-80GB", engine="vllm", version="0.19.1", max_model_len=32768,
                            max_num_batched_tokens=65536, max_num_seqs=16)
     assert late.non_kv.get("activation") == 65536 * modular  # no chunk, beyond the 16-row sampler
+
+
+def test_v0_11_pads_each_dummy_encoder_output_to_the_encoder_budget():
+    # vllm 0.11.0–0.11.1 profile_run: each of the 32 image outputs (256 × 5376) is copied into
+    # new_zeros((encoder_budget, hidden)) with the budget at 8,192 tokens, and held through the
+    # language model's dummy run; 0.12.0 holds them as they are. Nothing else differs between the two
+    gemma = load_preset("gemma-3-27b")
+    with calibrated(SYN):
+        padded, plain = (engine_plan(gemma, "1xH100-80GB", engine="vllm", version=v, max_model_len=32768)
+                         for v in ("0.11.1", "0.12.0"))
+    assert padded.non_kv.get("activation") - plain.non_kv.get("activation") == 32 * (8192 - 256) * 5376 * 2

@@ -443,7 +443,7 @@ def v0_dummy_sequences(model: ModelSpec, batched: int, seqs: int, limit: int) ->
     return sequences, max(batched, sequences * embeddings)
 
 
-def encoder_peak_bytes(model: ModelSpec, tensor: int, items: int) -> tuple[int, int]:
+def encoder_peak_bytes(model: ModelSpec, tensor: int, items: int, pad_to: int = 0) -> tuple[int, int]:
     """(peak, outputs) of the dummy encoder run over ``items`` images on one tensor rank: the pixel
     tensors in the model dtype plus, per encoder position, the larger of one ViT layer's attention
     (residual, normed input and the output projection's result, hidden-wide; q, k, v and the
@@ -451,13 +451,15 @@ def encoder_peak_bytes(model: ModelSpec, tensor: int, items: int) -> tuple[int, 
     vllm/model_executor/models/siglip.py ``SiglipAttention``, pixtral.py, mllama4.py) and its MLP
     (residual and normed input beside the split MLP intermediates: ``vision_mlp_width``); the
     outputs are the embeddings V1 caches for the language model's dummy run
-    (``encoder_cache["tmp"]``)."""
+    (``encoder_cache["tmp"]``); ``pad_to``: each item's embeddings widened to that many rows
+    (vLLM 0.11.0–0.11.1 ``profile_run`` scatters each output into ``new_zeros((encoder_budget,
+    hidden))`` when it is shorter than the encoder budget)."""
     if not items:
         return 0, 0
     a, h, tp = activation_width(model), model.vision_hidden_size, tensor
     per_position = max(3 * h + 4 * -(-h // tp), 2 * h + -(-model.vision_mlp_width // tp))
     peak = items * a * (model.vision_pixels_per_item + model.vision_patches_per_item * per_position)
-    return peak, items * model.vision_tokens_per_item * model.hidden_size * a
+    return peak, items * max(model.vision_tokens_per_item, pad_to) * model.hidden_size * a
 
 
 def activation_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int, tokens: int,
@@ -465,7 +467,7 @@ def activation_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int, t
                     sampler_bytes_per_logit: tuple[int, int, int] = FLASHINFER_SAMPLER_BYTES,
                     moe_gather: int = 1, images: int = 0, encoder_outputs_held: bool = True,
                     hidden_held: bool = False, moe_chunk: int | None = FUSED_MOE_CHUNK_SIZE,
-                    modular_moe: bool = False) -> Band:
+                    modular_moe: bool = False, pad_encoder_outputs_to: int = 0) -> Band:
     """Transient activation peak of a profile pass, with its band: max(forward, sampler), and with
     a dummy encoder run of ``images`` (``encoder_items``; on the stage holding the tower) the larger of its own
     peak and, where its outputs stay cached through the language model's run (V1), the outputs
@@ -478,7 +480,7 @@ def activation_band(model: ModelSpec, *, tensor: int, kv_heads_per_shard: int, t
     rows = sampler_rows if last_stage else 0
     logits = rows * model.vocab_size
     beside = tokens * model.hidden_size * activation_width(model) if hidden_held and rows else 0
-    encoder, outputs = encoder_peak_bytes(model, tensor, images)
+    encoder, outputs = encoder_peak_bytes(model, tensor, images, pad_encoder_outputs_to)
     held = outputs if encoder_outputs_held else 0
     return Band.of(*(max(encoder * f, held + max(forward * f, beside + logits * b))
                      for f, b in zip(ACTIVATION_BAND, sampler_bytes_per_logit, strict=True)))

@@ -489,7 +489,9 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
                                                   and not v0) else 1,
                           images=images, encoder_outputs_held=not v0,
                           hidden_held=v0 or (version != "0.9" and release >= (0, 9, 2)),
-                          moe_chunk=fused_moe_chunk_size(release), modular_moe=release >= (0, 14, 0))
+                          moe_chunk=fused_moe_chunk_size(release), modular_moe=release >= (0, 14, 0),
+                          # the encoder budget: max_num_batched_tokens, or one item if that is larger
+                          pad_encoder_outputs_to=batched if (0, 11, 0) <= release < (0, 12, 0) else 0)
     link = interconnect(setup.mesh.device_kinds[0])
     non_torch = non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
                                custom_ar=not k["disable_custom_all_reduce"],
