@@ -87,6 +87,9 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     # QwQ-32B is a Qwen2.5-32B fine-tune with its architecture (Qwen's model card); the SGLang log
     # prints the 131072-token context the Qwen2.5-32B-Instruct file holds
     "qwen/qwq-32b": ("Qwen/Qwen2.5-32B-Instruct", {}),
+    # Qwen2.5-Coder-32B keeps Qwen2.5-32B's shapes (64 layers, 5120 hidden, 8 KV heads, 27,648 MLP,
+    # 152,064 vocabulary: its model card and config); the -AWQ checkpoint holds 4-bit AWQ weights
+    "qwen/qwen2.5-coder-32b-instruct-awq": ("Qwen/Qwen2.5-32B-Instruct", {"weight_quant": "awq"}),
     # Qwen2-7B has Qwen2.5-7B's shapes: the dennislee logs' KV lines give 57,344 B a token
     # (28 layers × 2 × 4 KV heads × 128 × 2 B) and their weights line the 7.6 B parameters; only the
     # rotary cache's length differs (≤ 24 MiB)
