@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from estimator.engines import engine_plan, vllm  # noqa: E402
+from estimator.engines import engine_plan, sglang, vllm  # noqa: E402
 from estimator.engines.non_kv import (  # noqa: E402
     CALIBRATION_PATH,
     calibrated,
@@ -369,10 +369,16 @@ def load_case(path: Path) -> Case:
     case.model = model
     try:
         case.knobs = knobs_for(engine, case.version, doc, flags, model)
+        release = RELEASE_IN_TEXT.search(str(doc.get("engine_version", "")))
         if engine == "vllm":  # the release itself where the log prints one of the family's
-            release = RELEASE_IN_TEXT.search(str(doc.get("engine_version", "")))
             if release and vllm.release_family(release.group()) == case.version:
                 case.knobs["version"] = release.group()
+        elif engine == "sglang" and release:  # a release SGLang's profile covers
+            try:
+                sglang.release_family(release.group())
+                case.knobs["version"] = release.group()
+            except InputError:
+                pass
     except ValueError as err:
         case.skip = str(err)
         return case

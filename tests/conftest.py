@@ -50,3 +50,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if REQUIRE_ORACLES and report.skipped and any(item.get_closest_marker(m) for m in ORACLE_MARKERS):
         report.outcome = "failed"
         report.longrepr = f"required oracle missing (KVFIT_REQUIRE_ORACLES=1): {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def sliding_model():
+    """A 12-layer gemma3_text model with a full layer every 6th (2 full, 10 sliding, window 1024;
+    4 KV heads × 128): the hybrid-pool cases of several engines' tests."""
+    from estimator.model.spec import ModelSpec
+
+    kinds = tuple("full_attention" if i % 6 == 5 else "sliding_attention" for i in range(12))
+    return ModelSpec(name="swa", model_type="gemma3_text", num_layers=12, hidden_size=1024,
+                     num_attention_heads=8, num_kv_heads=4, head_dim=128, vocab_size=32000,
+                     intermediate_size=4096, max_position_embeddings=32768, layer_types=kinds,
+                     sliding_window=1024)

@@ -4,6 +4,7 @@ validation, the MAX profile against the seed API, and knob translation."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -103,15 +104,11 @@ def test_vllm_min_over_pipeline_stages():
     assert p.num_blocks == (requested - (15 * GiB + GiB + GiB // 4 + GiB // 2)) // stage_block
 
 
-def test_vllm_hybrid_sliding_groups_by_hand():
+def test_vllm_hybrid_sliding_groups_by_hand(sliding_model):
     # 12 layers, a full layer every 6th (2 full, 10 sliding, window 1024): vLLM groups of 2 layers
     # → 1 full group + 5 sliding groups; a page holds 2 layers; one request of L tokens needs
     # cdiv(L,16) + 5 · (cdiv(min(1023 + T, L), 16) + 1) blocks (§3.3).
-    kinds = tuple("full_attention" if i % 6 == 5 else "sliding_attention" for i in range(12))
-    spec = ModelSpec(name="swa", model_type="gemma3_text", num_layers=12, hidden_size=1024,
-                     num_attention_heads=8, num_kv_heads=4, head_dim=128, vocab_size=32000,
-                     intermediate_size=4096, max_position_embeddings=32768, layer_types=kinds,
-                     sliding_window=1024)
+    spec = sliding_model
     p = engine_plan(spec, "1xH100-80GB", engine="vllm", max_num_batched_tokens=2048, **PINNED)
     token_layer = 4 * 128 * 2 * 2
     block = 2 * 16 * token_layer
@@ -129,13 +126,9 @@ def test_vllm_hybrid_sliding_groups_by_hand():
     ("0.17", 0.90, True, "blocks"),  # 0.17–0.19: 0.9, num_blocks // groups × block size
     ("0.11", 0.90, False, "blocks"),  # total × util unrounded before request_memory (0.15)
 ])
-def test_vllm_families_differ_where_the_releases_do(version, util, ceil, tokens_by):
+def test_vllm_families_differ_where_the_releases_do(version, util, ceil, tokens_by, sliding_model):
     # the sliding-window model above: 6 groups of 2 layers, per request 2048 + 5 × 193 blocks
-    kinds = tuple("full_attention" if i % 6 == 5 else "sliding_attention" for i in range(12))
-    spec = ModelSpec(name="swa", model_type="gemma3_text", num_layers=12, hidden_size=1024,
-                     num_attention_heads=8, num_kv_heads=4, head_dim=128, vocab_size=32000,
-                     intermediate_size=4096, max_position_embeddings=32768, layer_types=kinds,
-                     sliding_window=1024)
+    spec = sliding_model
     p = engine_plan(spec, "1xH100-80GB", engine="vllm", version=version, max_num_batched_tokens=2048,
                     **PINNED)
     requested = math.ceil(H100 * util) if ceil else int(H100 * util)
@@ -162,8 +155,11 @@ def test_sglang_auto_mem_fraction_by_hand():
         (81080 - 13440) / 81080, 3) == 0.834
     # TP4: max_bs 512 → 14,336 MiB (above the 10 GiB floor)
     assert auto_mem_fraction(H100, tp=4, pp=1, chunked=8192, max_bs=512, graphs=True) == 0.823
+    # SGLang reads nvidia-smi's total (81,559 MiB on an H100 80GB HBM3) and, from 0.5.10, reserves
+    # 8 MiB per prefill CUDA-graph size: 4–32 by 4, 48–256 by 16, 288–512 by 32, 576–1024 by 64,
+    # 1280–4096 by 256, 4608–8192 by 512 = 8 + 14 + 8 + 8 + 12 + 8 = 58 sizes = 464 MiB
     p = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="sglang")
-    assert p.knobs["mem_fraction_static"] == 0.834
+    assert p.knobs["mem_fraction_static"] == round((81559 - (13440 + 58 * 8)) / 81559, 3) == 0.830
 
 
 def test_sglang_pool_by_hand():
@@ -382,17 +378,18 @@ def test_sglang_mamba_pool_first():
     assert any(f"max_mamba_cache_size: {size}" in line for line in p.log_lines)
 
 
-def test_sglang_sliding_window_pool_ratio():
-    kinds = tuple("full_attention" if i % 6 == 5 else "sliding_attention" for i in range(12))
-    spec = ModelSpec(name="swa", model_type="gemma3_text", num_layers=12, hidden_size=1024,
-                     num_attention_heads=8, num_kv_heads=4, head_dim=128, vocab_size=32000,
-                     intermediate_size=4096, max_position_embeddings=32768, layer_types=kinds,
-                     sliding_window=1024)
-    p = engine_plan(spec, "1xH100-80GB", engine="sglang", mem_fraction_static=0.9, context_bytes=0,
-                    weights_bytes=GiB, non_torch_bytes=0)
+def test_sglang_sliding_window_pool_ratio(sliding_model):
+    spec = sliding_model
     layer = 4 * 128 * 2 * 2
     rest = H100 - GiB - H100 // 10
-    assert p.kv_tokens == int(rest // (2 * layer + 0.8 * 10 * layer))  # full + 0.8 × sliding per token
+    # an architecture SGLang pools apart (gpt-oss here): full + 0.8 × sliding per token
+    hybrid = engine_plan(replace(spec, model_type="gpt_oss"), "1xH100-80GB", engine="sglang",
+                         mem_fraction_static=0.9, context_bytes=0, weights_bytes=GiB, non_torch_bytes=0)
+    assert hybrid.kv_tokens == int(rest // (2 * layer + 0.8 * 10 * layer))
+    # Gemma 2/3 opt out of the hybrid pool (disable_hybrid_swa_memory): every layer at full length
+    p = engine_plan(spec, "1xH100-80GB", engine="sglang", mem_fraction_static=0.9, context_bytes=0,
+                    weights_bytes=GiB, non_torch_bytes=0)
+    assert p.kv_tokens == rest // (12 * layer)
 
 
 def test_mla_latent_is_not_divided_by_tp():

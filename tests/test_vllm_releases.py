@@ -57,8 +57,8 @@ def test_a_release_plans_as_its_family():
 
 
 def test_engines_without_releases_keep_their_names():
-    with pytest.raises(InputError, match="one of 0.5.23"):
-        engine_plan("llama-3.1-8b", "1xH100-80GB", engine="sglang", version="0.4.9")
+    with pytest.raises(InputError, match="one of pytorch"):
+        engine_plan("llama-3.1-8b", "1xH100-80GB", engine="trtllm", version="0.20.0")
 
 
 @pytest.mark.parametrize("release, mesh, batched, seqs", [

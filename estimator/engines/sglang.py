@@ -1,4 +1,5 @@
-"""SGLang 0.5.23 (sgl-project/sglang, python/sglang/srt/model_executor/model_runner.py).
+"""SGLang 0.5.23 (sgl-project/sglang, python/sglang/srt/model_executor/model_runner.py), with the
+rules that changed between 0.4.3 and 0.5.23 following the release named (``release_family``).
 
 ``mem_fraction_static`` is (weights + KV pool) / memory. Per rank: ``rest = free_after_weights −
 pre_load_free · (1 − mem_fraction_static)`` (pre-load free memory is the minimum over ranks, read
@@ -55,6 +56,7 @@ from estimator.engines.non_kv import (
     term,
     torch_param_bytes,
 )
+from estimator.engines.vllm_releases import release_number
 from meshes.catalog import MiB
 from meshes.validation import InputError
 
@@ -91,12 +93,31 @@ KNOBS = {
 }
 
 
-def tier(gpu_gib: float, tp: int) -> tuple[int, int]:
-    """(chunked_prefill_size, cuda_graph_max_bs) by GPU memory (§4.1)."""
+FIRST_RELEASE, LAST_RELEASE = (0, 4, 3), (0, 5, 23)
+
+
+def release_family(release: str) -> str:
+    """SGLang releases 0.4.3–0.5.23 run as the "0.5.23" profile, the rules that changed between
+    them following the release (``compute``); anything else is refused."""
+    text = str(release).strip()
+    if text in VERSIONS:
+        return text
+    number = release_number(text)
+    if number is None or not FIRST_RELEASE <= number <= LAST_RELEASE:
+        raise InputError("version", release, "an SGLang release 0.4.3–0.5.23 (e.g. 0.4.6.post5, 0.5.3) "
+                         f"or {VERSIONS[0]}")
+    return VERSIONS[0]
+
+
+def tier(gpu_gib: float, tp: int, release: tuple[int, int, int] = LAST_RELEASE) -> tuple[int, int]:
+    """(chunked_prefill_size, cuda_graph_max_bs) by GPU memory (§4.1; 20–35 GiB cards: 2048 tokens
+    and 16 (0.5.3–0.5.4) or 24 (to 0.5.19) graphs below TP 4, server_args.py ``_handle_gpu_memory_settings``)."""
     big = tp >= 4
     if gpu_gib < 20:
         return 2048, 8
     if gpu_gib < 35:
+        if release < (0, 5, 20):
+            return 2048, 80 if big else 16 if release < (0, 5, 5) else 24
         return 4096, 160 if big else 48
     if gpu_gib < 60:
         return 4096, 160 if big else 32
@@ -105,11 +126,65 @@ def tier(gpu_gib: float, tp: int) -> tuple[int, int]:
     return 16384, 512
 
 
+# Prefill CUDA-graph capture sizes (tokens): python/sglang/srt/arg_groups/cuda_graph_hook.py
+# ``generate_prefill_cuda_graph_batch_sizes``, up to the chunked prefill size (MLA: at most 8192)
+PREFILL_GRAPH_SIZES = (tuple(range(4, 33, 4)) + tuple(range(48, 257, 16)) + tuple(range(288, 513, 32))
+                       + tuple(range(576, 1025, 64)) + tuple(range(1280, 4097, 256)))
+# SGLang's own list of hybrid sliding-window architectures (configs/model_config.py
+# ``is_hybrid_swa_model``); Gemma 2/3 opt out (arg_groups/model_overrides/gemma2_gemma3.py:
+# ``disable_hybrid_swa_memory``), so their windowed layers hold full-length KV
+HYBRID_SWA_TYPES = ("gpt_oss", "llama4", "llama4_text")
+
+
+def prefill_graph_reserve_mib(chunked: int, *, mla: bool) -> float:
+    """``reserve_for_graph_mb``'s prefill part: 8 MiB of non-torch memory per captured size, or
+    1.5 GiB with an MLA backend (breakable prefill graphs, on by default on CUDA)."""
+    if mla:
+        return 1.5 * 1024
+    top = chunked
+    sizes = [n for n in PREFILL_GRAPH_SIZES + tuple(range(4608, top + 1, 512)) if n <= top]
+    return 8 * len(sizes)
+
+
+OLD_FRACTIONS = ((16, 0.79), (8, 0.81), (4, 0.85), (2, 0.87), (1, 0.88))  # by parallel size, ≤ 0.4.7
+
+
+def release_mem_fraction(release: tuple[int, int, int], gpu_mem_bytes: int, *, tp: int, pp: int) -> float | None:
+    """The default ``mem_fraction_static`` of releases before 0.5.3 (server_args.py ``__post_init__``),
+    None from 0.5.3 (``auto_mem_fraction``): 0.4.3–0.4.5 by TP size alone; 0.4.6–0.4.7 by TP × PP
+    on cards up to 80 GiB, then 0.79 above 180,000 MiB (0.4.7) or ``min(f + 48 GiB · (1 − f) / mem,
+    (mem − 18 GiB) / mem)`` above 96 GiB; 0.4.8–0.5.2 a reserve per card class."""
+    gpu = gpu_mem_bytes / MiB
+    parallel = tp * pp
+    if release < (0, 4, 6):
+        return next(f for n, f in OLD_FRACTIONS if tp >= n)
+    if release < (0, 4, 8):
+        f = next(f for n, f in OLD_FRACTIONS if parallel >= n) if gpu <= 81920 else 0.88
+        if release >= (0, 4, 7) and gpu > 180 * 1000:
+            return 0.79
+        if gpu > 96 * 1024:
+            return min(f + 48 * 1024 * (1 - f) / gpu, (gpu - 18 * 1024) / gpu)
+        return f
+    if release < (0, 5, 3):
+        if gpu < 35 * 1024:
+            reserved = (2.8 + parallel / 10) * 1024
+        elif gpu < 90 * 1024:
+            reserved = (9.5 + parallel / 2) * 1024
+        elif gpu < 160 * 1024:
+            reserved = (12 + parallel / 2) * 1024
+        else:
+            reserved = 32 * 1024
+        return round((gpu - reserved) / gpu, 3)
+    return None
+
+
 def auto_mem_fraction(gpu_mem_bytes: int, *, tp: int, pp: int, chunked: int, max_bs: int,
-                      graphs: bool) -> float:
-    """handle_gpu_memory_settings: reserve MiB for activations, graphs and parallel buffers."""
+                      graphs: bool, prefill_graphs_mib: float = 0.0) -> float:
+    """handle_gpu_memory_settings: reserve MiB for activations, graphs and parallel buffers
+    (``gpu_mem_bytes``: the card's total as nvidia-smi prints it, ``get_device_memory_capacity``)."""
     gpu_mib = gpu_mem_bytes / MiB
-    reserved = 512 + 1.5 * max(chunked, 2048) + tp * pp / 8 * 1024 + (2 * max_bs if graphs else 0)
+    reserved = (512 + 1.5 * max(chunked, 2048) + tp * pp / 8 * 1024 + (2 * max_bs if graphs else 0)
+                + prefill_graphs_mib)
     if gpu_mib > 60 * 1024:
         reserved = max(reserved, 10 * 1024)
     return round((gpu_mib - reserved) / gpu_mib, 3)
@@ -130,14 +205,26 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     geom = geometry(m, lay, kv_cache_dtype=kv_dtype, page_size=page)
     kvs = kv_specs(m, lay.tensor, kv_dtype)
     first = mesh.stats[0]
-    d_chunk, d_bs = tier(first.bytes_limit / GiB, lay.tensor)
+    # nvidia-smi's memory.total, the smallest over the GPUs (utils get_device_memory_capacity)
+    gpu_mem = min(getattr(getattr(d, "spec", None), "memory_bytes", 0) or st.bytes_limit
+                  for d, st in zip(mesh.devices, mesh.stats, strict=True))
+    release = release_number(setup.release) if setup.release else LAST_RELEASE
+    d_chunk, d_bs = tier(gpu_mem / GiB, lay.tensor, release)
     chunked = k["chunked_prefill_size"] or d_chunk
     max_bs = k["cuda_graph_max_bs"] or d_bs
+    if k["cuda_graph_max_bs"] is None and k["max_running_requests"] is not None and release >= (0, 5, 22):
+        max_bs = min(max_bs, k["max_running_requests"])  # no graph larger than the batch (memory_hook.py)
     graphs = not k["disable_cuda_graph"]
     frac = k["mem_fraction_static"]
     if frac is None:
-        frac = auto_mem_fraction(min(s.bytes_limit for s in mesh.stats), tp=lay.tensor, pp=lay.pipeline,
-                                 chunked=chunked, max_bs=max_bs, graphs=graphs)
+        frac = release_mem_fraction(release, gpu_mem, tp=lay.tensor, pp=lay.pipeline)
+    if frac is None:
+        # prefill graphs (0.5.10 on): breakable capture, off for pipeline parallelism and multimodal models
+        prefill = graphs and lay.pipeline == 1 and not m.vision_patches_per_item and release >= (0, 5, 10)
+        frac = auto_mem_fraction(gpu_mem, tp=lay.tensor, pp=lay.pipeline, chunked=chunked, max_bs=max_bs,
+                                 graphs=graphs,
+                                 prefill_graphs_mib=prefill_graph_reserve_mib(chunked, mla=m.is_mla)
+                                 if prefill else 0.0)
     link = interconnect(mesh.device_kinds[0])
     context = term("context", CONTEXT, CONTEXT_SOURCE, setup.measured.get("context_bytes"))
     non_torch = term("non_torch", non_torch_band(NAME, setup.version, tensor=lay.tensor, pipeline=lay.pipeline,
@@ -164,8 +251,10 @@ def compute(setup: Setup, which: str) -> EnginePlan:
         after = pre - nk.total(which, ("weights", "residual"))
         rest = after - int(pre * (1 - Fraction(str(frac))))
         layers = [kvs[i] for i in stage.layers]
-        full_cell = sum(kv.token_bytes for kv in layers if not kv.window)
-        swa_cell = sum(kv.token_bytes for kv in layers if kv.window)  # HybridSWAPoolConfigurator
+        # the hybrid pool: none before 0.4.10, every windowed model in 0.4.10, SGLang's list from 0.5.1
+        hybrid = release >= (0, 4, 10) and (release < (0, 5, 1) or m.model_type in HYBRID_SWA_TYPES)
+        full_cell = sum(kv.token_bytes for kv in layers if not (kv.window and hybrid))
+        swa_cell = sum(kv.token_bytes for kv in layers if kv.window and hybrid)  # HybridSWAPoolConfigurator
         state = sum(kv.state_bytes for kv in layers)
         per_stage.append((s, nk, after, rest, full_cell, swa_cell, state, layers))
     notes, warnings, error = [], [], None
