@@ -71,3 +71,12 @@ def test_the_hybrid_sliding_window_pool_by_release(sliding_model):
 def test_releases_outside_0_4_3_to_0_5_23_are_refused(release):
     with pytest.raises(InputError, match="an SGLang release 0.4.3–0.5.23"):
         engine_plan("llama-3.1-8b", "1xH100-80GB", engine="sglang", version=release)
+
+
+def test_decode_graph_reserve_without_graphs_until_0_5_15():
+    # --disable-cuda-graph: 0.5.14 still reserves 2 MiB × 256 graph sizes, 0.5.15 does not
+    h100 = nvidia_smi_mib("H100-80GB")
+    off = {v: engine_plan("llama-3.1-8b", "1xH100-80GB", engine="sglang", version=v,
+                          disable_cuda_graph=True).knobs["mem_fraction_static"] for v in ("0.5.14", "0.5.15")}
+    # the 10 GiB floor of > 60 GiB cards: 512 + 1.5 · 8192 + 128 (+ 512) MiB is above it either way
+    assert off == {"0.5.14": round((h100 - 13440) / h100, 3), "0.5.15": round((h100 - 12928) / h100, 3)}

@@ -221,8 +221,9 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     if frac is None:
         # prefill graphs (0.5.10 on): breakable capture, off for pipeline parallelism and multimodal models
         prefill = graphs and lay.pipeline == 1 and not m.vision_patches_per_item and release >= (0, 5, 10)
+        # the decode graphs' 2 MiB a batch size: reserved even with graphs off until 0.5.15
         frac = auto_mem_fraction(gpu_mem, tp=lay.tensor, pp=lay.pipeline, chunked=chunked, max_bs=max_bs,
-                                 graphs=graphs,
+                                 graphs=graphs or release < (0, 5, 15),
                                  prefill_graphs_mib=prefill_graph_reserve_mib(chunked, mla=m.is_mla)
                                  if prefill else 0.0)
     link = interconnect(mesh.device_kinds[0])
