@@ -80,3 +80,19 @@ def test_decode_graph_reserve_without_graphs_until_0_5_15():
                           disable_cuda_graph=True).knobs["mem_fraction_static"] for v in ("0.5.14", "0.5.15")}
     # the 10 GiB floor of > 60 GiB cards: 512 + 1.5 · 8192 + 128 (+ 512) MiB is above it either way
     assert off == {"0.5.14": round((h100 - 13440) / h100, 3), "0.5.15": round((h100 - 12928) / h100, 3)}
+
+
+def test_multimodal_models_cut_the_fraction(hf_config):
+    from estimator.model.hf_config import load_hf_config
+
+    vl = load_hf_config(hf_config("Qwen/Qwen2.5-VL-7B-Instruct"))  # ViT hidden 1280; no num_hidden_layers
+    b200 = nvidia_smi_mib("B200-192GB")
+    # 0.5.3 on, unset: 16,384-token chunks, 512 graphs → 512 + 24,576 + 128 + 1024 MiB, then × 0.95 ×
+    # (1 − 0.1 · (24 · 1280² / (24 · 1024²) − 1)) with SGLang's default of 24 ViT layers
+    base = round((b200 - 26240) / b200, 3)
+    plan = engine_plan(vl, "1xB200-192GB", engine="sglang", version="0.5.6")
+    assert plan.knobs["mem_fraction_static"] == pytest.approx(base * 0.95 * (1 - 0.1 * (1280**2 / 1024**2 - 1)))
+    # a fraction the user set is kept from 0.4.9; 0.4.7 still multiplied it by 0.95
+    for release, expected in (("0.5.6", 0.8), ("0.4.7", 0.8 * 0.95)):
+        p = engine_plan(vl, "1xB200-192GB", engine="sglang", version=release, mem_fraction_static=0.8)
+        assert p.knobs["mem_fraction_static"] == pytest.approx(expected)

@@ -57,6 +57,7 @@ from estimator.engines.non_kv import (
     torch_param_bytes,
 )
 from estimator.engines.vllm_releases import release_number
+from estimator.model.spec import ModelSpec
 from meshes.catalog import MiB
 from meshes.validation import InputError
 
@@ -178,6 +179,23 @@ def release_mem_fraction(release: tuple[int, int, int], gpu_mem_bytes: int, *, t
     return None
 
 
+def vlm_mem_fraction(frac: float, model: ModelSpec, release: tuple[int, int, int], user_set: bool) -> float:
+    """The multimodal cut of ``mem_fraction_static`` for the image processing: × 0.95 (to 0.4.7) or
+    × 0.90 (0.4.8) even on a fraction the user set (model_runner.py ``model_specific_adjustment``),
+    × 0.90 on the default only (0.4.9–0.5.2), then ``adjust_mem_fraction_for_vlm`` (0.5.3 on,
+    arg_groups/memory_hook.py): × 0.95 × clamp(1 − 0.1 · (ViT layers · hidden² / (24 · 1024²) − 1),
+    0.8, 1.05), the layers ``vision_config.num_hidden_layers`` or 24 where the config has none."""
+    if release < (0, 4, 9):
+        return frac * (0.95 if release < (0, 4, 8) else 0.90)
+    if user_set:
+        return frac
+    if release < (0, 5, 3):
+        return frac * 0.90
+    layers = model.vision_config_layers or 24
+    ratio = layers * model.vision_hidden_size**2 / (24 * 1024**2)
+    return frac * 0.95 * max(0.8, min(1.05, 1.0 - 0.1 * (ratio - 1.0)))
+
+
 def auto_mem_fraction(gpu_mem_bytes: int, *, tp: int, pp: int, chunked: int, max_bs: int,
                       graphs: bool, prefill_graphs_mib: float = 0.0) -> float:
     """handle_gpu_memory_settings: reserve MiB for activations, graphs and parallel buffers
@@ -226,6 +244,8 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                                  graphs=graphs or release < (0, 5, 15),
                                  prefill_graphs_mib=prefill_graph_reserve_mib(chunked, mla=m.is_mla)
                                  if prefill else 0.0)
+    if m.vision_patches_per_item:
+        frac = vlm_mem_fraction(frac, m, release, user_set=k["mem_fraction_static"] is not None)
     link = interconnect(mesh.device_kinds[0])
     context = term("context", CONTEXT, CONTEXT_SOURCE, setup.measured.get("context_bytes"))
     non_torch = term("non_torch", non_torch_band(NAME, setup.version, tensor=lay.tensor, pipeline=lay.pipeline,

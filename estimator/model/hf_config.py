@@ -560,6 +560,8 @@ def _spec_from_hf_config(config: Config, name: str) -> ModelSpec:
         spec["vision_params"], spec["vision_sharded_params"] = vision_tower_params(
             vision, spec["hidden_size"], merge)
         spec.update(vision_encoder_shape(vision, wrapper, merge))
+        spec["vision_config_layers"] = _Reader(vision, "vision", "vision_config").count(
+            "num_hidden_layers", default=0, minimum=0, maximum=2**12)
     elif vision is not None:
         raise InputError("vision_config", plain_text(vision, 80), "a JSON object")
     try:

@@ -109,6 +109,7 @@ class ModelSpec:
     vision_tokens_per_item: int = 0  # embeddings it hands the language model
     vision_pixels_per_item: int = 0  # values of its pixel tensor (channels × height × width)
     vision_video: bool = False  # also takes videos, which vLLM V0 profiles beside the images (Qwen2.5-VL)
+    vision_config_layers: int = 0  # vision_config.num_hidden_layers as written (0: the key is absent)
     # positions of each RoPE cos/sin table the reference code precomputes (() = one table of
     # max_position_embeddings); rope scaling and per-layer-kind bases change it (hf_config.rope_tables)
     rope_positions: tuple[int, ...] = ()
