@@ -194,7 +194,8 @@ def engines_table(plans: list[EnginePlan]) -> Table:
         table.add_column(f"{p.engine} {p.version}", justify="right", overflow="fold")
     fraction = CONCEPTS["memory fraction"]
     rows = [
-        ("memory fraction", lambda p: f"{p.knobs.get(fraction[p.engine])}"),
+        ("memory fraction", lambda p: f"{p.knobs.get(fraction[p.engine]):.4g}"
+         if isinstance(p.knobs.get(fraction[p.engine]), float) else f"{p.knobs.get(fraction[p.engine])}"),
         ("scope of GiB", lambda p: p.scope),
         ("memory seen GiB", lambda p: gib(p.total_bytes)),
         ("budget GiB", lambda p: gib(p.budget_bytes)),
