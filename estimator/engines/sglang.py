@@ -56,7 +56,7 @@ from estimator.engines.non_kv import (
     term,
     torch_param_bytes,
 )
-from estimator.engines.vllm_releases import release_number
+from estimator.engines.releases import release_number
 from estimator.model.spec import ModelSpec
 from meshes.catalog import MiB
 from meshes.validation import InputError

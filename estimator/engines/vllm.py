@@ -100,8 +100,8 @@ from estimator.engines.non_kv import (
     torch_param_bytes,
     v0_dummy_sequences,
 )
+from estimator.engines.releases import release_number
 from estimator.engines.vllm_releases import release_family as _family_of
-from estimator.engines.vllm_releases import release_number
 from estimator.model.spec import ModelSpec
 from meshes.validation import InputError
 

@@ -11,8 +11,7 @@ the next one, which the family bands leave room for.
 
 from __future__ import annotations
 
-import re
-
+from estimator.engines.releases import release_number
 from meshes.validation import InputError
 
 # (first release, family), newest first, with the change each family begins with:
@@ -41,21 +40,6 @@ FIRST_MODELLED = FAMILY_STARTS[-1][0]
 # extensible KV cache, on by default on CUDA and ROCm, with gpu_memory_utilization then 1.0:
 # vllm/v1/worker/extensible_kv_cache.py measure_kv_cache_bytes), which kvfit does not model yet
 NOT_YET_MODELLED = (0, 34, 0)
-
-_RELEASE = re.compile(
-    r"v?(?P<major>\d+)\.(?P<minor>\d+)(?:\.(?P<patch>\d+))?(?:\.\d+)*"  # 0.10.1.1: a fourth part
-    r"(?P<pre>(?:\.?(?:rc|a|b|post|dev)\d*)*)"  # 0.8.5.post1, 0.16.0rc2.dev377
-    r"(?:\+[0-9A-Za-z.\-_]*)?",  # local part: +g0b7f11a1e, +582e4e37.nv25.11, +cu128
-    re.IGNORECASE)
-
-
-def release_number(release: str) -> tuple[int, int, int] | None:
-    """(major, minor, patch) of a release string, None for text that is not one."""
-    match = _RELEASE.fullmatch(str(release).strip())
-    if match is None:
-        return None
-    return int(match["major"]), int(match["minor"]), int(match["patch"] or 0)
-
 
 def release_family(release: str, families: tuple[str, ...]) -> str:
     """The family of ``release`` (a family name itself is returned as it is); an InputError for
