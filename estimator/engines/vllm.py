@@ -172,7 +172,7 @@ KNOBS = {
     "use_flashinfer_sampler": Knob("use_flashinfer_sampler", None, boolean,
                                    "whether FlashInfer's top-k/top-p sampler runs (V1; env "
                                    "VLLM_USE_FLASHINFER_SAMPLER with FlashInfer installed); default: the "
-                                   "release's (0.9.1–0.11.0 and from 0.21: when installed)"),
+                                   "release's (0.8.0–0.11.0 and from 0.21: when installed)"),
     "usage_context": Knob("usage_context", "openai_api_server", choice(USAGE),
                           "openai_api_server (vllm serve) or llm_class (LLM(...)): batch defaults"),
 }
@@ -400,15 +400,15 @@ def representative_release(setup: Setup) -> tuple[int, int, int]:
 
 
 def batch_defaults(version: str, total_bytes: int, device_kind: str, usage: str, max_model_len: int,
-                   release: tuple[int, int, int]) -> tuple[int, int]:
+                   number: tuple[int, int, int]) -> tuple[int, int]:
     """(max_num_batched_tokens, max_num_seqs) when unset (vllm/engine/arg_utils.py
     ``_set_default_args_v1`` / ``get_batch_defaults`` of each release, §3.1 item 4, item 6):
     0.8.0–0.8.3 raise the token budget on H100/H200 by name and give every GPU 1024 sequences;
     0.8.4 also gives the others 256; 0.8.5 picks by memory (≥ 70 GiB); 0.9.0 leaves A100s out of
-    that class (PR #17885); 0.28.0 adds ≥ 160 GiB cards (B200/B300) at 16384 tokens for the server too."""
+    that class (PR #17885); 0.28.0 adds ≥ 160 GiB cards (B200/B300) at 16384 tokens for the server too
+    (``number``: the release, ``representative_release``)."""
     if version.startswith("v0"):  # chunked prefill off; on automatically above 32K with 2048 tokens
         return (2048 if max_model_len > 32768 else max(max_model_len, 2048)), 256
-    number = release
     llm = usage == "llm_class"
     name = device_kind.lower()
     by_name = "h100" in name or "h200" in name
@@ -551,15 +551,15 @@ def compute(setup: Setup, which: str) -> EnginePlan:
         cache = CacheLayout((KVGroup(tuple(i for i, kv in enumerate(kvs) if holds_kv(kv))),),
                             block, block * max(kv.token_bytes for kv in kvs), ())
     first = mesh.stats[0]
+    release = representative_release(setup)
     d_tokens, d_seqs = batch_defaults(version, first.bytes_limit, mesh.device_kinds[0], k["usage_context"],
-                                      length, representative_release(setup))
+                                      length, release)
     batched = k["max_num_batched_tokens"] or d_tokens
     seqs = k["max_num_seqs"] or d_seqs
     graphs = version in GRAPH_VERSIONS and not k["enforce_eager"]
     group_size = lay.tensor * lay.pipeline
     state_blocks = 2 if k["enable_prefix_caching"] else 1
     kv_bytes_override = k["kv_cache_memory_bytes"]
-    release = representative_release(setup)
     if kv_bytes_override is not None and release < (0, 10, 2) and (setup.release or version != "0.10"):
         raise InputError("kv_cache_memory_bytes", kv_bytes_override,  # vllm/config/cache.py from 0.10.2
                          f"unset before vLLM 0.10.2 (version {setup.release or version}); set "
