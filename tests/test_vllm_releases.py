@@ -90,3 +90,13 @@ def test_the_budget_is_rounded_up_from_0_14():
     new = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", version="0.14.0", max_model_len=8192,
                       gpu_memory_utilization=0.37)
     assert (old.budget_bytes, new.budget_bytes) == (int(total * 0.37), -(-total * 37 // 100))
+
+
+def test_model_runner_v2_by_release():
+    # vllm/config/vllm.py use_v2_model_runner: dense decoders from 0.25.0, every model from 0.29.0
+    from estimator.engines.non_kv import model_runner_v2
+    from estimator.model.resolve import load_preset
+
+    dense, moe = load_preset("llama-3.1-8b"), load_preset("qwen3-30b-a3b")
+    assert [model_runner_v2(r, dense) for r in ((0, 24, 0), (0, 25, 0), (0, 33, 0))] == [False, True, True]
+    assert [model_runner_v2(r, moe) for r in ((0, 28, 0), (0, 29, 0))] == [False, True]

@@ -91,7 +91,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from estimator.model.spec import ModelSpec
+from estimator.model.spec import RECURRENT_TYPES, ModelSpec
 from meshes.catalog import GiB, MiB
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
@@ -317,6 +317,40 @@ def sampler_bytes_per_logit(version: str, rows: int, vocab: int, flashinfer: boo
     if flashinfer_by_default(version, release):
         return kernel[0], kernel[1], fallback[2]
     return kernel[0], fallback[1], fallback[2]
+
+
+def model_runner_v2(release: tuple[int, int, int], model: ModelSpec) -> bool:
+    """Whether a V1 release profiles with Model Runner V2 (vllm/v1/worker/gpu/model_runner.py) by
+    default (vllm/config/vllm.py ``use_v2_model_runner``): from 0.29.0 for every model, in
+    0.25–0.28 for dense decoders (not MoE, not Mamba-hybrid); before 0.25 only a few named
+    architectures (left out here)."""
+    if release >= (0, 29, 0):
+        return True
+    hybrid = any(kind in RECURRENT_TYPES for kind in model.layer_types)
+    return release >= (0, 25, 0) and not model.is_moe and not hybrid
+
+
+def mrv2_sampler_bytes_per_logit(release: tuple[int, int, int],
+                                 flashinfer: bool | None) -> tuple[int, int, int]:
+    """(low, central, high) bytes per logit of Model Runner V2's dummy sampler run: from 0.33.0 a
+    second pass with ``SamplingParams.for_sampler_warmup()`` runs FlashInfer's top-k/top-p (on by
+    default: bf16 logits 2 + fp32 copy 4 + FlashInfer's masked copy 4 + its probabilities 4 = 14 B)
+    or, without FlashInfer, the in-place Triton mask (2 + 4 = 6 B); 0.26–0.32 run the greedy pass
+    alone over the bf16 logits (2 B); 0.25 copies them to fp32 first (6 B)."""
+    if release >= (0, 33, 0):
+        if flashinfer is None:
+            return 6, 14, 14
+        return (14, 14, 14) if flashinfer else (6, 6, 6)
+    per = 2 if release >= (0, 26, 0) else 6
+    return per, per, per
+
+
+def mrv2_sampler_state_bytes(seqs: int, vocab: int) -> int:
+    """Penalty state Model Runner V2's sampler allocates at construction (vllm/v1/worker/gpu/sample/
+    penalties.py: ``output_bin_counts`` [max_num_reqs, vocab] int32 and ``prompt_bin_mask``
+    [max_num_reqs, ⌈vocab / 32⌉] int32): after the weights are measured, persistent, so charged as
+    non-KV from 0.27 (``total_consumed``)."""
+    return seqs * (4 * vocab + 4 * -(-vocab // 32))
 
 
 ACTIVATION_BAND = (0.9, 1.0, 1.35)
@@ -698,6 +732,6 @@ __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTE
            "calibration", "capture_graph_band", "cuda_graph_band", "cudagraph_capture_sizes",
            "custom_all_reduce_bytes", "encoder_items", "encoder_peak_bytes", "fitted", "forward_bytes",
            "forward_bytes_per_token", "fused_moe_chunk_size", "gpu_class", "interconnect", "lora_slot_bytes",
-           "mxfp4_padding_bytes",
+           "model_runner_v2", "mrv2_sampler_bytes_per_logit", "mrv2_sampler_state_bytes", "mxfp4_padding_bytes",
            "non_torch_band", "residual_band", "rotary_cache_bytes", "sampler_bytes_per_logit", "term",
            "torch_param_bytes", "torch_sort_sampler_bytes", "v0_dummy_sequences", "vision_split_bytes"]

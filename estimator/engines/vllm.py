@@ -4,7 +4,9 @@ come from, the version being a knob:
 
 - ``"0.33"`` (current; 0.29–0.33): ``available = ceil(total · util) − non-KV − CUDA graphs``; the
   null block held back in the fit check (vllm PR #47272, 0.29.0); one "GPU KV cache size …
-  Maximum concurrency" line (PR #50462, 0.28.0).
+  Maximum concurrency" line (PR #50462, 0.28.0); the profile run is Model Runner V2's (the default
+  for every model from 0.29, for dense ones from 0.25: estimator.engines.non_kv ``model_runner_v2``),
+  whose sampler warms up through FlashInfer in 0.33 and holds its penalty state.
 - ``"0.2x"`` (0.20–0.28): no null block in the fit check, two capacity lines, the token count
   ``int(concurrency × max_model_len)`` (0.20.1); the CUDA-graph estimate subtracted and
   utilization 0.92 by default (vllm PR #38284, 0.20.0, though the log says "default since v0.21.0").
@@ -91,6 +93,9 @@ from estimator.engines.non_kv import (
     fused_moe_chunk_size,
     interconnect,
     lora_slot_bytes,
+    model_runner_v2,
+    mrv2_sampler_bytes_per_logit,
+    mrv2_sampler_state_bytes,
     mxfp4_padding_bytes,
     non_torch_band,
     residual_band,
@@ -478,10 +483,12 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
     # charged there; vLLM's V1 profile_run has no first-rank check, which a tower built on every
     # stage would also run: an approximation for pipeline-parallel multimodal models
     images = profiled if stage == 0 else 0
+    mrv2 = not v0 and model_runner_v2(release, m)
+    per_logit = (mrv2_sampler_bytes_per_logit(release, k["use_flashinfer_sampler"]) if mrv2 else
+                 sampler_bytes_per_logit(version, rows, m.vocab_size, k["use_flashinfer_sampler"], release))
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=tokens,
                           sampler_rows=rows, last_stage=stage == lay.pipeline - 1,
-                          sampler_bytes_per_logit=sampler_bytes_per_logit(
-                              version, rows, m.vocab_size, k["use_flashinfer_sampler"], release),
+                          sampler_bytes_per_logit=per_logit,
                           # DP + expert parallel (EP = DP x TP): the naive all-to-all gathers every DP
                           # rank's tokens before the experts (non_kv.forward_bytes); V1 only
                           moe_gather=lay.data if (m.is_moe and lay.data > 1 and lay.expert > 1
@@ -492,6 +499,8 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
                           moe_chunk=fused_moe_chunk_size(release), modular_moe=release >= (0, 14, 0),
                           # the encoder budget: max_num_batched_tokens, or one item if that is larger
                           pad_encoder_outputs_to=batched if (0, 11, 0) <= release < (0, 12, 0) else 0)
+    if mrv2 and release >= (0, 27, 0) and stage == lay.pipeline - 1:  # the sampler's persistent penalty state
+        act = act + Band.exact(mrv2_sampler_state_bytes(seqs, m.vocab_size))
     link = interconnect(setup.mesh.device_kinds[0])
     non_torch = non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
                                custom_ar=not k["disable_custom_all_reduce"],
