@@ -606,7 +606,7 @@ def shrunk_median(values: list[float], prior: float) -> float:
 
 
 FAMILIES = {"vllm": {"v0": ("v0",), "v0-early": ("v0-early",),
-                     "default": ("0.9", "0.10", "0.11", "0.17", "0.2x", "0.33")},
+                     "default": ("0.9", "0.10", "0.11", "0.17", "0.2x", "0.33", "0.34")},
             "sglang": {"default": ("0.5.23",)}, "trtllm": {"default": ("pytorch",)}}
 
 
@@ -724,7 +724,7 @@ def fit(cases: Iterable[Case]) -> dict[str, Any]:
             # each such log implies once the largest capture's activations are taken off
             implied = []
             for c in own:
-                if "cuda_graph" not in c.sub or c.version not in ("0.2x", "0.33") or not c.mesh:
+                if "cuda_graph" not in c.sub or c.version not in ("0.2x", "0.33", "0.34") or not c.mesh:
                     continue
                 first, extra = graph_parts(c, cal)
                 if extra:

@@ -505,7 +505,7 @@ def test_fit_csv_rows_are_the_json_options():
 
 def test_engines_and_devices_csv():
     engines = _csv("engines", "--engines", "vllm,sglang", "--max-model-len", "8192")
-    assert engines[0] == ["", "vllm 0.33", "sglang 0.5.23"]
+    assert engines[0] == ["", "vllm 0.34", "sglang 0.5.23"]
     tokens = next(r for r in engines if r[0] == "KV tokens (as logged)")
     plans = json.loads(runner.invoke(app, ["engines", "--engines", "vllm,sglang", "--max-model-len", "8192",
                                            "--json"]).stdout)

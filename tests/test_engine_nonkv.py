@@ -137,16 +137,17 @@ def test_dummy_sampler_over_max_num_seqs_by_version():
                                                     hidden + logits * 40)
     # 0.33 profiles with Model Runner V2: a greedy pass, then a warmup-parameter pass through
     # FlashInfer (bf16 2 + fp32 copy 4 + masked copy 4 + probabilities 4 = 14 B; the in-place Triton
-    # mask without it, 6 B), beside the penalty state its sampler holds from construction:
-    # 1024 × (4 · 128,256 + 4 · ⌈128,256 / 32⌉) B of output counts and prompt masks
+    # mask without it, 6 B); beside it, a term of its own, the penalty state its sampler holds from
+    # construction: 1024 × (4 · 128,256 + 4 · ⌈128,256 / 32⌉) B of output counts and prompt masks
     p = vllm(version="0.33", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
     act = next(t for t in p.non_kv.terms if t.name == "activation").band
     state = 1024 * (4 * 128256 + 4 * 4008)
-    assert (act.low, act.central, act.high) == (hidden + logits * 6 + state, hidden + logits * 14 + state,
-                                                hidden + logits * 14 + state)
+    assert (act.low, act.central, act.high) == (hidden + logits * 6, hidden + logits * 14, hidden + logits * 14)
+    assert p.non_kv.get("sampler_state") == state
     # 0.29–0.32: the greedy pass alone over the bf16 logits (2 B), below the 2048-token forward pass
     p = vllm(version="0.30.0", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
-    assert p.non_kv.get("activation") == max(2048 * 110_592, hidden + logits * 2) + state
+    assert p.non_kv.get("activation") == max(2048 * 110_592, hidden + logits * 2)
+    assert p.non_kv.get("sampler_state") == state
     # 0.11.0 itself still ran FlashInfer where installed; 0.20.x ran the Triton kernel
     p = vllm(version="0.11.0", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
     assert p.non_kv.get("activation") == hidden + logits * 10
@@ -244,7 +245,7 @@ def test_residual_band_widens_only_the_band():
     band = next(t for t in small.non_kv.terms if t.name == "residual").band
     assert (band.low, band.high) == (-GiB // 2, GiB)
     pinned = vllm(max_model_len=8192, weights_bytes=15 * GiB, activation_bytes=GiB, non_torch_bytes=0,
-                  cuda_graph_bytes=0)
+                  cuda_graph_bytes=0, context_bytes=GiB // 2)
     assert all(t.name != "residual" for t in pinned.non_kv.terms)
 
 

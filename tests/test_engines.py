@@ -28,6 +28,9 @@ H100 = CATALOG["H100-80GB"].usable_bytes  # 85,018,542,080 B = 81,080 MiB
 LLAMA8B_TOKEN = 32 * 8 * 128 * 2 * 2  # 131,072 B: 32 L × 8 KV heads × 128 × (K, V) × bf16
 PINNED = dict(weights_bytes=15 * GiB, activation_bytes=GiB, non_torch_bytes=GiB // 4,
               cuda_graph_bytes=GiB // 2)
+# 0.27+ (Model Runner V2): the sampler's penalty state at the H100's default 1024 sequences,
+# [1024, 128,256] int32 counts and [1024, ⌈128,256 / 32⌉] int32 bit masks
+MRV2_STATE = 1024 * (4 * 128_256 + 4 * 4_008)
 
 
 # ----------------------------------------------------------------------------- non-KV model
@@ -54,9 +57,9 @@ def test_bands_are_ordered_and_contain_central():
 
 # ----------------------------------------------------------------------------- vLLM
 def test_vllm_033_block_arithmetic_by_hand():
-    p = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", max_model_len=32768, **PINNED)
+    p = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", version="0.33", max_model_len=32768, **PINNED)
     requested = math.ceil(H100 * 92 / 100)  # ceil(total × 0.92), 0.33's default utilization
-    avail = requested - (15 * GiB + GiB + GiB // 4 + GiB // 2)
+    avail = requested - (15 * GiB + GiB + GiB // 4 + GiB // 2 + MRV2_STATE)
     block = 16 * LLAMA8B_TOKEN
     blocks = avail // block
     assert (p.budget_bytes, p.kv_available_bytes, p.bytes_per_block) == (requested, avail, block)
@@ -72,9 +75,9 @@ def test_vllm_fit_check_error_and_estimate_with_null_block():
     # leave 1000.5 blocks: the 0.33 check holds one back, so 999 blocks → 15,984 tokens
     block = 16 * LLAMA8B_TOKEN
     requested = math.ceil(H100 * 0.92)
-    weights = requested - GiB - 1000 * block - block // 2
-    p = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", weights_bytes=weights, activation_bytes=GiB,
-                    non_torch_bytes=0, cuda_graph_bytes=0)
+    weights = requested - GiB - MRV2_STATE - 1000 * block - block // 2
+    p = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", version="0.33", weights_bytes=weights,
+                    activation_bytes=GiB, non_torch_bytes=0, cuda_graph_bytes=0)
     assert not p.starts
     check = 1000 * block + block // 2 - block
     assert p.error == ("To serve at least one request with the model's max seq len (131072), (16.0 GiB KV "
@@ -85,7 +88,7 @@ def test_vllm_fit_check_error_and_estimate_with_null_block():
                        "engine. See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more "
                        "details.")
     assert p.max_model_len_fit == 15984
-    fitted = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", max_model_len=-1,
+    fitted = engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", version="0.33", max_model_len=-1,
                          weights_bytes=weights, activation_bytes=GiB, non_torch_bytes=0, cuda_graph_bytes=0)
     assert fitted.starts and fitted.max_model_len == 15984
     assert any(line.startswith("Auto-fit max_model_len: reduced from 131072 to 15984")
@@ -97,7 +100,7 @@ def test_vllm_min_over_pipeline_stages():
     spec = ModelSpec(name="m9", model_type="llama", num_layers=9, hidden_size=1024, num_attention_heads=8,
                      num_kv_heads=8, head_dim=128, vocab_size=32000, intermediate_size=4096,
                      max_position_embeddings=4096)
-    p = engine_plan(spec, "2xH100-80GB", "pp2", engine="vllm", **PINNED)
+    p = engine_plan(spec, "2xH100-80GB", "pp2", engine="vllm", version="0.33", **PINNED)
     stage_block = 16 * 5 * 8 * 128 * 2 * 2
     requested = math.ceil(H100 * 0.92)
     assert p.bytes_per_block == stage_block
@@ -109,11 +112,12 @@ def test_vllm_hybrid_sliding_groups_by_hand(sliding_model):
     # → 1 full group + 5 sliding groups; a page holds 2 layers; one request of L tokens needs
     # cdiv(L,16) + 5 · (cdiv(min(1023 + T, L), 16) + 1) blocks (§3.3).
     spec = sliding_model
-    p = engine_plan(spec, "1xH100-80GB", engine="vllm", max_num_batched_tokens=2048, **PINNED)
+    p = engine_plan(spec, "1xH100-80GB", engine="vllm", version="0.33", max_num_batched_tokens=2048, **PINNED)
     token_layer = 4 * 128 * 2 * 2
     block = 2 * 16 * token_layer
     assert p.bytes_per_block == block
-    avail = math.ceil(H100 * 0.92) - (15 * GiB + GiB + GiB // 4 + GiB // 2)
+    state = 1024 * (4 * 32000 + 4 * 1000)  # the penalty state over its 32,000-token vocabulary
+    avail = math.ceil(H100 * 0.92) - (15 * GiB + GiB + GiB // 4 + GiB // 2 + state)
     per_request = 32768 // 16 + 5 * (-(-(1023 + 2048) // 16) + 1)
     assert per_request == 2048 + 5 * 193
     assert p.num_blocks == avail // block
@@ -144,7 +148,7 @@ def test_vllm_families_differ_where_the_releases_do(version, util, ceil, tokens_
 
 def test_vllm_startup_free_memory_check():
     mesh = DeviceMesh.from_preset("1xH100-80GB", bytes_in_use=20 * GiB)  # another process holds 20 GiB
-    p = engine_plan("llama-3.1-8b", mesh, engine="vllm", max_model_len=8192)
+    p = engine_plan("llama-3.1-8b", mesh, engine="vllm", version="0.33", max_model_len=8192)
     assert not p.starts and "on startup is less than desired GPU memory utilization" in p.error
 
 

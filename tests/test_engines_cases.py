@@ -246,7 +246,8 @@ def test_r8_fixed_budget_now_fits():
 
 # the measured values that pin every non-KV term each engine charges (per device)
 PINNED_ALL = {
-    "vllm": dict(weights_bytes=15 * GiB, activation_bytes=GiB, non_torch_bytes=GiB // 4, cuda_graph_bytes=GiB // 2),
+    "vllm": dict(weights_bytes=15 * GiB, activation_bytes=GiB, non_torch_bytes=GiB // 4, cuda_graph_bytes=GiB // 2,
+                 context_bytes=GiB // 2),
     "sglang": dict(weights_bytes=15 * GiB, non_torch_bytes=GiB // 4, context_bytes=GiB // 2),
     "trtllm": dict(weights_bytes=15 * GiB, activation_bytes=GiB, non_torch_bytes=GiB // 4,
                    cuda_graph_bytes=GiB // 2, context_bytes=GiB // 2),

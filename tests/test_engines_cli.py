@@ -24,7 +24,7 @@ def run(*args: str):
 def test_engines_table_side_by_side_with_log_lines():
     r = run("engines", "--model", "llama-3.1-8b", "--mesh", "1xH100-80GB", "--max-model-len", "32768")
     assert r.exit_code == 0, r.output
-    for header in ("max 26.7.0", "vllm 0.33", "sglang 0.5.23", "trtllm", "budget GiB", "KV tokens",
+    for header in ("max 26.7.0", "vllm 0.34", "sglang 0.5.23", "trtllm", "budget GiB", "KV tokens",
                    "max concurrency", "non-KV GiB"):
         assert header in r.output
     assert "GPU KV cache size:" in r.output

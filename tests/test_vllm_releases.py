@@ -22,7 +22,7 @@ from meshes import InputError
     ("0.17.0", "0.17"), ("0.19.1rc1.dev301+g60995c05b", "0.17"),
     ("0.20.0", "0.2x"), ("0.24.0", "0.2x"), ("0.28.0", "0.2x"),
     ("0.29.0", "0.33"), ("0.29.1rc1.dev468+g0b7f11a1e", "0.33"), ("0.30.0", "0.33"),
-    ("0.33.0", "0.33"), ("V0.33.1", "0.33"),
+    ("0.33.0", "0.33"), ("V0.33.1", "0.33"), ("0.34.0", "0.34"), ("0.34.1rc1.dev12+g0123abc", "0.34"),
 ])
 def test_release_to_family(release, family):
     assert release_family(release) == family
@@ -35,11 +35,11 @@ def test_family_names_are_kept(family):
 
 @pytest.mark.parametrize("release, says", [
     ("0.2.4", "before 0.2.5"),
-    ("0.34.0", "does not model yet"), ("1.0.0", "pass version=0.33"),
+    ("0.35.0", "has read the code of vLLM releases up to 0.34.x"), ("1.0.0", "pass version=0.34"),
     ("0.1.dev3512+g388ee3d", "source build without tags"),
-    ("latest", "a vLLM release 0.2.5–0.33.x"),
-    ("0.11.0; rm -rf /", "a vLLM release 0.2.5–0.33.x"),
-    ("", "a vLLM release 0.2.5–0.33.x"),
+    ("latest", "a vLLM release 0.2.5–0.34.x"),
+    ("0.11.0; rm -rf /", "a vLLM release 0.2.5–0.34.x"),
+    ("", "a vLLM release 0.2.5–0.34.x"),
 ])
 def test_what_is_no_release_is_refused(release, says):
     with pytest.raises(InputError) as err:

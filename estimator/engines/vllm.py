@@ -77,6 +77,7 @@ from estimator.engines.base import (
 from estimator.engines.non_kv import (
     ACTIVATION_SOURCE,
     CONTEXT,
+    CONTEXT_SOURCE,
     CUDA_GRAPH_SOURCE,
     ENCODER_SOURCE,
     LORA_SOURCE,
@@ -111,11 +112,11 @@ from estimator.model.spec import ModelSpec
 from meshes.validation import InputError
 
 NAME = "vllm"
-VERSIONS = ("0.33", "0.2x", "0.17", "0.11", "0.10", "0.9", "v0", "v0-early")
-CORE = {"0.33": "0.33", "0.2x": "0.2x", "0.17": "0.1x", "0.11": "0.1x", "0.10": "0.1x", "0.9": "0.1x",
+VERSIONS = ("0.34", "0.33", "0.2x", "0.17", "0.11", "0.10", "0.9", "v0", "v0-early")
+CORE = {"0.34": "0.34", "0.33": "0.33", "0.2x": "0.2x", "0.17": "0.1x", "0.11": "0.1x", "0.10": "0.1x", "0.9": "0.1x",
         "v0": "v0", "v0-early": "v0"}  # vllm_core semantics
-SNAPSHOT_AFTER_INIT = ("0.33", "0.2x", "0.17", "0.11")  # NCCL set up before the memory snapshot (PR #25359)
-GRAPH_VERSIONS = ("0.33", "0.2x")  # the CUDA-graph estimate is subtracted (default from 0.20.0, PR #38284)
+SNAPSHOT_AFTER_INIT = ("0.34", "0.33", "0.2x", "0.17", "0.11")  # NCCL set up before the memory snapshot (PR #25359)
+GRAPH_VERSIONS = ("0.34", "0.33", "0.2x")  # the CUDA-graph estimate is subtracted (default from 0.20.0, PR #38284)
 # ceil(total · util) and round(GiB, 2) in the lines from 0.14.0 (vllm/v1/worker/utils.py request_memory,
 # vllm/utils/mem_utils.py format_gib)
 # V1 before 0.9.1 counts as non-torch everything the device holds beyond torch's allocations —
@@ -124,7 +125,7 @@ DEVICE_WIDE_NON_TORCH = ("0.9",)
 DEVICE_WIDE_SOURCE = "vllm/v1/worker/gpu_worker.py determine_available_memory of 0.8.0–0.9.0"
 # no free-memory check at start-up before V1's 0.9.1 (gpu_worker.py init_device): V0 and V1 0.8–0.9.0 start
 NO_STARTUP_CHECK = ("0.9", "v0", "v0-early")
-UTIL_092_VERSIONS = ("0.33", "0.2x")  # default gpu_memory_utilization 0.92 (0.9 before 0.20.0, PR #38284)
+UTIL_092_VERSIONS = ("0.34", "0.33", "0.2x")  # default gpu_memory_utilization 0.92 (0.9 before 0.20.0, PR #38284)
 MEASURED = ("weights_bytes", "activation_bytes", "non_torch_bytes", "cuda_graph_bytes",
             "context_bytes")  # the measured values this profile charges
 DEFAULT_BLOCK_SIZE = 16  # vllm/config/cache.py CacheConfig.DEFAULT_BLOCK_SIZE (§3.7)
@@ -136,6 +137,16 @@ KV_DTYPES = {"auto": None, "bfloat16": "bfloat16", "float16": "float16", "fp8": 
              "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
 USAGE = ("openai_api_server", "llm_class")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
+# 0.34's extensible KV cache (vllm/v1/worker/extensible_kv_cache.py): sized after warmup and CUDA-graph
+# capture from free memory, less a margin of max(1 GiB, 0.75 × the transient peak) and the transient
+# peak itself, committed in 2 MiB granules per layer segment (vllm/utils/extensible_tensor.py)
+EXTENSIBLE = "0.34"
+MARGIN_FLOOR = 1 * GiB  # KV_CACHE_MARGIN_FLOOR_BYTES on CUDA (3 GiB on ROCm)
+MARGIN_FRACTION = 0.75  # KV_CACHE_MARGIN_FRACTION
+GRANULE = 2 * 1024 * 1024  # the commit granule: the driver's granularity, floored at 2 MiB
+EXTENSIBLE_SOURCE = ("vllm/v1/worker/extensible_kv_cache.py measure_kv_cache_bytes (0.34.0): the transient "
+                     "reserve is the profiled peak plus the CUDA-graph estimate (gpu_worker.py "
+                     "peak_activation_memory)")
 
 
 def release_family(release: str) -> str:
@@ -146,7 +157,7 @@ def release_family(release: str) -> str:
 KNOBS = {
     "gpu_memory_utilization": Knob("gpu_memory_utilization", None, fraction(
         message="vLLM: gpu_memory_utilization is the fraction of total GPU memory for this instance "
-                "and must be > 0 and ≤ 1"), "0.92 (from 0.20), 0.9 (older)"),
+                "and must be > 0 and ≤ 1"), "1.0 (0.34 extensible KV cache), 0.92 (from 0.20), 0.9 (older)"),
     "max_model_len": Knob("max_model_len", None, integer(-1, 2**40, message="-1 (auto-fit) or a "
                           "positive length"), "default: the model's max_position_embeddings"),
     "block_size": Knob("block_size", None, choice(BLOCK_SIZES, "vLLM's --block-size choices"),
@@ -178,6 +189,10 @@ KNOBS = {
                                    "whether FlashInfer's top-k/top-p sampler runs (V1; env "
                                    "VLLM_USE_FLASHINFER_SAMPLER with FlashInfer installed); default: the "
                                    "release's (0.8.0–0.11.0 and from 0.21: when installed)"),
+    "enable_extensible_kv_cache": Knob("enable_extensible_kv_cache", None, boolean,
+                                       "0.34: size the KV cache after warmup from measured memory (on by "
+                                       "default; off with kv_cache_memory_bytes or num_gpu_blocks_override); "
+                                       "unset before 0.34"),
     "usage_context": Knob("usage_context", "openai_api_server", choice(USAGE),
                           "openai_api_server (vllm serve) or llm_class (LLM(...)): batch defaults"),
 }
@@ -293,13 +308,30 @@ class CoreResult:
     warnings: tuple[str, ...]
 
 
+def more_memory_hint(extensible: bool, util: float) -> str:
+    """vLLM 0.34's advice in its KV-cache errors (vllm/v1/core/kv_cache_planning.py
+    ``_more_kv_cache_memory_hint``, after warmup when the cache is extensible)."""
+    if not extensible:
+        return ("Try increasing `gpu_memory_utilization` when initializing the engine (this flag also "
+                "controls CPU memory reservation on the CPU backend, despite its name).")
+    used_by = "the model, its activations, CUDA graphs and warmup"
+    graphs = " CUDA graphs take less with fewer or smaller capture sizes in the compilation config."
+    if util < 1.0:
+        return (f"The KV cache gets what is left after {used_by} within `gpu_memory_utilization`={util}; "
+                "increase it (with the extensible KV cache it defaults to 1.0) or decrease `max_model_len` "
+                f"or `max_num_seqs`.{graphs}")
+    return (f"The extensible KV cache already takes all device memory left after {used_by}; decrease "
+            f"`max_model_len` or `max_num_seqs`, or the model needs a device with more memory.{graphs}")
+
+
 def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLayout, max_model_len: int,
               auto_fit: bool, batched_tokens: int, state_blocks: int, override: int | None,
-              longest: int) -> CoreResult:
+              longest: int, hint: str = "") -> CoreResult:
     """Block counting, fit check, max-length estimate and capacity lines of vLLM's core.
 
-    ``workers`` are (available KV bytes, bytes per block) per worker; ``core`` is "0.33", "0.2x", "0.1x"
-    or "v0"; ``longest`` bounds the max-length search (the model's max position).
+    ``workers`` are (available KV bytes, bytes per block) per worker; ``core`` is "0.34", "0.33",
+    "0.2x", "0.1x" or "v0"; ``longest`` bounds the max-length search (the model's max position);
+    ``hint``: 0.34's advice in the errors (``more_memory_hint``).
     """
     bs = layout.block_size
     lines: list[str] = []
@@ -308,7 +340,8 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
         lines.append(f"Overriding num_gpu_blocks={min(a // b for a, b in workers)} with "
                      f"num_gpu_blocks_override={override}")
         workers = [(override * b, b) for _, b in workers]
-    reserve_null = core == "0.33"
+    current = core in ("0.33", "0.34")  # 0.29+: the null block held back, one capacity line
+    reserve_null = current
     checks = [(a - b if reserve_null else a, b) for a, b in workers]
 
     def needed(length: int, bpb: int) -> int:
@@ -353,6 +386,10 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
             lines.append(f"Auto-fit max_model_len: full model context length {max_model_len} fits in "
                          "available GPU memory")
     for avail, bpb in checks:
+        if avail <= 0 and core == "0.34":
+            error = (f"No available memory for the cache blocks. {hint} See "
+                     "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
+            break
         if avail <= 0:
             error = ("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
                      "when initializing the engine" + (" (this flag also controls CPU memory reservation "
@@ -362,10 +399,17 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
         need = needed(length, bpb)
         if need > avail:
             est = estimate(avail, bpb, length)
-            gb = format_gib if core == "0.33" else (lambda n: f"{n / GiB:.2f}")
-            model_s = "model's" if core == "0.33" else "models's"
+            gb = format_gib if current else (lambda n: f"{n / GiB:.2f}")
+            model_s = "model's" if current else "models's"
             estimated = (f"Based on the available memory, the estimated maximum model length is {est}. "
                          if est > 0 else "")
+            if core == "0.34":
+                error = (f"To serve at least one request with the model's max seq len ({length}), "
+                         f"({gb(need)} GiB KV cache is needed, which is larger than the available KV cache "
+                         f"memory ({gb(avail)} GiB). {estimated}{hint} Decreasing `max_model_len` also "
+                         "reduces what is needed. See "
+                         "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
+                break
             flag = ("`gpu_memory_utilization` (which also controls CPU memory on the CPU backend)"
                     if core == "0.33" else "`gpu_memory_utilization`")
             error = (f"To serve at least one request with the {model_s} max seq len ({length}), "
@@ -377,12 +421,12 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
     blocks = override if override is not None else min(max(a // b, 0) for a, b in workers)
     per_request = layout.blocks_per_request(length, batched_tokens, state_blocks)
     concurrency = blocks / per_request if per_request else 0.0
-    if core in ("0.33", "0.2x"):  # from 0.20.1 (kv_cache_utils.py get_kv_cache_capacity)
+    if current or core == "0.2x":  # from 0.20.1 (kv_cache_utils.py get_kv_cache_capacity)
         tokens = int(concurrency * length)
     else:  # ≤ 0.20.0: num_blocks // num_groups × min block size
         tokens = blocks // len(layout.groups) * bs
     if error is None:
-        if core == "0.33":
+        if current:
             lines.append(f"GPU KV cache size: {tokens:,} tokens, Maximum concurrency for {length:,} "
                          f"tokens per request: {concurrency:.2f}x")
         else:
@@ -394,7 +438,7 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
 # ----------------------------------------------------------------------------- defaults
 # The release a family name stands for where a rule changed inside the family: one that has what
 # most of the family's releases have (the sampler kernel, batch defaults, MoE workspaces, rounding)
-FAMILY_RELEASE = {"0.33": (0, 33, 0), "0.2x": (0, 24, 0), "0.17": (0, 18, 0), "0.11": (0, 15, 0),
+FAMILY_RELEASE = {"0.34": (0, 34, 0), "0.33": (0, 33, 0), "0.2x": (0, 24, 0), "0.17": (0, 18, 0), "0.11": (0, 15, 0),
                   "0.10": (0, 10, 1), "0.9": (0, 9, 0), "v0": (0, 7, 3), "v0-early": (0, 4, 0)}
 
 
@@ -410,8 +454,9 @@ def batch_defaults(version: str, total_bytes: int, device_kind: str, usage: str,
     ``_set_default_args_v1`` / ``get_batch_defaults`` of each release, §3.1 item 4, item 6):
     0.8.0–0.8.3 raise the token budget on H100/H200 by name and give every GPU 1024 sequences;
     0.8.4 also gives the others 256; 0.8.5 picks by memory (≥ 70 GiB); 0.9.0 leaves A100s out of
-    that class (PR #17885); 0.28.0 adds ≥ 160 GiB cards (B200/B300) at 16384 tokens for the server too
-    (``number``: the release, ``representative_release``)."""
+    that class (PR #17885); 0.28.0 adds ≥ 160 GiB cards (B200/B300) at 16384 tokens for the server too;
+    0.34.0 keeps a GB10 (DGX Spark) on the small tier (``number``: the release,
+    ``representative_release``)."""
     if version.startswith("v0"):  # chunked prefill off; on automatically above 32K with 2048 tokens
         return (2048 if max_model_len > 32768 else max(max_model_len, 2048)), 256
     llm = usage == "llm_class"
@@ -425,7 +470,8 @@ def batch_defaults(version: str, total_bytes: int, device_kind: str, usage: str,
         return large if by_name else small
     if number >= (0, 28, 0) and total_bytes >= 160 * GiB:
         return 16384, 1024
-    big = total_bytes >= 70 * GiB and (number < (0, 9, 0) or "a100" not in name)
+    big = (total_bytes >= 70 * GiB and (number < (0, 9, 0) or "a100" not in name)
+           and not (number >= (0, 34, 0) and "gb10" in name))
     return large if big else small
 
 
@@ -448,9 +494,16 @@ def _check_length(setup: Setup, requested: int | None) -> tuple[int, bool]:
 # ----------------------------------------------------------------------------- profile
 def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, stage_layers: range,
                  kv_heads_per_shard: int, batched: int, seqs: int, graphs: bool, max_model_len: int,
-                 others: int = 0) -> NonKV:
+                 others: int = 0, extensible: bool = False, headroom: bool = False) -> NonKV:
     """vLLM's non-KV terms on one worker of pipeline stage ``stage`` (estimator.engines.non_kv);
-    ``others``: bytes other processes hold on its device."""
+    ``others``: bytes other processes hold on its device.
+
+    ``extensible`` (0.34's extensible KV cache): the KV cache gets ``min(requested − used,
+    headroom − margin) − transient`` (``measure_kv_cache_bytes``), where ``used`` is what stays
+    resident after warmup (weights, non-torch memory, the captured graphs, the sampler's state) and
+    the transient reserve is the profiled peak plus the CUDA-graph estimate. ``headroom``: the terms
+    of the second branch, subtracted from the free memory at start-up: the CUDA context, every
+    non-torch byte (the communicators set up before the snapshot too) and the margin."""
     lay, k, version, measured = setup.layout, setup.knobs, setup.version, setup.measured
     params = torch_param_bytes(m, stage_weights, stage=stage, tensor=lay.tensor)  # what cpu_offload_gb moves
     weights = params + rotary_cache_bytes(m)
@@ -499,13 +552,13 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
                           moe_chunk=fused_moe_chunk_size(release), modular_moe=release >= (0, 14, 0),
                           # the encoder budget: max_num_batched_tokens, or one item if that is larger
                           pad_encoder_outputs_to=batched if (0, 11, 0) <= release < (0, 12, 0) else 0)
-    if mrv2 and release >= (0, 27, 0) and stage == lay.pipeline - 1:  # the sampler's persistent penalty state
-        act = act + Band.exact(mrv2_sampler_state_bytes(seqs, m.vocab_size))
+    state = (mrv2_sampler_state_bytes(seqs, m.vocab_size)  # the sampler's persistent penalty state
+             if mrv2 and release >= (0, 27, 0) and stage == lay.pipeline - 1 else 0)
     link = interconnect(setup.mesh.device_kinds[0])
     non_torch = non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
                                custom_ar=not k["disable_custom_all_reduce"],
                                data=1 if version.startswith("v0") else lay.data,
-                               snapshot_after_init=version in SNAPSHOT_AFTER_INIT)
+                               snapshot_after_init=version in SNAPSHOT_AFTER_INIT and not headroom)
     non_torch_source = NON_TORCH_SOURCE
     if version in DEVICE_WIDE_NON_TORCH:
         context = measured.get("context_bytes")
@@ -520,11 +573,49 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
                                       k["max_cudagraph_capture_size"]) if graphs else Band.exact(0),
              CUDA_GRAPH_SOURCE, measured.get("cuda_graph_bytes")),
     ]
-    modelled = [t for t in terms if not t.measured and t.name != "weights" and t.band.central]
+    if state:  # resident, beside the profile's transient peak
+        terms.append(Term("sampler_state", Band.exact(state), "vllm/v1/worker/gpu/sample/penalties.py "
+                          "(Model Runner V2's penalty state, charged from 0.27)"))
+    if extensible:
+        terms += extensible_terms(terms, headroom, measured.get("context_bytes"))
+    modelled = [t for t in terms if not t.measured and t.name not in ("weights", "sampler_state")
+                and t.band.central]  # the sampler's state is exact, as the weights are
     if modelled:
         residual = residual_band(NAME, version, lay.tensor, setup.mesh.stats[0].bytes_limit)
         terms.append(Term("residual", residual, RESIDUAL_SOURCE))
     return NonKV(tuple(terms))
+
+
+def extensible_terms(terms: list[Term], headroom: bool, context: int | None) -> list[Term]:
+    """The terms 0.34's extensible KV cache adds to the resident ones (``non_kv_terms``): the
+    transient reserve's CUDA-graph estimate (the graphs themselves are also resident:
+    ``peak_activation_memory`` = profiled peak + estimate), and, where the device's headroom binds,
+    the CUDA context and the margin max(1 GiB, 0.75 × the transient reserve)."""
+    act, graph = (next(t for t in terms if t.name == name) for name in ("activation", "cuda_graph"))
+    added = [Term("transient_graph_reserve", graph.band, EXTENSIBLE_SOURCE, graph.measured)]
+    if headroom:  # terms derived from measured values are measured too
+        reserve = act.band + graph.band
+        added += [Term("cuda_context", CONTEXT if context is None else Band.exact(context), CONTEXT_SOURCE,
+                       context is not None),
+                  Term("margin", Band.of(*(max(MARGIN_FLOOR, int(MARGIN_FRACTION * t))
+                                           for t in (reserve.low, reserve.central, reserve.high))),
+                       "vllm/v1/worker/extensible_kv_cache.py KV_CACHE_MARGIN_FLOOR_BYTES (1 GiB), "
+                       "KV_CACHE_MARGIN_FRACTION (0.75) × the transient reserve", act.measured and graph.measured)]
+    return [t for t in added if t.band.high]
+
+
+def extensible_cache(version: str, requested: bool | None, pinned: bool) -> bool:
+    """Whether 0.34's extensible KV cache sizes the pool (vllm/config/vllm.py
+    ``_resolve_extensible_kv_cache``): on by default on CUDA, off where kv_cache_memory_bytes or
+    num_gpu_blocks_override pins the pool (asking for it then is an error), absent before 0.34."""
+    if requested and version != EXTENSIBLE:
+        raise InputError("enable_extensible_kv_cache", requested,
+                         f"unset or false for version {version}: the extensible KV cache is new in vLLM 0.34")
+    if requested and pinned:
+        raise InputError("enable_extensible_kv_cache", requested,
+                         "unset or false with kv_cache_memory_bytes or num_gpu_blocks_override: the "
+                         "extensible KV cache sizes the pool from measured memory, which they override")
+    return version == EXTENSIBLE and requested is not False and not pinned
 
 
 def graph_band(m: ModelSpec, tensor: int, kv_heads_per_shard: int, seqs: int, batched: int,
@@ -547,7 +638,10 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                          f"1 or data × tensor = {lay.data * lay.tensor} for vLLM (--enable-expert-parallel "
                          "spans every data and tensor rank)")
     m = apply_model_knobs(setup.model, k["quantization"], k["dtype"])
-    util = k["gpu_memory_utilization"] or (0.92 if version in UTIL_092_VERSIONS else 0.9)
+    kv_bytes_override = k["kv_cache_memory_bytes"]
+    pinned = kv_bytes_override is not None or k["num_gpu_blocks_override"] is not None
+    extensible = extensible_cache(version, k["enable_extensible_kv_cache"], pinned)
+    util = k["gpu_memory_utilization"] or (1.0 if extensible else 0.92 if version in UTIL_092_VERSIONS else 0.9)
     length, auto_fit = _check_length(setup, k["max_model_len"])
     if auto_fit and version.startswith("v0"):
         raise InputError("max_model_len", -1, "a positive length (auto-fit needs the V1 engine)")
@@ -568,15 +662,13 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     graphs = version in GRAPH_VERSIONS and not k["enforce_eager"]
     group_size = lay.tensor * lay.pipeline
     state_blocks = 2 if k["enable_prefix_caching"] else 1
-    kv_bytes_override = k["kv_cache_memory_bytes"]
     if kv_bytes_override is not None and release < (0, 10, 2) and (setup.release or version != "0.10"):
         raise InputError("kv_cache_memory_bytes", kv_bytes_override,  # vllm/config/cache.py from 0.10.2
                          f"unset before vLLM 0.10.2 (version {setup.release or version}); set "
                          "gpu_memory_utilization or num_gpu_blocks_override instead")
     ceil = release >= (0, 14, 0)
-    pinned = kv_bytes_override is not None or k["num_gpu_blocks_override"] is not None
 
-    worst = None
+    worst, capacity = None, {}
     for replica in range(lay.data):
         workers, rows, nonkvs, startup_error = [], [], [], None
         for rank in range(group_size):
@@ -584,28 +676,38 @@ def compute(setup: Setup, which: str) -> EnginePlan:
             stats = mesh.stats[i]
             s = lay.coordinates(i)[1]
             stage = geom.stages[s]
-            nk = non_kv_terms(setup, m, stage_weights=stage.weight_bytes, stage=s, stage_layers=stage.layers,
-                              kv_heads_per_shard=geom.kv_heads_per_shard, batched=batched, seqs=seqs,
-                              graphs=graphs, max_model_len=length, others=stats.bytes_in_use)
+            worker = dict(stage_weights=stage.weight_bytes, stage=s, stage_layers=stage.layers,
+                          kv_heads_per_shard=geom.kv_heads_per_shard, batched=batched, seqs=seqs,
+                          graphs=graphs, max_model_len=length, others=stats.bytes_in_use, extensible=extensible)
+            nk = non_kv_terms(setup, m, **worker)
             requested = scaled(stats.bytes_limit, util, ceil=ceil)
+            budget = requested
+            if extensible:  # min(requested − used, headroom − margin) − transient: the smaller branch
+                capacity[i] = requested - nk.total(which) + nk.get("cuda_graph")  # the profile's estimate
+                budget, nk = min((requested, nk), (stats.free, non_kv_terms(setup, m, **worker, headroom=True)),
+                                 key=lambda option: option[0] - option[1].total())
             context = setup.measured.get("context_bytes", CONTEXT.central)
-            if stats.free - context < requested and startup_error is None and version not in NO_STARTUP_CHECK:
+            if stats.free - context < requested and startup_error is None and not extensible \
+                    and version not in NO_STARTUP_CHECK:  # 0.34's cache only caps the budget
                 startup_error = (f"Free memory on device cuda:{rank} ({stats.free / GiB:.2f}/"
                                  f"{stats.bytes_limit / GiB:.2f} GiB) on startup is less than desired GPU "
                                  f"memory utilization ({util}, {requested / GiB:.2f} GiB). Decrease GPU "
                                  "memory utilization or reduce GPU memory used by other processes.")
-            avail = kv_bytes_override if kv_bytes_override is not None else requested - nk.total(which)
+            avail = kv_bytes_override if kv_bytes_override is not None else budget - nk.total(which)
             bpb = cache.bytes_per_block(stage.layers)
+            if extensible and bpb and avail > 0:  # blocks_within: each layer segment in whole granules
+                segments = bpb // cache.layer_page_bytes
+                avail = segments * (avail // segments // GRANULE * GRANULE)
             workers.append((avail, bpb))
-            nonkvs.append((nk, requested, avail, stats, i))
+            nonkvs.append((nk, budget, avail, stats, i))
             rows.append({"device": str(mesh.devices[i]), "stage": s, "total_bytes": stats.bytes_limit,
-                         "budget_bytes": requested, "non_kv_bytes": nk.total(which),
+                         "budget_bytes": budget, "non_kv_bytes": nk.total(which),
                          "kv_available_bytes": avail, "bytes_per_block": bpb,
                          "blocks_fit": max(avail // bpb, 0) if bpb else 0})
         core = vllm_core(core=CORE[version], workers=[w for w in workers if w[1]], layout=cache,
                          max_model_len=length, auto_fit=auto_fit, batched_tokens=batched,
                          state_blocks=state_blocks, override=k["num_gpu_blocks_override"],
-                         longest=m.max_position_embeddings)
+                         longest=m.max_position_embeddings, hint=more_memory_hint(extensible, util))
         tight = min(range(len(workers)),
                     key=lambda j: (workers[j][0] // workers[j][1]) if workers[j][1] else 2**62)
         if pinned and startup_error is None:  # no profiling stands between a pinned pool and memory
@@ -614,7 +716,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                                               else "num_gpu_blocks_override")
         if worst is None or core.num_blocks < worst[0].num_blocks:
             worst = (core, nonkvs[tight], workers[tight], startup_error, rows)
-    core, (nk, requested, avail, stats, _idx), (_, bpb), startup_error, rows = worst
+    core, (nk, requested, avail, stats, idx), (_, bpb), startup_error, rows = worst
     weights, act = nk.get("weights"), nk.get("activation")
     lines = []
     if version.startswith("v0"):  # V0's worker.py memory summary (V1 prints neither line)
@@ -627,9 +729,13 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     if graphs:
         lines.append(f"Estimated CUDA graph memory: {nk.get('cuda_graph') / GiB:.2f} GiB total")
     if not version.startswith("v0") and release >= (0, 9, 1):  # gpu_worker.py from 0.9.1 (PR #19312)
-        shown = format_gib(avail) if ceil else gib2(avail)
+        shown = format_gib(capacity.get(idx, avail)) if ceil else gib2(avail)  # 0.34: the reserved capacity
         lines.append(f"Available KV cache memory: {shown} GiB")
     lines += list(cache.notes) + list(core.lines)
+    if extensible and core.error is None:  # extend_kv_cache, with each segment's granule rounding
+        segments = bpb // cache.layer_page_bytes
+        physical = segments * cdiv(core.num_blocks * cache.layer_page_bytes, GRANULE) * GRANULE
+        lines.append(f"Extended KV cache to {core.num_blocks} blocks ({physical / GiB:.2f} GiB).")
     estimated = estimated_flags(lines, ("the current vLLM instance can use", "Setting attention block size",
                                         "Padding mamba page size", "Add "),
                                 bool(not pinned and any(t.name == "residual" for t in nk.terms)))

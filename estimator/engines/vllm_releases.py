@@ -16,6 +16,10 @@ from meshes.validation import InputError
 
 # (first release, family), newest first, with the change each family begins with:
 FAMILY_STARTS: tuple[tuple[tuple[int, int, int], str], ...] = (
+    # 0.34.0: the KV cache sized from the memory measured after warmup and CUDA-graph capture (the
+    # extensible KV cache, on by default on CUDA and ROCm; gpu_memory_utilization then 1.0:
+    # vllm/v1/worker/extensible_kv_cache.py measure_kv_cache_bytes)
+    ((0, 34, 0), "0.34"),
     # 0.29.0: the null block held back in the fit check (vllm PR #47272); one capacity line since 0.28.0
     ((0, 29, 0), "0.33"),
     # 0.20.0: the CUDA-graph estimate subtracted and utilization 0.92 by default (vllm PR #38284);
@@ -36,10 +40,8 @@ FAMILY_STARTS: tuple[tuple[tuple[int, int, int], str], ...] = (
     ((0, 2, 5), "v0-early"),
 )
 FIRST_MODELLED = FAMILY_STARTS[-1][0]
-# 0.34.0 sizes the KV cache from the memory measured after warmup and CUDA-graph capture (the
-# extensible KV cache, on by default on CUDA and ROCm, with gpu_memory_utilization then 1.0:
-# vllm/v1/worker/extensible_kv_cache.py measure_kv_cache_bytes), which kvfit does not model yet
-NOT_YET_MODELLED = (0, 34, 0)
+# the first release newer than those whose wheels kvfit's families were read from (0.34.x is the newest)
+NOT_YET_MODELLED = (0, 35, 0)
 
 def release_family(release: str, families: tuple[str, ...]) -> str:
     """The family of ``release`` (a family name itself is returned as it is); an InputError for
@@ -47,7 +49,7 @@ def release_family(release: str, families: tuple[str, ...]) -> str:
     text = str(release).strip()
     if text in families:
         return text
-    allowed = (f"a vLLM release {'.'.join(map(str, FIRST_MODELLED))}–0.33.x (e.g. 0.11.0, v0.10.1.1, "
+    allowed = (f"a vLLM release {'.'.join(map(str, FIRST_MODELLED))}–0.34.x (e.g. 0.11.0, v0.10.1.1, "
                f"0.8.5.post1) or one of {', '.join(families)}")
     number = release_number(text)
     if number is None:
@@ -60,8 +62,6 @@ def release_family(release: str, families: tuple[str, ...]) -> str:
         raise InputError("version", release, allowed + " — before 0.2.5 vLLM's profile charged no "
                          "non-torch memory at all (vllm PR #2031), which kvfit does not model")
     if number >= NOT_YET_MODELLED:
-        raise InputError("version", release, allowed + " — from 0.34 vLLM sizes the KV cache after "
-                         "warmup and CUDA-graph capture (the extensible KV cache, gpu_memory_utilization "
-                         "1.0 by default), which kvfit does not model yet; with "
-                         "--no-enable-extensible-kv-cache it sizes as 0.33 does: pass version=0.33")
+        raise InputError("version", release, allowed + " — kvfit has read the code of vLLM releases up to "
+                         "0.34.x, not this one; pass version=0.34 to size it as 0.34 does")
     return next(family for start, family in FAMILY_STARTS if number >= start)
