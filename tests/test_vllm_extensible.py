@@ -116,3 +116,13 @@ def test_asking_for_it_where_it_cannot_be_is_refused(knobs, says):
     with pytest.raises(InputError) as err:
         engine_plan("llama-3.1-8b", "1xH100-80GB", engine="vllm", **knobs)
     assert err.value.field == "enable_extensible_kv_cache" and says in str(err.value)
+
+
+def test_rocm_keeps_a_3_gib_margin_floor():
+    # AMD cards: KV_CACHE_MARGIN_FLOOR_BYTES is 3 GiB (kernel scratch ROCr maps outside the allocator)
+    mi300x = CATALOG["MI300X-192GB"].usable_bytes
+    p = engine_plan("llama-3.1-8b", "1xMI300X-192GB", engine="vllm", version="0.34.0", max_model_len=32768,
+                    **PINNED)
+    used = 15 * GiB + GiB // 4 + GiB // 2 + STATE  # 1024 sequences on a ≥ 160 GiB card too
+    available = mi300x - GiB // 2 - used - 3 * GiB - (GiB + GiB // 2)  # 0.75 × 1.5 GiB < 3 GiB
+    assert p.num_blocks == blocks_within(available)

@@ -49,6 +49,7 @@ core" part (groups, fit check, max-length estimate, capacity lines) is shared wi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -141,7 +142,7 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLo
 # capture from free memory, less a margin of max(1 GiB, 0.75 × the transient peak) and the transient
 # peak itself, committed in 2 MiB granules per layer segment (vllm/utils/extensible_tensor.py)
 EXTENSIBLE = "0.34"
-MARGIN_FLOOR = 1 * GiB  # KV_CACHE_MARGIN_FLOOR_BYTES on CUDA (3 GiB on ROCm)
+MARGIN_FLOOR = {"cuda": 1 * GiB, "rocm": 3 * GiB}  # KV_CACHE_MARGIN_FLOOR_BYTES by platform
 MARGIN_FRACTION = 0.75  # KV_CACHE_MARGIN_FRACTION
 GRANULE = 2 * 1024 * 1024  # the commit granule: the driver's granularity, floored at 2 MiB
 EXTENSIBLE_SOURCE = ("vllm/v1/worker/extensible_kv_cache.py measure_kv_cache_bytes (0.34.0): the transient "
@@ -577,7 +578,8 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         terms.append(Term("sampler_state", Band.exact(state), "vllm/v1/worker/gpu/sample/penalties.py "
                           "(Model Runner V2's penalty state, charged from 0.27)"))
     if extensible:
-        terms += extensible_terms(terms, headroom, measured.get("context_bytes"))
+        floor = MARGIN_FLOOR["rocm" if rocm(setup.mesh.device_kinds[0]) else "cuda"]
+        terms += extensible_terms(terms, headroom, measured.get("context_bytes"), floor)
     modelled = [t for t in terms if not t.measured and t.name not in ("weights", "sampler_state")
                 and t.band.central]  # the sampler's state is exact, as the weights are
     if modelled:
@@ -586,20 +588,25 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
     return NonKV(tuple(terms))
 
 
-def extensible_terms(terms: list[Term], headroom: bool, context: int | None) -> list[Term]:
+def rocm(device_kind: str) -> bool:
+    """An AMD Instinct card (the catalog's "MI300X-192GB", JAX's "AMD Instinct MI300X")."""
+    return bool(re.search(r"\bamd\b|instinct|\bmi[1-9]\d\d", device_kind.lower()))
+
+
+def extensible_terms(terms: list[Term], headroom: bool, context: int | None, floor: int) -> list[Term]:
     """The terms 0.34's extensible KV cache adds to the resident ones (``non_kv_terms``): the
     transient reserve's CUDA-graph estimate (the graphs themselves are also resident:
     ``peak_activation_memory`` = profiled peak + estimate), and, where the device's headroom binds,
-    the CUDA context and the margin max(1 GiB, 0.75 × the transient reserve)."""
+    the CUDA context and the margin max(``floor``: 1 GiB, 3 GiB on ROCm, 0.75 × the transient reserve)."""
     act, graph = (next(t for t in terms if t.name == name) for name in ("activation", "cuda_graph"))
     added = [Term("transient_graph_reserve", graph.band, EXTENSIBLE_SOURCE, graph.measured)]
     if headroom:  # terms derived from measured values are measured too
         reserve = act.band + graph.band
         added += [Term("cuda_context", CONTEXT if context is None else Band.exact(context), CONTEXT_SOURCE,
                        context is not None),
-                  Term("margin", Band.of(*(max(MARGIN_FLOOR, int(MARGIN_FRACTION * t))
+                  Term("margin", Band.of(*(max(floor, int(MARGIN_FRACTION * t))
                                            for t in (reserve.low, reserve.central, reserve.high))),
-                       "vllm/v1/worker/extensible_kv_cache.py KV_CACHE_MARGIN_FLOOR_BYTES (1 GiB), "
+                       "vllm/v1/worker/extensible_kv_cache.py KV_CACHE_MARGIN_FLOOR_BYTES (1 GiB; ROCm 3), "
                        "KV_CACHE_MARGIN_FRACTION (0.75) × the transient reserve", act.measured and graph.measured)]
     return [t for t in added if t.band.high]
 
