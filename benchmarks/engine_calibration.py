@@ -192,6 +192,7 @@ def resolve_model(name: str) -> tuple[ModelSpec | None, str]:
                   re.sub(r"-instruct", "", name, flags=re.I)]
     if "/" not in name and name.lower().startswith("llama-3"):
         candidates += [f"meta-llama/{c}" for c in (name, f"{name}-Instruct")]
+    candidates += [c.split("/")[-1].lower() for c in candidates if "/" in c]  # a preset: "google/gemma-3-4b-it"
     for cand in candidates:
         for folder in CONFIG_DIRS:
             path = folder / (cand.replace("/", "__") + ".json")
