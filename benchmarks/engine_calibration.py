@@ -63,6 +63,10 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "7b mha model": ("llama-2-7b", {"weight_quant": "fp8"}),
     "llama-3-8b-class": ("meta-llama/Meta-Llama-3-8B", {}),
     "deepseek-ai/deepseek-r1-distill-qwen-14b": ("Qwen/Qwen2.5-14B", {}),  # Qwen2.5-14B architecture
+    # Qwen2.5-Coder-14B and the AWQ build of Qwen2.5-14B-Instruct: Qwen2.5-14B's shapes (48 L, 5120,
+    # 8 KV heads, 13,824, vocabulary 152,064; their model cards), the AWQ one with 4-bit weights
+    "qwen/qwen2.5-coder-14b-instruct": ("Qwen/Qwen2.5-14B", {}),
+    "qwen/qwen2.5-14b-instruct-awq": ("Qwen/Qwen2.5-14B", {"weight_quant": "awq"}),
     "nvidia/llama-3.1-8b-instruct-fp8": ("meta-llama/Llama-3.1-8B", {"weight_quant": "fp8"}),
     # int8 W8A8 weights: one byte per parameter plus per-channel scales, as fp8 prices them
     "neuralmagic/meta-llama-3.1-70b-instruct-quantized.w8a8": ("meta-llama/Llama-3.1-70B",
@@ -224,7 +228,7 @@ def resolve_card(gpu: str, total_gib: float | None) -> tuple[DeviceSpec | None, 
              ("a10g", "A10G-24GB"), ("a10 ", "A10-24GB"), ("a10(", "A10-24GB"),
              ("l4", "L4-24GB"), ("t4", "T4-16GB"), ("4090", "RTX4090-24GB"), ("3090", "RTX3090-24GB"),
              ("5090", "RTX5090-32GB"), ("a4000", "RTXA4000-16GB"), ("a5000", "RTXA5000-24GB"),
-             ("a6000", "RTXA6000-48GB"),
+             ("a6000", "RTXA6000-48GB"), ("rtx pro 6000", "RTXPRO6000-96GB"),
              ("mi355", "MI355X-288GB"), ("mi325", "MI325X-256GB"), ("mi300", "MI300X-192GB"),
              ("v6e", "TPU-v6e"), ("v5e", "TPU-v5e"), ("v5p", "TPU-v5p")]
     name = None
