@@ -13,10 +13,13 @@ import pytest
 
 from estimator.engines import engine_plan
 from estimator.engines.non_kv import (
+    Band,
     calibrated,
     custom_all_reduce_bytes,
     interconnect,
     lora_slot_bytes,
+    nvls_band,
+    nvls_bytes,
 )
 from estimator.model.hf_config import load_hf_config
 from estimator.model.resolve import load_preset
@@ -74,9 +77,12 @@ def test_nccl_set_up_before_the_snapshot_from_0_11(version):
     # vllm PR #25359: PyNccl and the custom all-reduce buffers predate the snapshot; the torch
     # communicator the logits all-gather creates in the profile run is charged: half the per-link
     # term (SYN: 1 GiB NVLink, 0.5 GiB PCIe), the band from none of it to the ≤ 0.10 charge
+    # (+ at its top, two communicators' NVLS buffers, a 4-GPU group possibly sitting on an NVSwitch
+    # board: 4 heads × 24 channels × 2 × (4 + 2) MiB each, see test_nvls_buffers_by_hand)
     tp4 = vllm("4xH100-80GB", "tp4", version=version).non_kv.terms
     band = next(t.band for t in tp4 if t.name == "non_torch")
-    assert (band.low, band.central, band.high) == (GiB // 4, GiB // 4 + GiB // 2, GiB // 4 + GiB + CUSTOM_AR)
+    assert (band.low, band.central, band.high) == (GiB // 4, GiB // 4 + GiB // 2,
+                                                   GiB // 4 + GiB + CUSTOM_AR + 2 * 4 * 24 * 2 * 6 * MiB)
     assert vllm("2xRTX4090-24GB", "tp2", version=version).non_kv.get("non_torch") == GiB // 4 + GiB // 4
     assert vllm("4xH100-80GB", "pp4", version=version).non_kv.get("non_torch") == GiB // 4 + GiB // 8
     assert vllm(version=version).non_kv.get("non_torch") == GiB // 4
@@ -85,6 +91,28 @@ def test_nccl_set_up_before_the_snapshot_from_0_11(version):
     # the corpus can be run to check it.)
     dp2 = next(t.band for t in vllm("2xH100-80GB", "dp2", version=version).non_kv.terms if t.name == "non_torch")
     assert (dp2.low, dp2.central, dp2.high) == (GiB // 4, GiB // 4, GiB // 4 + GiB)
+
+
+def test_nvls_buffers_by_hand():
+    # vllm #9699's NCCL line on 8 H200s: nHeads 8, buffSize 4,194,304, memSize 2,097,152,
+    # nvlsPerRankSize 301,989,888 = 24 channels × 2 × (4 + 2) MiB, nvlsTotalSize 2,415,919,104 = 8 heads
+    assert nvls_bytes(8) == 8 * 301_989_888 == 2_415_919_104
+    assert nvls_bytes(16) == nvls_bytes(8)  # one head per GPU of the NVSwitch node
+    full = 2_415_919_104
+    # snapshot before NCCL's set-up (≤ 0.10): both communicators (PyNccl's and torch's), band from one
+    b = nvls_band(8, "H100-80GB", "nvlink", snapshot_after_init=False)
+    assert (b.low, b.central, b.high) == (full, 2 * full, 2 * full)
+    # from 0.11 the PyNccl one predates the snapshot: one charged, the band from none to both
+    b = nvls_band(8, "NVIDIA H200", "nvlink", snapshot_after_init=True)
+    assert (b.low, b.central, b.high) == (0, full, 2 * full)
+    # NCCL builds none for two GPUs, over PCIe, before Hopper or on AMD cards
+    for args in ((2, "H100-80GB", "nvlink"), (8, "H100-PCIe-80GB", "pcie"), (8, "A100-80GB", "nvlink"),
+                 (8, "MI300X-192GB", "nvlink")):
+        assert nvls_band(*args, snapshot_after_init=False) == Band.exact(0)
+    # in a profile: 0.10 at TP8 on H100s charges them on top of the NCCL term; V0 from 0.6.5 does not
+    tp8 = vllm("8xH100-80GB", "tp8", version="0.10").non_kv.get("non_torch")
+    assert tp8 == GiB // 4 + GiB + CUSTOM_AR + 2 * full
+    assert vllm("8xH100-80GB", "tp8", version="v0").non_kv.get("non_torch") == GiB // 4 + GiB + CUSTOM_AR
 
 
 # Llama-3.1-8B on one H100 (vllm serve defaults: 8192 batched tokens, 1024 seqs): capture sizes up

@@ -332,7 +332,10 @@ def test_translate_vllm_to_sglang_and_back():
     assert below.pool_tokens < t.source_tokens  # the smallest 4-decimal value that does it
     back = translate("sglang", "vllm", t.target_value, "llama-3.1-8b", "1xH100-80GB",
                      source_knobs={"context_length": 32768}, target_knobs={"max_model_len": 32768})
-    assert back.achievable and abs(back.target_value - 0.9) <= 2e-4
+    # 0.34 commits its pool in 2 MiB granules per layer segment: 32 × 2 MiB steps of the budget, so
+    # the way back lands within one step (64 MiB of the H100's memory) of 0.9
+    step = 32 * 2 * MiB / H100
+    assert back.achievable and abs(back.target_value - 0.9) <= 2e-4 + step
 
 
 def test_translate_trtllm_and_unreachable():

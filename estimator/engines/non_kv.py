@@ -596,6 +596,36 @@ def custom_all_reduce_bytes(tensor: int, link: str) -> int:
     return CUSTOM_AR_META + 2 * CUSTOM_AR_MAX_SIZE + CUSTOM_AR_RANK_DATA
 
 
+# NVLink SHARP (NVLS): on Hopper and Blackwell NVSwitch systems NCCL binds multicast buffers to every
+# communicator of more than two GPUs (vllm-project/vllm #9699, H200 TP8: "NVLS comm ... nHeads 8 buffSize
+# 4194304 memSize 2097152 nvlsPerRankSize 301989888 nvlsTotalSize 2415919104", i.e. 24 channels × 2 ×
+# (buffSize + memSize) per head, one head per GPU of the node; its TP8 run holds ~5 GiB less KV than with
+# NCCL_NVLS_ENABLE=0, two communicators' worth: vLLM's PyNccl one and torch.distributed's)
+NVLS_CHANNELS = 24
+NVLS_BUFF_SIZE = 4 * MiB
+NVLS_MEM_SIZE = 2 * MiB
+NVLS_MAX_HEADS = 8  # GPUs per NVSwitch node (HGX H100/H200/B200)
+_NVLS_CARD = re.compile(r"\b(?:h100|h200|h20|h800|b200|b300|gb200|gb300)\b")
+
+
+def nvls_bytes(tensor: int) -> int:
+    """NVLS buffers of one communicator on one rank (``nvlsTotalSize``)."""
+    return min(tensor, NVLS_MAX_HEADS) * NVLS_CHANNELS * 2 * (NVLS_BUFF_SIZE + NVLS_MEM_SIZE)
+
+
+def nvls_band(tensor: int, device_kind: str, link: str, *, snapshot_after_init: bool) -> Band:
+    """NVLS memory a vLLM rank's profile charges (0 where NCCL builds none: two GPUs or fewer, PCIe,
+    pre-Hopper and AMD cards). A full 8-GPU group is an NVSwitch board (central: both communicators;
+    one where the snapshot follows NCCL's set-up, as ``non_torch_band`` halves its NCCL term); a group of
+    3–7 may or may not sit on one (4-GPU HGX boards have no NVSwitch), so only the band's top holds it."""
+    if tensor <= 2 or link != "nvlink" or not _NVLS_CARD.search(device_kind.lower().replace("-", " ")):
+        return Band.exact(0)
+    one = nvls_bytes(tensor)
+    if tensor < NVLS_MAX_HEADS:
+        return Band.of(0, 0, 2 * one)
+    return Band.of(0, one, 2 * one) if snapshot_after_init else Band.of(one, 2 * one, 2 * one)
+
+
 def non_torch_band(engine: str, version: str, *, tensor: int, pipeline: int, link: str,
                    custom_ar: bool = True, data: int = 1, snapshot_after_init: bool = False) -> Band:
     """Non-torch memory of one rank: base + (TP) custom all-reduce + NCCL + (PP) NCCL p2p
@@ -733,5 +763,6 @@ __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTE
            "custom_all_reduce_bytes", "encoder_items", "encoder_peak_bytes", "fitted", "forward_bytes",
            "forward_bytes_per_token", "fused_moe_chunk_size", "gpu_class", "interconnect", "lora_slot_bytes",
            "model_runner_v2", "mrv2_sampler_bytes_per_logit", "mrv2_sampler_state_bytes", "mxfp4_padding_bytes",
-           "non_torch_band", "residual_band", "rotary_cache_bytes", "sampler_bytes_per_logit", "term",
+           "non_torch_band", "nvls_band", "nvls_bytes", "residual_band", "rotary_cache_bytes",
+           "sampler_bytes_per_logit", "term",
            "torch_param_bytes", "torch_sort_sampler_bytes", "v0_dummy_sequences", "vision_split_bytes"]

@@ -100,6 +100,7 @@ from estimator.engines.non_kv import (
     mrv2_sampler_state_bytes,
     mxfp4_padding_bytes,
     non_torch_band,
+    nvls_band,
     residual_band,
     rotary_cache_bytes,
     sampler_bytes_per_logit,
@@ -561,6 +562,12 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
                                data=1 if version.startswith("v0") else lay.data,
                                snapshot_after_init=version in SNAPSHOT_AFTER_INIT and not headroom)
     non_torch_source = NON_TORCH_SOURCE
+    if version != "v0":  # V0 from 0.6.5 sees no communicator memory (its TP logs: 0.2–0.43 GiB in all)
+        nvls = nvls_band(lay.tensor, setup.mesh.device_kinds[0], link,
+                         snapshot_after_init=version in SNAPSHOT_AFTER_INIT and not headroom)
+        if nvls.high:
+            non_torch = non_torch + nvls
+            non_torch_source += "; + NVLS multicast buffers (estimator.engines.non_kv nvls_band, vllm #9699)"
     if version in DEVICE_WIDE_NON_TORCH:
         context = measured.get("context_bytes")
         non_torch = non_torch + (CONTEXT if context is None else Band.exact(context)) + Band.exact(others)
