@@ -49,7 +49,6 @@ core" part (groups, fit check, max-length estimate, capacity lines) is shared wi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -78,7 +77,6 @@ from estimator.engines.base import (
 from estimator.engines.non_kv import (
     ACTIVATION_SOURCE,
     CONTEXT,
-    CONTEXT_SOURCE,
     CUDA_GRAPH_SOURCE,
     ENCODER_SOURCE,
     LORA_SOURCE,
@@ -109,6 +107,14 @@ from estimator.engines.non_kv import (
     v0_dummy_sequences,
 )
 from estimator.engines.releases import release_number
+from estimator.engines.vllm_extensible import (
+    GRANULE,
+    MARGIN_FLOOR,
+    extensible_cache,
+    extensible_terms,
+    more_memory_hint,
+    rocm,
+)
 from estimator.engines.vllm_releases import release_family as _family_of
 from estimator.model.spec import ModelSpec
 from meshes.validation import InputError
@@ -139,16 +145,6 @@ KV_DTYPES = {"auto": None, "bfloat16": "bfloat16", "float16": "float16", "fp8": 
              "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
 USAGE = ("openai_api_server", "llm_class")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
-# 0.34's extensible KV cache (vllm/v1/worker/extensible_kv_cache.py): sized after warmup and CUDA-graph
-# capture from free memory, less a margin of max(1 GiB, 0.75 × the transient peak) and the transient
-# peak itself, committed in 2 MiB granules per layer segment (vllm/utils/extensible_tensor.py)
-EXTENSIBLE = "0.34"
-MARGIN_FLOOR = {"cuda": 1 * GiB, "rocm": 3 * GiB}  # KV_CACHE_MARGIN_FLOOR_BYTES by platform
-MARGIN_FRACTION = 0.75  # KV_CACHE_MARGIN_FRACTION
-GRANULE = 2 * 1024 * 1024  # the commit granule: the driver's granularity, floored at 2 MiB
-EXTENSIBLE_SOURCE = ("vllm/v1/worker/extensible_kv_cache.py measure_kv_cache_bytes (0.34.0): the transient "
-                     "reserve is the profiled peak plus the CUDA-graph estimate (gpu_worker.py "
-                     "peak_activation_memory)")
 
 
 def release_family(release: str) -> str:
@@ -308,22 +304,6 @@ class CoreResult:
     error: str | None
     lines: tuple[str, ...]
     warnings: tuple[str, ...]
-
-
-def more_memory_hint(extensible: bool, util: float) -> str:
-    """vLLM 0.34's advice in its KV-cache errors (vllm/v1/core/kv_cache_planning.py
-    ``_more_kv_cache_memory_hint``, after warmup when the cache is extensible)."""
-    if not extensible:
-        return ("Try increasing `gpu_memory_utilization` when initializing the engine (this flag also "
-                "controls CPU memory reservation on the CPU backend, despite its name).")
-    used_by = "the model, its activations, CUDA graphs and warmup"
-    graphs = " CUDA graphs take less with fewer or smaller capture sizes in the compilation config."
-    if util < 1.0:
-        return (f"The KV cache gets what is left after {used_by} within `gpu_memory_utilization`={util}; "
-                "increase it (with the extensible KV cache it defaults to 1.0) or decrease `max_model_len` "
-                f"or `max_num_seqs`.{graphs}")
-    return (f"The extensible KV cache already takes all device memory left after {used_by}; decrease "
-            f"`max_model_len` or `max_num_seqs`, or the model needs a device with more memory.{graphs}")
 
 
 def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLayout, max_model_len: int,
@@ -593,43 +573,6 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         residual = residual_band(NAME, version, lay.tensor, setup.mesh.stats[0].bytes_limit)
         terms.append(Term("residual", residual, RESIDUAL_SOURCE))
     return NonKV(tuple(terms))
-
-
-def rocm(device_kind: str) -> bool:
-    """An AMD Instinct card (the catalog's "MI300X-192GB", JAX's "AMD Instinct MI300X")."""
-    return bool(re.search(r"\bamd\b|instinct|\bmi[1-9]\d\d", device_kind.lower()))
-
-
-def extensible_terms(terms: list[Term], headroom: bool, context: int | None, floor: int) -> list[Term]:
-    """The terms 0.34's extensible KV cache adds to the resident ones (``non_kv_terms``): the
-    transient reserve's CUDA-graph estimate (the graphs themselves are also resident:
-    ``peak_activation_memory`` = profiled peak + estimate), and, where the device's headroom binds,
-    the CUDA context and the margin max(``floor``: 1 GiB, 3 GiB on ROCm, 0.75 × the transient reserve)."""
-    act, graph = (next(t for t in terms if t.name == name) for name in ("activation", "cuda_graph"))
-    added = [Term("transient_graph_reserve", graph.band, EXTENSIBLE_SOURCE, graph.measured)]
-    if headroom:  # terms derived from measured values are measured too
-        reserve = act.band + graph.band
-        added += [Term("cuda_context", CONTEXT if context is None else Band.exact(context), CONTEXT_SOURCE,
-                       context is not None),
-                  Term("margin", Band.of(*(max(floor, int(MARGIN_FRACTION * t))
-                                           for t in (reserve.low, reserve.central, reserve.high))),
-                       "vllm/v1/worker/extensible_kv_cache.py KV_CACHE_MARGIN_FLOOR_BYTES (1 GiB; ROCm 3), "
-                       "KV_CACHE_MARGIN_FRACTION (0.75) × the transient reserve", act.measured and graph.measured)]
-    return [t for t in added if t.band.high]
-
-
-def extensible_cache(version: str, requested: bool | None, pinned: bool) -> bool:
-    """Whether 0.34's extensible KV cache sizes the pool (vllm/config/vllm.py
-    ``_resolve_extensible_kv_cache``): on by default on CUDA, off where kv_cache_memory_bytes or
-    num_gpu_blocks_override pins the pool (asking for it then is an error), absent before 0.34."""
-    if requested and version != EXTENSIBLE:
-        raise InputError("enable_extensible_kv_cache", requested,
-                         f"unset or false for version {version}: the extensible KV cache is new in vLLM 0.34")
-    if requested and pinned:
-        raise InputError("enable_extensible_kv_cache", requested,
-                         "unset or false with kv_cache_memory_bytes or num_gpu_blocks_override: the "
-                         "extensible KV cache sizes the pool from measured memory, which they override")
-    return version == EXTENSIBLE and requested is not False and not pinned
 
 
 def graph_band(m: ModelSpec, tensor: int, kv_heads_per_shard: int, seqs: int, batched: int,
