@@ -97,18 +97,48 @@ def test_a_pinned_pool_or_the_flag_turns_it_off():
     assert off.num_blocks == (math.ceil(H100 * 0.92) - used) // (SEGMENTS * LAYER_PAGE)
 
 
-def test_the_pool_that_cannot_hold_one_request_says_what_0_34_says():
-    p = vllm(weights_bytes=73 * GiB)  # room for ~1.8 GiB of KV: less than the 4 GiB one 32,768-token request needs
-    assert not p.starts
-    assert p.error.startswith("To serve at least one request with the model's max seq len (32768)")
+def test_a_pool_that_cannot_hold_one_request_fails_where_0_34_checks():
+    # 0.34 checks the capacity it reserves before warmup (requested − the profile's non-KV − the
+    # CUDA-graph estimate, less the null block) with the advice of that stage, and the measured size
+    # after warmup with its own: a 32,768-token request needs 2,048 blocks of 2 MiB = 4 GiB
+    def capacity(weights: int) -> int:
+        return math.ceil(H100 * 1.0) - (weights + GiB // 4 + STATE + GiB + GiB // 2)
+
+    early = vllm(weights_bytes=73 * GiB)  # 3.93 GiB reserved
+    assert not early.starts
+    assert early.error.startswith(
+        "To serve at least one request with the model's max seq len (32768), (4.0 GiB KV cache is needed, "
+        f"which is larger than the available KV cache memory ({round((capacity(73 * GiB) - 2 * MiB) / GiB, 2)} "
+        "GiB).")
+    assert ("The extensible KV cache already takes all device memory left after the model and its "
+            "activations; decrease `max_model_len` or `max_num_seqs`, or the model needs a device with more "
+            "memory. Decreasing `max_model_len` also reduces what is needed.") in early.error
+    weights = H100 - 7 * GiB - STATE  # 5.25 GiB reserved, but 3.125 GiB left after warmup
+    assert capacity(weights) - 2 * MiB >= 4 * GiB
+    late = vllm(weights_bytes=weights)
+    assert not late.starts
+    measured = blocks_within(H100 - GiB // 2 - (weights + GiB // 4 + GiB // 2 + STATE) - int(0.75 * 1.5 * GiB)
+                             - (GiB + GiB // 2))
+    assert f"available KV cache memory ({round((measured - 1) * 2 * MiB / GiB, 2)} GiB)" in late.error
     assert ("The extensible KV cache already takes all device memory left after the model, its activations, "
             "CUDA graphs and warmup; decrease `max_model_len` or `max_num_seqs`, or the model needs a device "
             "with more memory. CUDA graphs take less with fewer or smaller capture sizes in the compilation "
-            "config. Decreasing `max_model_len` also reduces what is needed.") in p.error
+            "config. Decreasing `max_model_len` also reduces what is needed.") in late.error
+
+
+def test_each_end_of_the_band_takes_its_own_smaller_branch():
+    # near the crossover (utilization ≈ 0.97 on an H100) the low and high ends of the band may bind on
+    # different branches: each end is the smaller of its two
+    for util in (0.96, 0.97, 0.975, 0.98):
+        p = vllm(gpu_memory_utilization=util, activation_bytes=None, cuda_graph_bytes=None)
+        assert p.tokens_band.low <= p.kv_tokens <= p.tokens_band.high
+        lower = vllm(gpu_memory_utilization=util - 0.005, activation_bytes=None, cuda_graph_bytes=None)
+        assert lower.tokens_band.low <= p.tokens_band.low and lower.tokens_band.high <= p.tokens_band.high
 
 
 @pytest.mark.parametrize("knobs, says", [
     (dict(version="0.33.0", enable_extensible_kv_cache=True), "new in vLLM 0.34"),
+    (dict(version="0.33.0", enable_extensible_kv_cache=False), "new in vLLM 0.34"),
     (dict(version="0.34.0", enable_extensible_kv_cache=True, num_gpu_blocks_override=1000),
      "num_gpu_blocks_override"),
 ])
@@ -126,3 +156,18 @@ def test_rocm_keeps_a_3_gib_margin_floor():
     used = 15 * GiB + GiB // 4 + GiB // 2 + STATE  # 1024 sequences on a ≥ 160 GiB card too
     available = mi300x - GiB // 2 - used - 3 * GiB - (GiB + GiB // 2)  # 0.75 × 1.5 GiB < 3 GiB
     assert p.num_blocks == blocks_within(available)
+
+
+def test_a_measured_non_torch_figure_keeps_the_communicators_set_up_before_the_snapshot():
+    # where free memory at start-up binds, every communicator byte is gone from it, yet a measured
+    # non-torch figure is only the increase after the snapshot: at TP8 on H100s the rest is half the
+    # fitted NCCL term, the custom all-reduce buffers and one communicator's NVLS buffers (2,415,919,104 B,
+    # NCCL's own nvlsTotalSize at 8 GPUs, vllm #9699)
+    from estimator.engines.non_kv import custom_all_reduce_bytes, fitted
+
+    p = engine_plan("llama-3.1-70b", "8xH100-80GB", "tp8", engine="vllm", version="0.34.0", max_model_len=8192,
+                    **{**PINNED, "weights_bytes": 17 * GiB, "non_torch_bytes": 3 * GiB // 4})
+    nccl = int(fitted("vllm", "nccl_tp_gib", "0.34", "nvlink") * GiB)
+    expected = nccl - nccl // 2 + custom_all_reduce_bytes(8, "nvlink") + 2_415_919_104
+    assert abs(p.non_kv.get("pre_snapshot_communicators") - expected) <= 1
+    assert p.non_kv.get("non_torch") == 3 * GiB // 4

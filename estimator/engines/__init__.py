@@ -7,7 +7,7 @@ if it would fail, and the lines the engine logs. Knobs use each engine's own nam
 another engine is refused with its equivalent ("sglang calls this mem_fraction_static").
 
 Profiles (and the engine version whose semantics they follow, each profile's module docstring cites its source):
-``max`` (MAX 26.7.0, the seed API), ``vllm`` (0.33; "0.2x", "0.17", "0.11", "0.10", "0.9", "v0", "v0-early"),
+``max`` (MAX 26.7.0, the seed API), ``vllm`` (0.34; "0.33", "0.2x", "0.17", "0.11", "0.10", "0.9", "v0", "v0-early"),
 ``sglang`` (0.5.23),
 ``trtllm`` (PyTorch backend; "trt-engine"), ``tpu`` (tpu-inference 0.32.0; "legacy").
 Measured values (``weights_bytes``, ``activation_bytes``, ``non_torch_bytes``, ``cuda_graph_bytes``,

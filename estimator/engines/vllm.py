@@ -1,8 +1,14 @@
-"""vLLM (GPU) — the semantics of vLLM 0.33.0 (vllm-project/vllm, vllm/v1/worker/gpu_worker.py and
-vllm/v1/core/kv_cache_utils.py) and of the releases old logs
-come from, the version being a knob:
+"""vLLM (GPU) — the semantics of vLLM 0.34.0 (vllm-project/vllm, vllm/v1/worker/gpu_worker.py,
+vllm/v1/worker/extensible_kv_cache.py and vllm/v1/core/kv_cache_utils.py) and of the releases old
+logs come from, the version being a knob:
 
-- ``"0.33"`` (current; 0.29–0.33): ``available = ceil(total · util) − non-KV − CUDA graphs``; the
+- ``"0.34"`` (current; 0.34.x): the extensible KV cache (estimator.engines.vllm_extensible), on by
+  default; the pool is sized after warmup and CUDA-graph capture from measured memory,
+  ``min(ceil(total · util) − resident, free at start-up − resident − margin) − transient`` with
+  utilization 1.0 by default, and committed in 2 MiB granules per layer segment; no start-up
+  free-memory check; with the cache off (``enable_extensible_kv_cache=false``, or a pool pinned by
+  kv_cache_memory_bytes / num_gpu_blocks_override) it sizes as 0.33 does.
+- ``"0.33"`` (0.29–0.33): ``available = ceil(total · util) − non-KV − CUDA graphs``; the
   null block held back in the fit check (vllm PR #47272, 0.29.0); one "GPU KV cache size …
   Maximum concurrency" line (PR #50462, 0.28.0); the profile run is Model Runner V2's (the default
   for every model from 0.29, for dense ones from 0.25: estimator.engines.non_kv ``model_runner_v2``),
@@ -29,10 +35,10 @@ come from, the version being a knob:
 - ``"v0-early"`` (V0 0.2.5–0.6.4, vllm/worker/worker.py ``determine_num_available_blocks`` before
   PR #10511): the peak is free memory at worker start minus free memory after the profile run —
   every byte the process gained, NCCL included.
-Utilization defaults to 0.92 from 0.20 and 0.9 before. The version knob also takes the release a
+Utilization defaults to 1.0 with 0.34's extensible KV cache, 0.92 from 0.20 and 0.9 before. The
+version knob also takes the release a
 user runs ("0.11.0", "v0.10.1.1"): ``release_family`` (estimator.engines.vllm_releases) maps it.
-0.34 is refused by name: it sizes the KV cache from memory measured after warmup and CUDA-graph
-capture (the extensible KV cache), which these families do not describe.
+Releases after 0.34.x are refused by name: kvfit has not read their code.
 
 Per worker (one device of a tensor/pipeline group; each data-parallel rank is its own engine, and
 ``max_num_seqs`` / ``max_num_batched_tokens`` are per data-parallel rank, as vLLM means them):
@@ -108,12 +114,13 @@ from estimator.engines.non_kv import (
 )
 from estimator.engines.releases import release_number
 from estimator.engines.vllm_extensible import (
-    GRANULE,
     MARGIN_FLOOR,
-    extensible_cache,
+    committable_bytes,
     extensible_terms,
     more_memory_hint,
+    physical_bytes,
     rocm,
+    uses_extensible_cache,
 )
 from estimator.engines.vllm_releases import release_family as _family_of
 from estimator.model.spec import ModelSpec
@@ -308,12 +315,15 @@ class CoreResult:
 
 def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLayout, max_model_len: int,
               auto_fit: bool, batched_tokens: int, state_blocks: int, override: int | None,
-              longest: int, hint: str = "") -> CoreResult:
+              longest: int, hint: str = "", capacity: Sequence[tuple[int, int]] | None = None,
+              capacity_hint: str = "") -> CoreResult:
     """Block counting, fit check, max-length estimate and capacity lines of vLLM's core.
 
     ``workers`` are (available KV bytes, bytes per block) per worker; ``core`` is "0.34", "0.33",
     "0.2x", "0.1x" or "v0"; ``longest`` bounds the max-length search (the model's max position);
-    ``hint``: 0.34's advice in the errors (``more_memory_hint``).
+    ``hint``: 0.34's advice in the errors (``more_memory_hint``); ``capacity``: 0.34's reserved
+    capacity per worker (available bytes, bytes per block), checked first, with ``capacity_hint``
+    (``get_kv_cache_configs`` before warmup; the measured size is checked after it).
     """
     bs = layout.block_size
     lines: list[str] = []
@@ -323,8 +333,7 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
                      f"num_gpu_blocks_override={override}")
         workers = [(override * b, b) for _, b in workers]
     current = core in ("0.33", "0.34")  # 0.29+: the null block held back, one capacity line
-    reserve_null = current
-    checks = [(a - b if reserve_null else a, b) for a, b in workers]
+    checks = [(a - b if current else a, b) for a, b in workers]
 
     def needed(length: int, bpb: int) -> int:
         return bpb * layout.blocks_per_request(length, batched_tokens, state_blocks)
@@ -367,11 +376,29 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
         else:
             lines.append(f"Auto-fit max_model_len: full model context length {max_model_len} fits in "
                          "available GPU memory")
-    for avail, bpb in checks:
-        if avail <= 0 and core == "0.34":
-            error = (f"No available memory for the cache blocks. {hint} See "
-                     "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
-            break
+    def current_error(pairs: Sequence[tuple[int, int]], advice: str) -> str | None:
+        """0.34's ``_check_enough_kv_cache_memory`` over (available, bytes per block) pairs."""
+        for avail, bpb in pairs:
+            if avail <= 0:
+                return (f"No available memory for the cache blocks. {advice} See "
+                        "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
+            need = needed(length, bpb)
+            if need > avail:
+                est = estimate(avail, bpb, length)
+                estimated = (f"Based on the available memory, the estimated maximum model length is {est}. "
+                             if est > 0 else "")
+                return (f"To serve at least one request with the model's max seq len ({length}), "
+                        f"({format_gib(need)} GiB KV cache is needed, which is larger than the available KV "
+                        f"cache memory ({format_gib(avail)} GiB). {estimated}{advice} Decreasing "
+                        "`max_model_len` also reduces what is needed. See "
+                        "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
+        return None
+
+    if core == "0.34":  # the reserved capacity first (before warmup), then the size measured after it
+        if capacity is not None:
+            error = current_error([(a - b, b) for a, b in capacity], capacity_hint)
+        error = error or current_error(checks, hint)
+    for avail, bpb in checks if core != "0.34" else ():
         if avail <= 0:
             error = ("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
                      "when initializing the engine" + (" (this flag also controls CPU memory reservation "
@@ -385,13 +412,6 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
             model_s = "model's" if current else "models's"
             estimated = (f"Based on the available memory, the estimated maximum model length is {est}. "
                          if est > 0 else "")
-            if core == "0.34":
-                error = (f"To serve at least one request with the model's max seq len ({length}), "
-                         f"({gb(need)} GiB KV cache is needed, which is larger than the available KV cache "
-                         f"memory ({gb(avail)} GiB). {estimated}{hint} Decreasing `max_model_len` also "
-                         "reduces what is needed. See "
-                         "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
-                break
             flag = ("`gpu_memory_utilization` (which also controls CPU memory on the CPU backend)"
                     if core == "0.33" else "`gpu_memory_utilization`")
             error = (f"To serve at least one request with the {model_s} max seq len ({length}), "
@@ -566,7 +586,14 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
                           "(Model Runner V2's penalty state, charged from 0.27)"))
     if extensible:
         floor = MARGIN_FLOOR["rocm" if rocm(setup.mesh.device_kinds[0]) else "cuda"]
-        terms += extensible_terms(terms, headroom, measured.get("context_bytes"), floor)
+        pre_snapshot = 0
+        if headroom and measured.get("non_torch_bytes") is not None:  # the measured increase after it
+            after = non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
+                                   custom_ar=not k["disable_custom_all_reduce"], data=lay.data,
+                                   snapshot_after_init=True) + nvls_band(
+                lay.tensor, setup.mesh.device_kinds[0], link, snapshot_after_init=True)
+            pre_snapshot = non_torch.central - after.central
+        terms += extensible_terms(terms, headroom, measured.get("context_bytes"), floor, pre_snapshot)
     modelled = [t for t in terms if not t.measured and t.name not in ("weights", "sampler_state")
                 and t.band.central]  # the sampler's state is exact, as the weights are
     if modelled:
@@ -597,7 +624,7 @@ def compute(setup: Setup, which: str) -> EnginePlan:
     m = apply_model_knobs(setup.model, k["quantization"], k["dtype"])
     kv_bytes_override = k["kv_cache_memory_bytes"]
     pinned = kv_bytes_override is not None or k["num_gpu_blocks_override"] is not None
-    extensible = extensible_cache(version, k["enable_extensible_kv_cache"], pinned)
+    extensible = uses_extensible_cache(version, k["enable_extensible_kv_cache"], pinned)
     util = k["gpu_memory_utilization"] or (1.0 if extensible else 0.92 if version in UTIL_092_VERSIONS else 0.9)
     length, auto_fit = _check_length(setup, k["max_model_len"])
     if auto_fit and version.startswith("v0"):
@@ -639,10 +666,13 @@ def compute(setup: Setup, which: str) -> EnginePlan:
             nk = non_kv_terms(setup, m, **worker)
             requested = scaled(stats.bytes_limit, util, ceil=ceil)
             budget = requested
-            if extensible:  # min(requested − used, headroom − margin) − transient: the smaller branch
-                capacity[i] = requested - nk.total(which) + nk.get("cuda_graph")  # the profile's estimate
-                budget, nk = min((requested, nk), (stats.free, non_kv_terms(setup, m, **worker, headroom=True)),
-                                 key=lambda option: option[0] - option[1].total())
+            avail = requested - nk.total(which)
+            if extensible:  # min(requested − used, headroom − margin) − transient, at each end of the band
+                graph_estimate = next(t.band.pick(which) for t in nk.terms if t.name == "cuda_graph")
+                capacity[i] = avail + graph_estimate  # the reserved capacity: the profile's non-KV and estimate
+                by_headroom = non_kv_terms(setup, m, **worker, headroom=True)
+                if stats.free - by_headroom.total(which) < avail:
+                    budget, nk, avail = stats.free, by_headroom, stats.free - by_headroom.total(which)
             context = setup.measured.get("context_bytes", CONTEXT.central)
             if stats.free - context < requested and startup_error is None and not extensible \
                     and version not in NO_STARTUP_CHECK:  # 0.34's cache only caps the budget
@@ -650,11 +680,11 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                                  f"{stats.bytes_limit / GiB:.2f} GiB) on startup is less than desired GPU "
                                  f"memory utilization ({util}, {requested / GiB:.2f} GiB). Decrease GPU "
                                  "memory utilization or reduce GPU memory used by other processes.")
-            avail = kv_bytes_override if kv_bytes_override is not None else budget - nk.total(which)
+            if kv_bytes_override is not None:
+                avail = kv_bytes_override
             bpb = cache.bytes_per_block(stage.layers)
-            if extensible and bpb and avail > 0:  # blocks_within: each layer segment in whole granules
-                segments = bpb // cache.layer_page_bytes
-                avail = segments * (avail // segments // GRANULE * GRANULE)
+            if extensible and bpb:  # blocks_within: each layer segment in whole granules
+                avail = committable_bytes(avail, bpb // cache.layer_page_bytes)
             workers.append((avail, bpb))
             nonkvs.append((nk, budget, avail, stats, i))
             rows.append({"device": str(mesh.devices[i]), "stage": s, "total_bytes": stats.bytes_limit,
@@ -664,7 +694,10 @@ def compute(setup: Setup, which: str) -> EnginePlan:
         core = vllm_core(core=CORE[version], workers=[w for w in workers if w[1]], layout=cache,
                          max_model_len=length, auto_fit=auto_fit, batched_tokens=batched,
                          state_blocks=state_blocks, override=k["num_gpu_blocks_override"],
-                         longest=m.max_position_embeddings, hint=more_memory_hint(extensible, util))
+                         longest=m.max_position_embeddings, hint=more_memory_hint(extensible, util),
+                         capacity=[(capacity[replica * group_size + j], w[1]) for j, w in enumerate(workers)
+                                   if w[1]] if extensible else None,
+                         capacity_hint=more_memory_hint(extensible, util, after_warmup=False))
         tight = min(range(len(workers)),
                     key=lambda j: (workers[j][0] // workers[j][1]) if workers[j][1] else 2**62)
         if pinned and startup_error is None:  # no profiling stands between a pinned pool and memory
@@ -683,15 +716,15 @@ def compute(setup: Setup, which: str) -> EnginePlan:
                      f"{nk.get('non_torch') / GiB:.2f}GiB; PyTorch activation peak memory takes "
                      f"{act / GiB:.2f}GiB; the rest of the memory reserved for KV Cache is "
                      f"{avail / GiB:.2f}GiB.")
-    if graphs:
+    if graphs and not (not version.startswith("v0") and model_runner_v2(release, m)):
+        # gpu_model_runner.py's line (Model Runner V1); Model Runner V2's profile_cudagraph_memory logs none
         lines.append(f"Estimated CUDA graph memory: {nk.get('cuda_graph') / GiB:.2f} GiB total")
     if not version.startswith("v0") and release >= (0, 9, 1):  # gpu_worker.py from 0.9.1 (PR #19312)
         shown = format_gib(capacity.get(idx, avail)) if ceil else gib2(avail)  # 0.34: the reserved capacity
         lines.append(f"Available KV cache memory: {shown} GiB")
     lines += list(cache.notes) + list(core.lines)
     if extensible and core.error is None:  # extend_kv_cache, with each segment's granule rounding
-        segments = bpb // cache.layer_page_bytes
-        physical = segments * cdiv(core.num_blocks * cache.layer_page_bytes, GRANULE) * GRANULE
+        physical = physical_bytes(core.num_blocks, bpb // cache.layer_page_bytes, cache.layer_page_bytes)
         lines.append(f"Extended KV cache to {core.num_blocks} blocks ({physical / GiB:.2f} GiB).")
     estimated = estimated_flags(lines, ("the current vLLM instance can use", "Setting attention block size",
                                         "Padding mamba page size", "Add "),
