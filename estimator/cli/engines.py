@@ -185,6 +185,11 @@ def _common(engine: str, max_model_len: int | None, kv_cache_dtype: str | None) 
     return knobs
 
 
+def short_number(value: Any) -> str:
+    """A knob value for the table: floats to 4 significant digits (1.0 → "1"), anything else as is."""
+    return f"{value:.4g}" if isinstance(value, float) else f"{value}"
+
+
 def engines_table(plans: list[EnginePlan]) -> Table:
     """One column per engine, one row per quantity."""
     first = plans[0]
@@ -194,8 +199,7 @@ def engines_table(plans: list[EnginePlan]) -> Table:
         table.add_column(f"{p.engine} {p.version}", justify="right", overflow="fold")
     fraction = CONCEPTS["memory fraction"]
     rows = [
-        ("memory fraction", lambda p: f"{p.knobs.get(fraction[p.engine]):.4g}"
-         if isinstance(p.knobs.get(fraction[p.engine]), float) else f"{p.knobs.get(fraction[p.engine])}"),
+        ("memory fraction", lambda p: short_number(p.knobs.get(fraction[p.engine]))),
         ("scope of GiB", lambda p: p.scope),
         ("memory seen GiB", lambda p: gib(p.total_bytes)),
         ("budget GiB", lambda p: gib(p.budget_bytes)),

@@ -142,8 +142,7 @@ def prefill_graph_reserve_mib(chunked: int, *, mla: bool) -> float:
     1.5 GiB with an MLA backend (breakable prefill graphs, on by default on CUDA)."""
     if mla:
         return 1.5 * 1024
-    top = chunked
-    sizes = [n for n in PREFILL_GRAPH_SIZES + tuple(range(4608, top + 1, 512)) if n <= top]
+    sizes = [n for n in PREFILL_GRAPH_SIZES + tuple(range(4608, chunked + 1, 512)) if n <= chunked]
     return 8 * len(sizes)
 
 

@@ -296,6 +296,9 @@ def cache_layout(kvs: Sequence[KVSpec], block_size: int, token_bytes: Callable[[
     return CacheLayout(tuple(groups), bs, page, tuple(notes))
 
 
+CONSERVING_MEMORY_DOCS = "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details."
+
+
 def format_gib(n: int) -> str:
     """vllm/utils/mem_utils.py :: format_gib: round(b / GiB, 2), printed as a float."""
     return str(round(n / GiB, 2))
@@ -376,50 +379,37 @@ def vllm_core(*, core: str, workers: Sequence[tuple[int, int]], layout: CacheLay
         else:
             lines.append(f"Auto-fit max_model_len: full model context length {max_model_len} fits in "
                          "available GPU memory")
-    def current_error(pairs: Sequence[tuple[int, int]], advice: str) -> str | None:
-        """0.34's ``_check_enough_kv_cache_memory`` over (available, bytes per block) pairs."""
+    gb = format_gib if current else (lambda n: f"{n / GiB:.2f}")
+
+    def fit_error(pairs: Sequence[tuple[int, int]], no_memory: str, serve_advice: str) -> str | None:
+        """``_check_enough_kv_cache_memory`` over (available, bytes per block) pairs, with the advice
+        each release gives when nothing fits and when one max-length request does not."""
         for avail, bpb in pairs:
             if avail <= 0:
-                return (f"No available memory for the cache blocks. {advice} See "
-                        "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
+                return f"No available memory for the cache blocks. {no_memory} See {CONSERVING_MEMORY_DOCS}"
             need = needed(length, bpb)
             if need > avail:
                 est = estimate(avail, bpb, length)
                 estimated = (f"Based on the available memory, the estimated maximum model length is {est}. "
                              if est > 0 else "")
-                return (f"To serve at least one request with the model's max seq len ({length}), "
-                        f"({format_gib(need)} GiB KV cache is needed, which is larger than the available KV "
-                        f"cache memory ({format_gib(avail)} GiB). {estimated}{advice} Decreasing "
-                        "`max_model_len` also reduces what is needed. See "
-                        "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
+                return (f"To serve at least one request with the {'model' if current else 'models'}'s max seq "
+                        f"len ({length}), ({gb(need)} GiB KV cache is needed, which is larger than the "
+                        f"available KV cache memory ({gb(avail)} GiB). {estimated}{serve_advice} See "
+                        f"{CONSERVING_MEMORY_DOCS}")
         return None
 
     if core == "0.34":  # the reserved capacity first (before warmup), then the size measured after it
+        def shorter(advice: str) -> str:
+            return f"{advice} Decreasing `max_model_len` also reduces what is needed."
         if capacity is not None:
-            error = current_error([(a - b, b) for a, b in capacity], capacity_hint)
-        error = error or current_error(checks, hint)
-    for avail, bpb in checks if core != "0.34" else ():
-        if avail <= 0:
-            error = ("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
-                     "when initializing the engine" + (" (this flag also controls CPU memory reservation "
-                     "on the CPU backend, despite its name). " if core == "0.33" else ". ") +
-                     "See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
-            break
-        need = needed(length, bpb)
-        if need > avail:
-            est = estimate(avail, bpb, length)
-            gb = format_gib if current else (lambda n: f"{n / GiB:.2f}")
-            model_s = "model's" if current else "models's"
-            estimated = (f"Based on the available memory, the estimated maximum model length is {est}. "
-                         if est > 0 else "")
-            flag = ("`gpu_memory_utilization` (which also controls CPU memory on the CPU backend)"
-                    if core == "0.33" else "`gpu_memory_utilization`")
-            error = (f"To serve at least one request with the {model_s} max seq len ({length}), "
-                     f"({gb(need)} GiB KV cache is needed, which is larger than the available KV cache "
-                     f"memory ({gb(avail)} GiB). {estimated}Try increasing {flag} or decreasing "
-                     "`max_model_len` when initializing the engine. See "
-                     "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
-            break
+            error = fit_error([(a - b, b) for a, b in capacity], capacity_hint, shorter(capacity_hint))
+        error = error or fit_error(checks, hint, shorter(hint))
+    else:
+        flag = ("`gpu_memory_utilization` (which also controls CPU memory on the CPU backend)"
+                if core == "0.33" else "`gpu_memory_utilization`")
+        error = fit_error(checks, more_memory_hint(False, 1.0) if core == "0.33" else
+                          "Try increasing `gpu_memory_utilization` when initializing the engine.",
+                          f"Try increasing {flag} or decreasing `max_model_len` when initializing the engine.")
     blocks = override if override is not None else min(max(a // b, 0) for a, b in workers)
     per_request = layout.blocks_per_request(length, batched_tokens, state_blocks)
     concurrency = blocks / per_request if per_request else 0.0
@@ -556,18 +546,21 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
                           pad_encoder_outputs_to=batched if (0, 11, 0) <= release < (0, 12, 0) else 0)
     state = (mrv2_sampler_state_bytes(seqs, m.vocab_size)  # the sampler's persistent penalty state
              if mrv2 and release >= (0, 27, 0) and stage == lay.pipeline - 1 else 0)
-    link = interconnect(setup.mesh.device_kinds[0])
-    non_torch = non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
-                               custom_ar=not k["disable_custom_all_reduce"],
-                               data=1 if version.startswith("v0") else lay.data,
-                               snapshot_after_init=version in SNAPSHOT_AFTER_INIT and not headroom)
+    kind = setup.mesh.device_kinds[0]
+    link = interconnect(kind)
+
+    def communicators(after_init: bool) -> Band:
+        """Non-torch memory the profile charges, NCCL's NVLS buffers included (not in V0 from 0.6.5,
+        whose TP logs show 0.2–0.43 GiB in all); ``after_init``: the snapshot follows NCCL's set-up."""
+        band = non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
+                              custom_ar=not k["disable_custom_all_reduce"], data=1 if v0 else lay.data,
+                              snapshot_after_init=after_init)
+        return band if version == "v0" else band + nvls_band(lay.tensor, kind, link, snapshot_after_init=after_init)
+
+    non_torch = communicators(version in SNAPSHOT_AFTER_INIT and not headroom)
     non_torch_source = NON_TORCH_SOURCE
-    if version != "v0":  # V0 from 0.6.5 sees no communicator memory (its TP logs: 0.2–0.43 GiB in all)
-        nvls = nvls_band(lay.tensor, setup.mesh.device_kinds[0], link,
-                         snapshot_after_init=version in SNAPSHOT_AFTER_INIT and not headroom)
-        if nvls.high:
-            non_torch = non_torch + nvls
-            non_torch_source += "; + NVLS multicast buffers (estimator.engines.non_kv nvls_band, vllm #9699)"
+    if version != "v0" and nvls_band(lay.tensor, kind, link, snapshot_after_init=False).high:
+        non_torch_source += "; + NVLS multicast buffers (estimator.engines.non_kv nvls_band, vllm #9699)"
     if version in DEVICE_WIDE_NON_TORCH:
         context = measured.get("context_bytes")
         non_torch = non_torch + (CONTEXT if context is None else Band.exact(context)) + Band.exact(others)
@@ -585,14 +578,10 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         terms.append(Term("sampler_state", Band.exact(state), "vllm/v1/worker/gpu/sample/penalties.py "
                           "(Model Runner V2's penalty state, charged from 0.27)"))
     if extensible:
-        floor = MARGIN_FLOOR["rocm" if rocm(setup.mesh.device_kinds[0]) else "cuda"]
+        floor = MARGIN_FLOOR["rocm" if rocm(kind) else "cuda"]
         pre_snapshot = 0
         if headroom and measured.get("non_torch_bytes") is not None:  # the measured increase after it
-            after = non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
-                                   custom_ar=not k["disable_custom_all_reduce"], data=lay.data,
-                                   snapshot_after_init=True) + nvls_band(
-                lay.tensor, setup.mesh.device_kinds[0], link, snapshot_after_init=True)
-            pre_snapshot = non_torch.central - after.central
+            pre_snapshot = non_torch.central - communicators(after_init=True).central
         terms += extensible_terms(terms, headroom, measured.get("context_bytes"), floor, pre_snapshot)
     modelled = [t for t in terms if not t.measured and t.name not in ("weights", "sampler_state")
                 and t.band.central]  # the sampler's state is exact, as the weights are

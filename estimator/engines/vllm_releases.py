@@ -43,6 +43,7 @@ FIRST_MODELLED = FAMILY_STARTS[-1][0]
 # the first release newer than those whose wheels kvfit's families were read from (0.34.x is the newest)
 NOT_YET_MODELLED = (0, 35, 0)
 
+
 def release_family(release: str, families: tuple[str, ...]) -> str:
     """The family of ``release`` (a family name itself is returned as it is); an InputError for
     text that is no vLLM release, a source build without a tag, or a release before 0.2.5."""
