@@ -39,16 +39,17 @@ def vllm(mesh: str | DeviceMesh = "1xH100-80GB", **knobs):
 
 def test_default_sizes_from_the_headroom_after_warmup():
     p = vllm()
-    assert STATE == 541_753_344
+    assert p.non_kv.get("sampler_state") == STATE == 541_753_344
     used = 15 * GiB + GiB // 4 + GiB // 2 + STATE  # resident after warmup: weights, non-torch, graphs, state
     transient = GiB + GiB // 2  # the profiled peak + the CUDA-graph estimate
     margin = max(GiB, int(0.75 * transient))  # 1.125 GiB
     headroom = H100 - GiB // 2 - used  # free at start-up (after the context) less what stays resident
     by_request = math.ceil(H100 * 1.0) - used - transient  # utilization 1.0: never the smaller branch
     available = min(by_request, headroom - margin - transient)
-    assert available == headroom - margin - transient
+    assert available == headroom - margin - transient and p.budget_bytes == H100  # the free memory binds
     assert p.knobs["gpu_memory_utilization"] == 1.0
     assert p.num_blocks == blocks_within(available)
+    # the same in closed form: whole 2 MiB granules of one segment's share, then whole 64 KiB pages
     assert p.num_blocks == (available // SEGMENTS // (2 * MiB)) * (2 * MiB) // LAYER_PAGE
     physical = SEGMENTS * math.ceil(p.num_blocks * LAYER_PAGE / (2 * MiB)) * 2 * MiB
     assert f"Extended KV cache to {p.num_blocks} blocks ({physical / GiB:.2f} GiB)." in p.log_lines
@@ -117,6 +118,7 @@ def test_a_pool_that_cannot_hold_one_request_fails_where_0_34_checks():
     assert capacity(weights) - 2 * MiB >= 4 * GiB
     late = vllm(weights_bytes=weights)
     assert not late.starts
+    assert f"Available KV cache memory: {round(capacity(weights) / GiB, 2)} GiB" in late.log_lines
     measured = blocks_within(H100 - GiB // 2 - (weights + GiB // 4 + GiB // 2 + STATE) - int(0.75 * 1.5 * GiB)
                              - (GiB + GiB // 2))
     assert f"available KV cache memory ({round((measured - 1) * 2 * MiB / GiB, 2)} GiB)" in late.error
