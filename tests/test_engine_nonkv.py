@@ -18,6 +18,7 @@ from estimator.engines.non_kv import (
     custom_all_reduce_bytes,
     interconnect,
     lora_slot_bytes,
+    nccl_release,
     nvls_band,
     nvls_bytes,
 )
@@ -78,11 +79,12 @@ def test_nccl_set_up_before_the_snapshot_from_0_11(version):
     # communicator the logits all-gather creates in the profile run is charged: half the per-link
     # term (SYN: 1 GiB NVLink, 0.5 GiB PCIe), the band from none of it to the ≤ 0.10 charge
     # (+ at its top, two communicators' NVLS buffers, a 4-GPU group possibly sitting on an NVSwitch
-    # board: 4 heads × 24 channels × 2 × (4 + 2) MiB each, see test_nvls_buffers_by_hand)
+    # board; NCCL ≥ 2.26 as torch ≥ 2.8 bundles it: 4 heads × 16 channels × 2 × 1 MiB each, see
+    # test_nvls_buffers_by_hand)
     tp4 = vllm("4xH100-80GB", "tp4", version=version).non_kv.terms
     band = next(t.band for t in tp4 if t.name == "non_torch")
     assert (band.low, band.central, band.high) == (GiB // 4, GiB // 4 + GiB // 2,
-                                                   GiB // 4 + GiB + CUSTOM_AR + 2 * 4 * 24 * 2 * 6 * MiB)
+                                                   GiB // 4 + GiB + CUSTOM_AR + 2 * 4 * 16 * 2 * MiB)
     assert vllm("2xRTX4090-24GB", "tp2", version=version).non_kv.get("non_torch") == GiB // 4 + GiB // 4
     assert vllm("4xH100-80GB", "pp4", version=version).non_kv.get("non_torch") == GiB // 4 + GiB // 8
     assert vllm(version=version).non_kv.get("non_torch") == GiB // 4
@@ -94,24 +96,43 @@ def test_nccl_set_up_before_the_snapshot_from_0_11(version):
 
 
 def test_nvls_buffers_by_hand():
-    # vllm #9699's NCCL line on 8 H200s: nHeads 8, buffSize 4,194,304, memSize 2,097,152,
+    # NCCL ≤ 2.20 (vllm #9699's line on 8 H200s): nHeads 8, buffSize 4,194,304, memSize 2,097,152,
     # nvlsPerRankSize 301,989,888 = 24 channels × 2 × (4 + 2) MiB, nvlsTotalSize 2,415,919,104 = 8 heads
-    assert nvls_bytes(8) == 8 * 301_989_888 == 2_415_919_104
-    assert nvls_bytes(16) == nvls_bytes(8)  # one head per GPU of the NVSwitch node
     full = 2_415_919_104
-    # snapshot before NCCL's set-up (≤ 0.10): both communicators (PyNccl's and torch's), band from one
+    assert nvls_bytes(8, (2, 20)) == 8 * 301_989_888 == full
+    assert nvls_bytes(16, (2, 20)) == full  # one head per GPU of the NVSwitch node
+    # NCCL 2.21: buffSize = 128 KiB chunks × 8 steps = 1 MiB beside the 2 MiB of head/tail
+    assert nvls_bytes(8, (2, 21)) == 8 * 24 * 2 * (1 + 2) * MiB == 1_207_959_552
+    # NCCL ≥ 2.26: 16 NVLS channels on Hopper × 2 × 1 MiB; Blackwell 32, from 2.27 24 inside a node
+    assert nvls_bytes(8, (2, 26), "NVIDIA H100 80GB HBM3") == 8 * 16 * 2 * MiB == 268_435_456
+    assert nvls_bytes(8, (2, 26), "NVIDIA B200") == 8 * 32 * 2 * MiB
+    assert nvls_bytes(8, (2, 27), "B200-180GB") == 8 * 24 * 2 * MiB
+    assert nvls_bytes(16, (2, 27), "B200-180GB") == 8 * 32 * 2 * MiB
+    # which NCCL a vLLM release runs: the one its torch pin bundles
+    assert [nccl_release(r) for r in ((0, 6, 3), (0, 6, 4), (0, 8, 5), (0, 9, 0), (0, 10, 1), (0, 10, 2))] == \
+        [(2, 20), (2, 21), (2, 21), (2, 26), (2, 26), (2, 27)]
+    # set up with the communicator (≤ 2.21), snapshot before NCCL's set-up: both communicators
+    # (PyNccl's and torch's), the band from one
     b = nvls_band(8, "H100-80GB", "nvlink", snapshot_after_init=False)
     assert (b.low, b.central, b.high) == (full, 2 * full, 2 * full)
-    # from 0.11 the PyNccl one predates the snapshot: one charged, the band from none to both
-    b = nvls_band(8, "NVIDIA H200", "nvlink", snapshot_after_init=True)
-    assert (b.low, b.central, b.high) == (0, full, 2 * full)
+    b = nvls_band(8, "H100-80GB", "nvlink", snapshot_after_init=True, nccl=(2, 21))
+    assert (b.low, b.central, b.high) == (0, 1_207_959_552, 2 * 1_207_959_552)
+    # set up lazily (≥ 2.26) by the profile run's first NVLS collective: both, or none if NCCL picks
+    # another algorithm; a 4-GPU group only at the top
+    b = nvls_band(8, "H100-80GB", "nvlink", snapshot_after_init=True, nccl=(2, 27))
+    assert (b.low, b.central, b.high) == (0, 2 * 268_435_456, 2 * 268_435_456)
+    b = nvls_band(4, "H100-80GB", "nvlink", snapshot_after_init=False, nccl=(2, 26))
+    assert (b.low, b.central, b.high) == (0, 0, 2 * 4 * 16 * 2 * MiB)
     # NCCL builds none for two GPUs, over PCIe, before Hopper or on AMD cards
     for args in ((2, "H100-80GB", "nvlink"), (8, "H100-PCIe-80GB", "pcie"), (8, "A100-80GB", "nvlink"),
                  (8, "MI300X-192GB", "nvlink")):
         assert nvls_band(*args, snapshot_after_init=False) == Band.exact(0)
-    # in a profile: 0.10 at TP8 on H100s charges them on top of the NCCL term; V0 from 0.6.5 does not
-    tp8 = vllm("8xH100-80GB", "tp8", version="0.10").non_kv.get("non_torch")
-    assert tp8 == GiB // 4 + GiB + CUSTOM_AR + 2 * full
+    # in a profile: 0.6.4 (torch 2.5.1, NCCL 2.21) and 0.10 (torch 2.7, NCCL 2.26) at TP8 on H100s
+    # charge them on top of the NCCL term; V0 from 0.6.5 does not
+    tp8 = vllm("8xH100-80GB", "tp8", version="0.6.4.post1").non_kv.get("non_torch")
+    assert tp8 == GiB // 4 + GiB + CUSTOM_AR + 2 * 1_207_959_552
+    tp8 = vllm("8xH100-80GB", "tp8", version="0.10.0").non_kv.get("non_torch")
+    assert tp8 == GiB // 4 + GiB + CUSTOM_AR + 2 * 268_435_456
     assert vllm("8xH100-80GB", "tp8", version="v0").non_kv.get("non_torch") == GiB // 4 + GiB + CUSTOM_AR
 
 

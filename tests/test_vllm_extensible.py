@@ -163,13 +163,13 @@ def test_rocm_keeps_a_3_gib_margin_floor():
 def test_a_measured_non_torch_figure_keeps_the_communicators_set_up_before_the_snapshot():
     # where free memory at start-up binds, every communicator byte is gone from it, yet a measured
     # non-torch figure is only the increase after the snapshot: at TP8 on H100s the rest is half the
-    # fitted NCCL term, the custom all-reduce buffers and one communicator's NVLS buffers (2,415,919,104 B,
-    # NCCL's own nvlsTotalSize at 8 GPUs, vllm #9699)
+    # fitted NCCL term and the custom all-reduce buffers (the NCCL that 0.34's torch bundles sets its
+    # NVLS buffers up lazily, in the profile run, so none of them predates the snapshot)
     from estimator.engines.non_kv import custom_all_reduce_bytes, fitted
 
     p = engine_plan("llama-3.1-70b", "8xH100-80GB", "tp8", engine="vllm", version="0.34.0", max_model_len=8192,
                     **{**PINNED, "weights_bytes": 17 * GiB, "non_torch_bytes": 3 * GiB // 4})
     nccl = int(fitted("vllm", "nccl_tp_gib", "0.34", "nvlink") * GiB)
-    expected = nccl - nccl // 2 + custom_all_reduce_bytes(8, "nvlink") + 2_415_919_104
+    expected = nccl - nccl // 2 + custom_all_reduce_bytes(8, "nvlink")
     assert abs(p.non_kv.get("pre_snapshot_communicators") - expected) <= 1
     assert p.non_kv.get("non_torch") == 3 * GiB // 4

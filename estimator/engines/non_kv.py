@@ -597,32 +597,60 @@ def custom_all_reduce_bytes(tensor: int, link: str) -> int:
 
 
 # NVLink SHARP (NVLS): on Hopper and Blackwell NVSwitch systems NCCL binds multicast buffers to every
-# communicator of more than two GPUs (vllm-project/vllm #9699, H200 TP8: "NVLS comm ... nHeads 8 buffSize
-# 4194304 memSize 2097152 nvlsPerRankSize 301989888 nvlsTotalSize 2415919104", i.e. 24 channels × 2 ×
-# (buffSize + memSize) per head, one head per GPU of the node; its TP8 run holds ~5 GiB less KV than with
-# NCCL_NVLS_ENABLE=0, two communicators' worth: vLLM's PyNccl one and torch.distributed's)
-NVLS_CHANNELS = 24
-NVLS_BUFF_SIZE = 4 * MiB
-NVLS_MEM_SIZE = 2 * MiB
+# communicator of more than two GPUs, nvlsTotalSize = nHeads × nvlsPerRankSize with one head per GPU of the
+# node (NVIDIA/nccl src/transport/nvls.cc). A head's share follows the NCCL release that the vLLM release's
+# torch pin bundles (vLLM wheels' METADATA: torch 2.4 to 0.6.3, 2.5.1 from 0.6.4, 2.6.0 from 0.8.0, 2.7 from
+# 0.9.0, 2.8 from 0.10.2; torch's wheels: nvidia-nccl-cu12 2.20.5, 2.21.5, 2.21.5, 2.26.2, 2.27.3):
+#  - NCCL ≤ 2.20, set up with the communicator: nChannels × 2 × (buffSize 4 MiB + memSize 2 MiB). vllm
+#    #9699 prints it on 8 H200s ("nHeads 8 buffSize 4194304 memSize 2097152 nvlsPerRankSize 301989888
+#    nvlsTotalSize 2415919104"): 24 channels;
+#  - NCCL 2.21 (v2.21.5-1 ncclNvlsSetup): buffSize = NVLS_CHUNKSIZE 128 KiB × NCCL_STEPS 8 = 1 MiB, so
+#    nChannels × 2 × (1 + 2) MiB;
+#  - NCCL ≥ 2.26 (v2.26.2-1 ncclNvlsBufferSetup): set up lazily, at the first collective NVLS runs,
+#    nvlsChannels × 2 × 1 MiB, with NVLS_NCHANNELS_SM90 = 16 on Hopper; on Blackwell 32
+#    (NVLS_NCHANNELS_SM100), from 2.27 24 within one node (NVLS_NCHANNELS_SM100_NVL).
+NVLS_CHANNELS = 24  # comm->nChannels on an 8-GPU NVSwitch node (the #9699 line), NCCL ≤ 2.21
+NVLS_MEM_SIZE = 2 * MiB  # NVLS_MEM_ALIGN_SIZE, NCCL ≤ 2.21
 NVLS_MAX_HEADS = 8  # GPUs per NVSwitch node (HGX H100/H200/B200)
 _NVLS_CARD = re.compile(r"\b(?:h100|h200|h20|h800|b200|b300|gb200|gb300)\b")
+_BLACKWELL = re.compile(r"\b(?:b200|b300|gb200|gb300)\b")
 
 
-def nvls_bytes(tensor: int) -> int:
-    """NVLS buffers of one communicator on one rank (``nvlsTotalSize``)."""
-    return min(tensor, NVLS_MAX_HEADS) * NVLS_CHANNELS * 2 * (NVLS_BUFF_SIZE + NVLS_MEM_SIZE)
+def nccl_release(vllm_release: tuple[int, ...]) -> tuple[int, int]:
+    """The NCCL release (major, minor) bundled with the torch a vLLM release pins (see above)."""
+    if vllm_release < (0, 6, 4):
+        return (2, 20)
+    if vllm_release < (0, 9, 0):
+        return (2, 21)
+    return (2, 26) if vllm_release < (0, 10, 2) else (2, 27)
 
 
-def nvls_band(tensor: int, device_kind: str, link: str, *, snapshot_after_init: bool) -> Band:
+def nvls_bytes(tensor: int, nccl: tuple[int, int] = (2, 20), device_kind: str = "H100") -> int:
+    """NVLS buffers of one communicator on one rank (NCCL's ``nvlsTotalSize``)."""
+    heads = min(tensor, NVLS_MAX_HEADS)
+    if nccl <= (2, 20):
+        return heads * NVLS_CHANNELS * 2 * (4 * MiB + NVLS_MEM_SIZE)
+    if nccl < (2, 26):
+        return heads * NVLS_CHANNELS * 2 * (1 * MiB + NVLS_MEM_SIZE)
+    channels = 16
+    if _BLACKWELL.search(device_kind.lower().replace("-", " ")):
+        channels = 32 if nccl < (2, 27) or tensor > NVLS_MAX_HEADS else 24
+    return heads * channels * 2 * MiB
+
+
+def nvls_band(tensor: int, device_kind: str, link: str, *, snapshot_after_init: bool,
+              nccl: tuple[int, int] = (2, 20)) -> Band:
     """NVLS memory a vLLM rank's profile charges (0 where NCCL builds none: two GPUs or fewer, PCIe,
-    pre-Hopper and AMD cards). A full 8-GPU group is an NVSwitch board (central: both communicators;
-    one where the snapshot follows NCCL's set-up, as ``non_torch_band`` halves its NCCL term); a group of
-    3–7 may or may not sit on one (4-GPU HGX boards have no NVSwitch), so only the band's top holds it."""
+    pre-Hopper and AMD cards). A full 8-GPU group is an NVSwitch board (central: both communicators,
+    PyNccl's and torch's; with NCCL ≤ 2.21 one where the snapshot follows NCCL's set-up, as
+    ``non_torch_band`` halves its NCCL term; from 2.26 the buffers come with the profile run's first NVLS
+    collective, so both, the band from none: NCCL may pick another algorithm); a group of 3–7 may or
+    may not sit on one (4-GPU HGX boards have no NVSwitch), so only the band's top holds it."""
     if tensor <= 2 or link != "nvlink" or not _NVLS_CARD.search(device_kind.lower().replace("-", " ")):
         return Band.exact(0)
-    one = nvls_bytes(tensor)
-    if tensor < NVLS_MAX_HEADS:
-        return Band.of(0, 0, 2 * one)
+    one = nvls_bytes(tensor, nccl, device_kind)
+    if tensor < NVLS_MAX_HEADS or nccl >= (2, 26):
+        return Band.of(0, 0 if tensor < NVLS_MAX_HEADS else 2 * one, 2 * one)
     return Band.of(0, one, 2 * one) if snapshot_after_init else Band.of(one, 2 * one, 2 * one)
 
 
@@ -763,6 +791,6 @@ __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTE
            "custom_all_reduce_bytes", "encoder_items", "encoder_peak_bytes", "fitted", "forward_bytes",
            "forward_bytes_per_token", "fused_moe_chunk_size", "gpu_class", "interconnect", "lora_slot_bytes",
            "model_runner_v2", "mrv2_sampler_bytes_per_logit", "mrv2_sampler_state_bytes", "mxfp4_padding_bytes",
-           "non_torch_band", "nvls_band", "nvls_bytes", "residual_band", "rotary_cache_bytes",
+           "nccl_release", "non_torch_band", "nvls_band", "nvls_bytes", "residual_band", "rotary_cache_bytes",
            "sampler_bytes_per_logit", "term",
            "torch_param_bytes", "torch_sort_sampler_bytes", "v0_dummy_sequences", "vision_split_bytes"]

@@ -103,6 +103,7 @@ from estimator.engines.non_kv import (
     mrv2_sampler_bytes_per_logit,
     mrv2_sampler_state_bytes,
     mxfp4_padding_bytes,
+    nccl_release,
     non_torch_band,
     nvls_band,
     residual_band,
@@ -555,12 +556,13 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         band = non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
                               custom_ar=not k["disable_custom_all_reduce"], data=1 if v0 else lay.data,
                               snapshot_after_init=after_init)
-        return band if version == "v0" else band + nvls_band(lay.tensor, kind, link, snapshot_after_init=after_init)
+        nvls = nvls_band(lay.tensor, kind, link, snapshot_after_init=after_init, nccl=nccl_release(release))
+        return band if version == "v0" else band + nvls
 
     non_torch = communicators(version in SNAPSHOT_AFTER_INIT and not headroom)
     non_torch_source = NON_TORCH_SOURCE
     if version != "v0" and nvls_band(lay.tensor, kind, link, snapshot_after_init=False).high:
-        non_torch_source += "; + NVLS multicast buffers (estimator.engines.non_kv nvls_band, vllm #9699)"
+        non_torch_source += "; + NVLS multicast buffers (estimator.engines.non_kv nvls_band, NVIDIA/nccl nvls.cc)"
     if version in DEVICE_WIDE_NON_TORCH:
         context = measured.get("context_bytes")
         non_torch = non_torch + (CONTEXT if context is None else Band.exact(context)) + Band.exact(others)
