@@ -151,10 +151,10 @@ _add(DeviceSpec("A100-80GB", "gpu", 81920 * MiB, 81920 * MiB - _CONTEXT_RESERVE,
 _add(DeviceSpec("A100-PCIe-80GB", "gpu", 81920 * MiB, 81920 * MiB - _CONTEXT_RESERVE, 1.935e12,
                 312e12, "NVIDIA A100 80GB PCIe", ("A100-PCIe", "A100-80GB-PCIe", "A100-PCIe-80G")))
 
-# L4: 24 GB GDDR6, nvidia-smi 23034 MiB with ECC on (modal-labs/modal-client #2797). 300 GB/s;
-# BF16 242 TFLOP/s with sparsity -> 121 dense (NVIDIA L4 Tensor Core GPU datasheet).
-_add(DeviceSpec("L4-24GB", "gpu", 23034 * MiB, 23034 * MiB - _CONTEXT_RESERVE, 300e9, 121e12,
-                "NVIDIA L4", ("L4",)))
+# L4: 24 GB GDDR6, nvidia-smi 23034 MiB with ECC on (modal-labs/modal-client #2797). Usable: "GPU 0 has
+# a total capacity of 22.05 GiB" (torch OOM on the L4s of vLLM's CI, vllm-project/vllm issue #20214).
+# 300 GB/s; BF16 242 TFLOP/s with sparsity -> 121 dense (NVIDIA L4 Tensor Core GPU datasheet).
+_add(DeviceSpec("L4-24GB", "gpu", 23034 * MiB, _gib_2dp(22.05), 300e9, 121e12, "NVIDIA L4", ("L4",)))
 
 # L40S: 48 GB GDDR6 with ECC, nvidia-smi 46068 MiB (modal-labs/modal-client #2797). 864 GB/s;
 # BF16 733 TFLOP/s with sparsity -> 362.05 dense (NVIDIA L40S datasheet).

@@ -204,7 +204,7 @@ CITED = {
     "T4-16GB": (15360 * MiB, 14.58),  # modal-labs/modal-client #2797; datawhalechina/self-llm #162
     "A10-24GB": (23028 * MiB, 22.18),  # vllm-project/vllm #10034; OpenBMB/MiniCPM-V #640
     "A10G-24GB": (23028 * MiB, None),  # NVIDIA/TensorRT-LLM #7818
-    "L4-24GB": (23034 * MiB, None),  # modal-labs/modal-client #2797
+    "L4-24GB": (23034 * MiB, 22.05),  # modal-labs/modal-client #2797; vllm-project/vllm #20214
     "L40S-48GB": (46068 * MiB, None),  # modal-labs/modal-client #2797
     "A40-48GB": (46068 * MiB, None),  # thamada/nvidia-smi nvsim/A40x10_smi.py
     "A100-40GB": (40960 * MiB, 42_298_834_944),  # modal #2797; bottlerocket-os/bottlerocket #3873
