@@ -166,16 +166,24 @@ def test_cuda_graph_term_follows_the_capture_sizes():
 
 def test_dummy_sampler_over_max_num_seqs_by_version():
     # 2048 batched tokens: forward 2048 × 110,592 B = 0.21 GiB; the sampler over 1024 rows dominates
-    # V1 with FlashInfer top-k/top-p (by default where installed: 0.8.0–0.11.0 and from 0.21): bf16
-    # logits 2 + fp32 logits 4 + fp32 probabilities 4 = 10 B; the band reaches what runs without
-    # FlashInfer: the native sort's band top (38 + 2 B) before 0.17, the Triton kernel's 14 + 4 B after
+    # V1 with FlashInfer top-k/top-p (as pip installs vLLM: from 0.21, whose wheel depends on FlashInfer;
+    # in 0.8.0–0.11.0 where the image or the user installed it): bf16 logits 2 + fp32 logits 4 + fp32
+    # probabilities 4 = 10 B; the band reaches what runs without FlashInfer: the Triton kernel's 14 + 4 B
     # From 0.9.2 (and in V0) the dummy forward's 2048 × 4096 bf16 hidden states stay alive beside it
     logits, hidden = 1024 * 128256, 2048 * 4096 * 2
-    for version, without, held in (("0.2x", 18, hidden), ("0.10", 40, hidden), ("0.9", 40, 0)):
+    p = vllm(version="0.2x", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
+    act = next(t for t in p.non_kv.terms if t.name == "activation").band
+    assert (act.low, act.central, act.high) == (hidden + logits * 8, hidden + logits * 10, hidden + logits * 18)
+    # 0.8.0–0.11.0 enable FlashInfer where installed, but their wheels list it only as an extra: pip's
+    # vLLM sorts natively, 38 B (below), the band from FlashInfer's 8 B to the sort's top, 40 B; a log
+    # that says FlashInfer ran (use_flashinfer_sampler) gets its 10 B
+    for version, held in (("0.10", hidden), ("0.9", 0), ("0.11.0", hidden)):
         p = vllm(version=version, max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
         act = next(t for t in p.non_kv.terms if t.name == "activation").band
-        assert (act.low, act.central, act.high) == (held + logits * 8, held + logits * 10,
-                                                    held + logits * without)
+        assert (act.low, act.central, act.high) == (held + logits * 8, held + logits * 38, held + logits * 40)
+        p = vllm(version=version, max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024,
+                 use_flashinfer_sampler=True)
+        assert p.non_kv.get("activation") == held + logits * 10
     # 0.11.1–0.16 (FlashInfer opt-in: PR #26859 until PR #40376) and V0 sort the fp32 logits; at ≥ 128
     # rows PyTorch's segmented sort holds bf16 2 + fp32 4 + sorted values 4 + int64 indices 8 + int64
     # reverse indices 8 + cub's alternate key/value buffers 4 + 8 = 38 B; band from FlashInfer's 8 B to 40 B
@@ -197,17 +205,16 @@ def test_dummy_sampler_over_max_num_seqs_by_version():
     p = vllm(version="0.30.0", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
     assert p.non_kv.get("activation") == max(2048 * 110_592, hidden + logits * 2)
     assert p.non_kv.get("sampler_state") == state
-    # 0.11.0 itself still ran FlashInfer where installed; 0.20.x ran the Triton kernel
-    p = vllm(version="0.11.0", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
-    assert p.non_kv.get("activation") == hidden + logits * 10
+    # 0.20.x ran the Triton kernel
     p = vllm(version="0.20.2", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
     assert p.non_kv.get("activation") == hidden + logits * 14
     # 64 rows: sorted as one array — two int2 index/segment arrays 16 + a key buffer 4 + cub's key
     # and int2 buffers 12 beside the 18 B held = 50 B, which beats the forward pass at 2048 tokens
     few = vllm(version="0.11", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=64)
     assert few.non_kv.get("activation") == max(hidden + 64 * 128256 * 50, 2048 * 110_592)
-    small = vllm(version="0.10", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=64)
-    assert small.non_kv.get("activation") == 2048 * 110_592  # the forward pass wins
+    small = vllm(version="0.10", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=64,
+                 use_flashinfer_sampler=True)
+    assert small.non_kv.get("activation") == 2048 * 110_592  # FlashInfer's 10 B: the forward pass wins
     # 0.17–0.19: the Triton kernel (vllm PR #33538) masks the fp32 logits in place from 8 rows on;
     # the peak is random_sample's: bf16 2 + fp32 4 + probabilities 4 + exponential noise 4 = 14 B,
     # the band's top adds the kernel's fp32 [rows, vocab] buffer at most (4 B); below 8 rows the
@@ -495,14 +502,15 @@ def test_dummy_encoder_run_by_hand():
     pixels = 3 * 896**2
     assert encoder_peak_bytes(gemma, 1, 32) == (32 * 2 * (pixels + 4096 * 10_912), 32 * 256 * 5376 * 2)
     assert encoder_peak_bytes(gemma, 8, 32)[0] == 32 * 2 * (pixels + 4096 * (3 * 1152 + 4 * 144))
-    # vLLM 0.10 on one H100: 8,192 batched tokens → 32 images, 2.80 GiB, above the outputs (64 MiB
-    # kept through the language model's run) plus the FlashInfer sampler's 1024 × 262,208 × 10 B
-    # beside the 8,192 tokens' hidden states (8192 × 5376 × bf16 = 84 MiB)
+    # vLLM 0.10 on one H100 with FlashInfer: 8,192 batched tokens → 32 images, 2.80 GiB, above the
+    # outputs (64 MiB kept through the language model's run) plus the FlashInfer sampler's 1024 ×
+    # 262,208 × 10 B beside the 8,192 tokens' hidden states (8192 × 5376 × bf16 = 84 MiB)
     peak, outputs = 32 * 2 * (pixels + 4096 * 10_912), 32 * 256 * 5376 * 2
     with calibrated(SYN):
-        plan = engine_plan(gemma, "1xH100-80GB", engine="vllm", version="0.10", max_model_len=32768)
+        plan = engine_plan(gemma, "1xH100-80GB", engine="vllm", version="0.10", max_model_len=32768,
+                           use_flashinfer_sampler=True)
         text = engine_plan(gemma, "1xH100-80GB", engine="vllm", version="0.10", max_model_len=32768,
-                           limit_mm_per_prompt=0)
+                           limit_mm_per_prompt=0, use_flashinfer_sampler=True)
         sorted_ = engine_plan(gemma, "1xH100-80GB", engine="vllm", version="0.11", max_model_len=32768)
     assert plan.non_kv.get("activation") == peak
     hidden = 8192 * 5376 * 2
@@ -582,8 +590,9 @@ QWEN3_8B_LOGITS = 256 * 151_936  # A100-40GB class: 256 rows (max_num_seqs) × Q
 
 
 @pytest.mark.parametrize(("version", "flashinfer", "per_logit"), [
-    ("0.10", None, 10),  # the release's default where FlashInfer is installed: probabilities in fp32
-    ("0.10", False, 2 + 4 + 4 + 8 + 8 + 12),  # a pip install without FlashInfer: the native sort
+    ("0.10", True, 10),  # FlashInfer installed (the official image): probabilities in fp32
+    ("0.10", None, 2 + 4 + 4 + 8 + 8 + 12),  # pip's vLLM 0.10 has no FlashInfer: the native sort
+    ("0.10", False, 2 + 4 + 4 + 8 + 8 + 12),
     ("0.11", True, 10),  # opted in (VLLM_USE_FLASHINFER_SAMPLER=1)
     ("0.17", False, 2 + 4 + 4 + 4),  # FlashInfer off from 0.17: the Triton kernel at ≥ 8 rows
     ("0.2x", False, 2 + 4 + 4 + 4),

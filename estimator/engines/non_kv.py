@@ -281,18 +281,22 @@ TRITON_MIN_ROWS = 8
 # - 0.11.1–0.16 ("0.11"): native — PR #26859 ("Disable FlashInfer sampler by default") made it opt-in;
 # - 0.17–0.20 ("0.17", "0.2x" up to 0.20.x): the Triton kernel;
 # - 0.21 on ("0.2x", "0.33"): FlashInfer by default again (PR #40376).
-# The central value is the release's default as the official image runs it; the band reaches the
-# other path. Logs say which ran (``use_flashinfer_sampler``).
+# The central value is the release's default as ``pip install vllm`` (the install vLLM's docs lead
+# with) runs it: the wheels list flashinfer-python only as the "flashinfer" extra up to 0.11.0 and as a
+# dependency from 0.11.1 (the wheels' METADATA), so 0.8.0–0.11.0 sort natively there, and the official
+# image's FlashInfer is the band's low end. Logs say which ran (``use_flashinfer_sampler``); in the
+# corpus, 11 of the 18 0.8.0–0.11.0 V1 logs that say which ran warn that FlashInfer is absent (9 of the 11
+# sources; one shows both).
+FLASHINFER_WHEEL_DEPENDENCY = (0, 11, 1)
 TRITON_KERNEL_V1 = ("0.17", "0.2x", "0.33")  # where FlashInfer is off, the native path runs the kernel
 
 
 def flashinfer_by_default(version: str, release: tuple[int, int, int] | None = None) -> bool:
-    """Whether a V1 release runs FlashInfer's top-k/top-p kernel by default where it is installed
-    (the table above); ``release`` refines a family that changed inside it."""
-    if version in ("0.9", "0.10", "0.33"):
+    """Whether a V1 release runs FlashInfer's top-k/top-p kernel as ``pip install vllm`` sets it up:
+    the release enables it where installed (the table above) and its wheel installs FlashInfer (from
+    0.11.1). ``release`` refines a family that changed inside it."""
+    if version == "0.33":
         return True
-    if version == "0.11":
-        return release is not None and release < (0, 11, 1)
     if version == "0.2x":
         return release is None or release >= (0, 21, 0)
     return False

@@ -193,8 +193,9 @@ KNOBS = {
                                 "0: text only, no encoder profiling); default 999 (V1), 1 (V0)"),
     "use_flashinfer_sampler": Knob("use_flashinfer_sampler", None, boolean,
                                    "whether FlashInfer's top-k/top-p sampler runs (V1; env "
-                                   "VLLM_USE_FLASHINFER_SAMPLER with FlashInfer installed); default: the "
-                                   "release's (0.8.0–0.11.0 and from 0.21: when installed)"),
+                                   "VLLM_USE_FLASHINFER_SAMPLER with FlashInfer installed); default: as "
+                                   "pip installs the release (on from 0.21; 0.8.0–0.11.0 enable it where "
+                                   "installed, but their wheels do not install it)"),
     "enable_extensible_kv_cache": Knob("enable_extensible_kv_cache", None, boolean,
                                        "0.34: size the KV cache after warmup from measured memory (on by "
                                        "default; off with kv_cache_memory_bytes or num_gpu_blocks_override); "
