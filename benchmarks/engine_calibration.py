@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from estimator.engines import engine_plan, sglang, vllm  # noqa: E402
 from estimator.engines.non_kv import (  # noqa: E402
     CALIBRATION_PATH,
+    NCCL_TERM_OF,
     calibrated,
     custom_all_reduce_bytes,
     fitted,
@@ -590,8 +591,8 @@ PRIORS: dict[str, Any] = {
                  # per extra captured graph (vLLM's floor is 1 MiB): public "Estimated CUDA graph
                  # memory" lines of 0.42–0.94 GiB at the default 51 PIECEWISE + 35 FULL sizes
                  "cuda_graph_per_graph_mib": 4.0},
-        "sglang": {"non_torch_base_gib": {"default": 0.1},
-                   "nccl_tp_gib": {"default": {"nvlink": 1.25, "pcie": 0.5}}, "nccl_pp_gib": 0.2},
+        # SGLang's NCCL term is vLLM's (non_kv.NCCL_TERM_OF)
+        "sglang": {"non_torch_base_gib": {"default": 0.1}, "nccl_pp_gib": 0.2},
         "trtllm": {"non_torch_base_gib": {"default": 0.33},
                    "nccl_tp_gib": {"default": {"nvlink": 1.25, "pcie": 0.5}},
                    "nccl_pp_gib": 0.2,
@@ -688,7 +689,7 @@ def fit(cases: Iterable[Case]) -> dict[str, Any]:
                 value = round(max(shrunk_median(implied, prior_base), 0.0), 3)
                 const["non_torch_base_gib"].update({v: value for v in versions})
         for family, versions in families.items():
-            for link in ("nvlink", "pcie"):
+            for link in ("nvlink", "pcie") if engine not in NCCL_TERM_OF else ():
                 implied = []
                 with calibrated(cal):
                     for c in own:

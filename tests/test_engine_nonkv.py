@@ -31,8 +31,7 @@ SYN = {
     "constants": {
         "vllm": {"non_torch_base_gib": {"default": 0.25}, "nccl_tp_gib": {"default": {"nvlink": 1.0, "pcie": 0.5}},
                  "nccl_pp_gib": 0.125, "cuda_graph_per_graph_mib": 2.0},
-        "sglang": {"non_torch_base_gib": {"default": 0.0}, "nccl_tp_gib": {"default": {"nvlink": 1.0, "pcie": 0.5}},
-                   "nccl_pp_gib": 0.125},
+        "sglang": {"non_torch_base_gib": {"default": 0.0}, "nccl_pp_gib": 0.125},
         "trtllm": {"non_torch_base_gib": {"default": 0.25}, "nccl_tp_gib": {"default": {"nvlink": 1.0, "pcie": 0.5}},
                    "nccl_pp_gib": 0.125, "cuda_graph_gib": {"default": {"large": 0.5, "hbm": 0.5, "other": 0.25}}},
     },
@@ -93,6 +92,23 @@ def test_nccl_set_up_before_the_snapshot_from_0_11(version):
     # the corpus can be run to check it.)
     dp2 = next(t.band for t in vllm("2xH100-80GB", "dp2", version=version).non_kv.terms if t.name == "non_torch")
     assert (dp2.low, dp2.central, dp2.high) == (GiB // 4, GiB // 4, GiB // 4 + GiB)
+
+
+def test_sglang_takes_vllms_nccl_term():
+    # SGLang's parallel_state and PyNccl are vLLM v0.6.4.post1's: its TP group is charged vLLM V1's
+    # fitted per-link NCCL term (SYN: 1 GiB NVLink, 0.5 GiB PCIe) beside custom all-reduce's buffers
+    # where it runs (2 PCIe GPUs at most); a change to vLLM's term moves SGLang's with it
+    def non_torch(mesh, layout, cal=SYN):
+        with calibrated(cal):
+            p = engine_plan("llama-3.1-8b", mesh, layout, engine="sglang", context_length=8192)
+        return next(t.band.central for t in p.non_kv.terms if t.name == "non_torch")
+
+    assert non_torch("4xH100-80GB", "tp4") == GiB + CUSTOM_AR
+    assert non_torch("4xL4-24GB", "tp4") == GiB // 2
+    assert non_torch("2xRTX4090-24GB", "tp2") == GiB // 2 + CUSTOM_AR
+    other = json.loads(json.dumps(SYN))
+    other["constants"]["vllm"]["nccl_tp_gib"]["default"]["nvlink"] = 2.0
+    assert non_torch("4xH100-80GB", "tp4", other) == 2 * GiB + CUSTOM_AR
 
 
 def test_nvls_buffers_by_hand():

@@ -658,6 +658,13 @@ def nvls_band(tensor: int, device_kind: str, link: str, *, snapshot_after_init: 
     return Band.of(0, one, 2 * one) if snapshot_after_init else Band.of(one, 2 * one, 2 * one)
 
 
+# SGLang's communicators are vLLM's: python/sglang/srt/distributed/parallel_state.py and
+# device_communicators/pynccl.py say "Adapted from https://github.com/vllm-project/vllm/blob/v0.6.4.post1/..."
+# (the 0.4.3-0.5.23 wheels), so a TP group holds the same PyNccl and torch communicators over the same
+# NCCL, and SGLang's NCCL term is vLLM V1's fitted one (far more tensor-parallel logs than SGLang's own).
+NCCL_TERM_OF = {"sglang": ("vllm", "nccl_tp_gib", "default")}
+
+
 def non_torch_band(engine: str, version: str, *, tensor: int, pipeline: int, link: str,
                    custom_ar: bool = True, data: int = 1, snapshot_after_init: bool = False) -> Band:
     """Non-torch memory of one rank: base + (TP) custom all-reduce + NCCL + (PP) NCCL p2p
@@ -682,7 +689,8 @@ def non_torch_band(engine: str, version: str, *, tensor: int, pipeline: int, lin
     profile run go through PyNccl (``all_gatherv``) or the CPU group, so it is charged only in the
     band's high end. Derived, not fitted: no 0.11+ log at TP ≥ 2 in the corpus can be run."""
     base = fitted(engine, "non_torch_base_gib", version) * GiB
-    nccl = fitted(engine, "nccl_tp_gib", version, link) * GiB
+    nccl = (fitted(*NCCL_TERM_OF[engine], link) if engine in NCCL_TERM_OF
+            else fitted(engine, "nccl_tp_gib", version, link)) * GiB
     groups = (tensor > 1) + (data > 1)  # device groups with an NCCL communicator
     ar = custom_all_reduce_bytes(tensor, link) if tensor > 1 and custom_ar else 0
     pp = fitted(engine, "nccl_pp_gib") * GiB if pipeline > 1 else 0
@@ -789,7 +797,8 @@ def term(name: str, band: Band, source: str, measured: int | None = None) -> Ter
 
 
 __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTEXT", "CONTEXT_SOURCE",
-           "CUDA_GRAPH_SOURCE", "ENCODER_SOURCE", "GPU_CLASSES", "LORA_SOURCE", "NON_TORCH_SOURCE", "RESIDUAL_SOURCE",
+           "CUDA_GRAPH_SOURCE", "ENCODER_SOURCE", "GPU_CLASSES", "LORA_SOURCE", "NCCL_TERM_OF", "NON_TORCH_SOURCE",
+           "RESIDUAL_SOURCE",
            "WEIGHTS_SOURCE", "Band", "NonKV", "Term", "activation_band", "activation_width", "calibrated",
            "calibration", "capture_graph_band", "cuda_graph_band", "cudagraph_capture_sizes",
            "custom_all_reduce_bytes", "encoder_items", "encoder_peak_bytes", "fitted", "forward_bytes",
