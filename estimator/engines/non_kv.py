@@ -287,7 +287,6 @@ TRITON_MIN_ROWS = 8
 # image's FlashInfer is the band's low end. Logs say which ran (``use_flashinfer_sampler``); in the
 # corpus, 11 of the 18 0.8.0–0.11.0 V1 logs that say which ran warn that FlashInfer is absent (9 of the 11
 # sources; one shows both).
-FLASHINFER_WHEEL_DEPENDENCY = (0, 11, 1)
 TRITON_KERNEL_V1 = ("0.17", "0.2x", "0.33")  # where FlashInfer is off, the native path runs the kernel
 
 
@@ -615,6 +614,9 @@ def custom_all_reduce_bytes(tensor: int, link: str) -> int:
 #    (NVLS_NCHANNELS_SM100), from 2.27 24 within one node (NVLS_NCHANNELS_SM100_NVL).
 NVLS_CHANNELS = 24  # comm->nChannels on an 8-GPU NVSwitch node (the #9699 line), NCCL ≤ 2.21
 NVLS_MEM_SIZE = 2 * MiB  # NVLS_MEM_ALIGN_SIZE, NCCL ≤ 2.21
+NVLS_SIMPLE_BUFF_SIZE = 4 * MiB  # comm->buffSizes[NCCL_PROTO_SIMPLE] (NCCL_BUFFSIZE's default), NCCL ≤ 2.20
+NVLS_CHUNK_BUFF_SIZE = 128 * 1024 * 8  # NVLS_CHUNKSIZE × NCCL_STEPS, NCCL ≥ 2.21
+NVLS_LAZY_CHANNELS = {"hopper": 16, "blackwell": 32, "blackwell-node": 24}  # NVLS_NCHANNELS_SM90/_SM100/_SM100_NVL
 NVLS_MAX_HEADS = 8  # GPUs per NVSwitch node (HGX H100/H200/B200)
 _NVLS_CARD = re.compile(r"\b(?:h100|h200|h20|h800|b200|b300|gb200|gb300)\b")
 _BLACKWELL = re.compile(r"\b(?:b200|b300|gb200|gb300)\b")
@@ -633,13 +635,13 @@ def nvls_bytes(tensor: int, nccl: tuple[int, int] = (2, 20), device_kind: str = 
     """NVLS buffers of one communicator on one rank (NCCL's ``nvlsTotalSize``)."""
     heads = min(tensor, NVLS_MAX_HEADS)
     if nccl <= (2, 20):
-        return heads * NVLS_CHANNELS * 2 * (4 * MiB + NVLS_MEM_SIZE)
+        return heads * NVLS_CHANNELS * 2 * (NVLS_SIMPLE_BUFF_SIZE + NVLS_MEM_SIZE)
     if nccl < (2, 26):
-        return heads * NVLS_CHANNELS * 2 * (1 * MiB + NVLS_MEM_SIZE)
-    channels = 16
+        return heads * NVLS_CHANNELS * 2 * (NVLS_CHUNK_BUFF_SIZE + NVLS_MEM_SIZE)
+    kind = "hopper"
     if _BLACKWELL.search(device_kind.lower().replace("-", " ")):
-        channels = 32 if nccl < (2, 27) or tensor > NVLS_MAX_HEADS else 24
-    return heads * channels * 2 * MiB
+        kind = "blackwell" if nccl < (2, 27) or tensor > NVLS_MAX_HEADS else "blackwell-node"
+    return heads * NVLS_LAZY_CHANNELS[kind] * 2 * NVLS_CHUNK_BUFF_SIZE
 
 
 def nvls_band(tensor: int, device_kind: str, link: str, *, snapshot_after_init: bool,
@@ -653,8 +655,10 @@ def nvls_band(tensor: int, device_kind: str, link: str, *, snapshot_after_init: 
     if tensor <= 2 or link != "nvlink" or not _NVLS_CARD.search(device_kind.lower().replace("-", " ")):
         return Band.exact(0)
     one = nvls_bytes(tensor, nccl, device_kind)
-    if tensor < NVLS_MAX_HEADS or nccl >= (2, 26):
-        return Band.of(0, 0 if tensor < NVLS_MAX_HEADS else 2 * one, 2 * one)
+    if tensor < NVLS_MAX_HEADS:
+        return Band.of(0, 0, 2 * one)
+    if nccl >= (2, 26):  # set up lazily, by the profile run's first NVLS collective
+        return Band.of(0, 2 * one, 2 * one)
     return Band.of(0, one, 2 * one) if snapshot_after_init else Band.of(one, 2 * one, 2 * one)
 
 
@@ -797,13 +801,12 @@ def term(name: str, band: Band, source: str, measured: int | None = None) -> Ter
 
 
 __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTEXT", "CONTEXT_SOURCE",
-           "CUDA_GRAPH_SOURCE", "ENCODER_SOURCE", "GPU_CLASSES", "LORA_SOURCE", "NCCL_TERM_OF", "NON_TORCH_SOURCE",
-           "RESIDUAL_SOURCE",
-           "WEIGHTS_SOURCE", "Band", "NonKV", "Term", "activation_band", "activation_width", "calibrated",
-           "calibration", "capture_graph_band", "cuda_graph_band", "cudagraph_capture_sizes",
-           "custom_all_reduce_bytes", "encoder_items", "encoder_peak_bytes", "fitted", "forward_bytes",
-           "forward_bytes_per_token", "fused_moe_chunk_size", "gpu_class", "interconnect", "lora_slot_bytes",
-           "model_runner_v2", "mrv2_sampler_bytes_per_logit", "mrv2_sampler_state_bytes", "mxfp4_padding_bytes",
-           "nccl_release", "non_torch_band", "nvls_band", "nvls_bytes", "residual_band", "rotary_cache_bytes",
-           "sampler_bytes_per_logit", "term",
+           "CUDA_GRAPH_SOURCE", "ENCODER_SOURCE", "GPU_CLASSES", "LORA_SOURCE", "NCCL_TERM_OF",
+           "NON_TORCH_SOURCE", "RESIDUAL_SOURCE", "WEIGHTS_SOURCE", "Band", "NonKV", "Term",
+           "activation_band", "activation_width", "calibrated", "calibration", "capture_graph_band",
+           "cuda_graph_band", "cudagraph_capture_sizes", "custom_all_reduce_bytes", "encoder_items",
+           "encoder_peak_bytes", "fitted", "forward_bytes", "forward_bytes_per_token", "fused_moe_chunk_size",
+           "gpu_class", "interconnect", "lora_slot_bytes", "model_runner_v2", "mrv2_sampler_bytes_per_logit",
+           "mrv2_sampler_state_bytes", "mxfp4_padding_bytes", "nccl_release", "non_torch_band", "nvls_band",
+           "nvls_bytes", "residual_band", "rotary_cache_bytes", "sampler_bytes_per_logit", "term",
            "torch_param_bytes", "torch_sort_sampler_bytes", "v0_dummy_sequences", "vision_split_bytes"]
