@@ -94,6 +94,19 @@ def test_nccl_set_up_before_the_snapshot_from_0_11(version):
     assert (dp2.low, dp2.central, dp2.high) == (GiB // 4, GiB // 4, GiB // 4 + GiB)
 
 
+def test_rocm_samples_without_flashinfer():
+    # FlashInfer is CUDA-only: on an MI300X vLLM 0.21 (FlashInfer's kernel by default on CUDA: bf16 2 +
+    # fp32 4 + probabilities 4 = 10 B a logit) samples natively, through PR #33538's Triton kernel from
+    # 8 rows: 2 + 4 + 4 + noise 4 = 14 B; asking for FlashInfer there is refused
+    logits, hidden = 1024 * 128256, 2048 * 4096 * 2
+    kw = dict(version="0.21.0", max_model_len=8192, max_num_batched_tokens=2048, max_num_seqs=1024)
+    assert vllm(**kw).non_kv.get("activation") == hidden + logits * 10
+    assert vllm("1xMI300X-192GB", **kw).non_kv.get("activation") == hidden + logits * 14
+    with pytest.raises(InputError) as err:
+        vllm("1xMI300X-192GB", use_flashinfer_sampler=True, **kw)
+    assert err.value.field == "use_flashinfer_sampler" and "ROCm" in str(err.value)
+
+
 def test_sglang_takes_vllms_nccl_term():
     # SGLang's parallel_state and PyNccl are vLLM v0.6.4.post1's: its TP group is charged vLLM V1's
     # fitted per-link NCCL term (SYN: 1 GiB NVLink, 0.5 GiB PCIe) beside custom all-reduce's buffers

@@ -518,6 +518,14 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         raise InputError("use_flashinfer_sampler", k["use_flashinfer_sampler"],
                          f"unset for the V0 engine (version {version}): the choice of top-k/top-p kernel "
                          "kvfit models is V1's")
+    # FlashInfer is CUDA-only: on ROCm TopKTopPSampler takes forward_native (or AITER's forward_hip,
+    # opt-in), vllm/v1/sample/ops/topk_topp_sampler.py ``TopKTopPSampler.__init__``
+    flashinfer = k["use_flashinfer_sampler"]
+    if rocm(setup.mesh.device_kinds[0]):
+        if flashinfer:
+            raise InputError("use_flashinfer_sampler", flashinfer,
+                             "false or unset on AMD cards: vLLM samples natively on ROCm (FlashInfer is CUDA-only)")
+        flashinfer = False
     profiled = encoder_items(m, version, batched=batched, seqs=seqs, max_model_len=max_model_len,
                              limit=k["limit_mm_per_prompt"])
     # V0 shrinks max_num_seqs to the dummy sequences that carry the images (``limit`` each), on
@@ -531,8 +539,8 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
     # stage would also run: an approximation for pipeline-parallel multimodal models
     images = profiled if stage == 0 else 0
     mrv2 = not v0 and model_runner_v2(release, m)
-    per_logit = (mrv2_sampler_bytes_per_logit(release, k["use_flashinfer_sampler"]) if mrv2 else
-                 sampler_bytes_per_logit(version, rows, m.vocab_size, k["use_flashinfer_sampler"], release))
+    per_logit = (mrv2_sampler_bytes_per_logit(release, flashinfer) if mrv2 else
+                 sampler_bytes_per_logit(version, rows, m.vocab_size, flashinfer, release))
     act = activation_band(m, tensor=lay.tensor, kv_heads_per_shard=kv_heads_per_shard, tokens=tokens,
                           sampler_rows=rows, last_stage=stage == lay.pipeline - 1,
                           sampler_bytes_per_logit=per_logit,
