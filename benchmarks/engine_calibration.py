@@ -49,7 +49,7 @@ from estimator.model.hf_config import load_hf_config  # noqa: E402
 from estimator.model.resolve import load_preset  # noqa: E402
 from estimator.model.spec import ModelSpec  # noqa: E402
 from meshes import DeviceMesh, SimulatedDevice  # noqa: E402
-from meshes.catalog import CATALOG, DeviceSpec, GiB  # noqa: E402
+from meshes.catalog import CATALOG, CONTEXT_RESERVE, DeviceSpec, GiB, MiB  # noqa: E402
 from meshes.validation import InputError  # noqa: E402
 
 CORPUS = ROOT / "tests" / "engine_logs"
@@ -92,6 +92,9 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     # QwQ-32B is a Qwen2.5-32B fine-tune with its architecture (Qwen's model card); the SGLang log
     # prints the 131072-token context the Qwen2.5-32B-Instruct file holds
     "qwen/qwq-32b": ("Qwen/Qwen2.5-32B-Instruct", {}),
+    # DeepSeek-R1-Distill-Qwen-32B is distilled into Qwen2.5-32B (DeepSeek-R1's model card, "Distilled
+    # Model | Base Model"), its shapes; neuralmagic's -FP8 checkpoint holds FP8 weights (compressed-tensors)
+    "neuralmagic/deepseek-r1-distill-qwen-32b-fp8": ("Qwen/Qwen2.5-32B-Instruct", {"weight_quant": "fp8"}),
     # Qwen2.5-Coder-32B keeps Qwen2.5-32B's shapes (64 layers, 5120 hidden, 8 KV heads, 27,648 MLP,
     # 152,064 vocabulary: its model card and config); the -AWQ checkpoint holds 4-bit AWQ weights
     "qwen/qwen2.5-coder-32b-instruct-awq": ("Qwen/Qwen2.5-32B-Instruct", {"weight_quant": "awq"}),
@@ -333,6 +336,9 @@ def load_case(path: Path) -> Case:
             model = replace(model, weight_quant=scheme)
     totals = logged_values(logged, "total_gpu_memory_gib") or logged_values(logged, "trt_total_memory_gib")
     total = number(doc.get("gpu_total_memory_gib")) or (totals[0] if totals else None)
+    smi = number(doc.get("nvidia_smi_total_mib"))
+    if total is None and smi:  # a card outside the catalog: its runtime total by the catalog's rule
+        total = (smi * MiB - CONTEXT_RESERVE) / GiB
     if "+" in re.sub(r"\([^)]*\)", "", str(doc.get("gpu", ""))):
         case.skip = "mixed cards in one pipeline (not modelled)"
         return case

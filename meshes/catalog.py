@@ -54,11 +54,11 @@ def _gib_2dp(gib: float) -> int:
 # NVIDIA, kept exactly, so "141 GB" parts are not 141e9 bytes). ``usable_bytes`` is the total the
 # CUDA runtime reports to a process (cudaMemGetInfo's total, which torch.cuda.mem_get_info() and
 # vLLM's "total_gpu_memory" print and a GPU's bytes_limit derives from) where a public log prints
-# it; otherwise nvidia-smi's total minus a 500 MiB context reserve (_CONTEXT_RESERVE). Where both
+# it; otherwise nvidia-smi's total minus a 500 MiB context reserve (CONTEXT_RESERVE). Where both
 # are known the gap is 316-729 MiB (A10 316, T4 430, H100 479, A100-40GB 621, B200 729), so the
 # rule is a middle value, not a bound. The CUDA context itself (~0.3-0.5 GiB) is used memory inside
 # that total: engines see it as in use at start-up, and plans charge it as the runtime reserve.
-_CONTEXT_RESERVE = 500 * MiB
+CONTEXT_RESERVE = 500 * MiB
 
 # --- NVIDIA data centre ---------------------------------------------------------------------------
 # Seven nvidia-smi totals below (T4 15360, A10 23028, L4 23034, L40S 46068, A100-40GB 40960,
@@ -74,14 +74,14 @@ _add(DeviceSpec("H100-80GB", "gpu", 81559 * 2**20, 85_018_542_080, 3.35e12, 989e
 
 # H100 PCIe 80GB: nvidia-smi 81559 MiB, like the SXM part. 2.0 TB/s HBM2e; BF16 1,513 TFLOP/s
 # with sparsity, so 756 dense (NVIDIA H100 Tensor Core GPU datasheet, "H100 PCIe" column).
-_add(DeviceSpec("H100-PCIe-80GB", "gpu", 81559 * MiB, 81559 * MiB - _CONTEXT_RESERVE,
+_add(DeviceSpec("H100-PCIe-80GB", "gpu", 81559 * MiB, 81559 * MiB - CONTEXT_RESERVE,
                 2.0e12, 756e12, "NVIDIA H100 PCIe", ("H100-PCIe", "H100PCIe")))
 
 # H100 NVL: 94 GB HBM3 per GPU, 3.9 TB/s, BF16 1,671 TFLOP/s with sparsity -> 835.5 dense (NVIDIA
 # H100 NVL product brief PB-11773-001, linked from vllm-project/recipes issue #365). nvidia-smi
 # prints 95830 MiB for "NVIDIA H100 NVL" (wilicc/gpu-burn issue #141, NVIDIA/gpu-admin-tools issue
 # #4). Usable by the 500 MiB rule.
-_add(DeviceSpec("H100-NVL-94GB", "gpu", 95830 * MiB, 95830 * MiB - _CONTEXT_RESERVE, 3.9e12,
+_add(DeviceSpec("H100-NVL-94GB", "gpu", 95830 * MiB, 95830 * MiB - CONTEXT_RESERVE, 3.9e12,
                 835.5e12, "NVIDIA H100 NVL", ("H100-NVL", "H100NVL")))
 
 # H200 SXM: NVIDIA markets "141 GB HBM3e", but nvidia-smi shows 143771 MiB (140.4 GiB,
@@ -97,7 +97,7 @@ _add(DeviceSpec("H200-141GB", "gpu", 143771 * MiB, 143156 * MiB, 4.8e12, 989e12,
 # zzc0721/torch-performance-test-data issue #77 is consistent). nvidia-smi prints 97871 MiB for
 # "NVIDIA H20" in public output (a DeepGEMM question found by code search). Usable by the rule.
 # The 141 GB H20 variant is not this entry.
-_add(DeviceSpec("H20-96GB", "gpu", 97871 * MiB, 97871 * MiB - _CONTEXT_RESERVE, 4.0e12, 148e12,
+_add(DeviceSpec("H20-96GB", "gpu", 97871 * MiB, 97871 * MiB - CONTEXT_RESERVE, 4.0e12, 148e12,
                 "NVIDIA H20", ("H20",)))
 
 # B200 (HGX/DGX B200): NVIDIA states two figures: 192 GB at launch (8 HBM3e stacks x 24 GB,
@@ -116,7 +116,7 @@ _add(DeviceSpec("B200-192GB", "gpu", 183359 * MiB, _gib_2dp(178.35), 8.0e12,
 # code search in several independent run logs; no issue thread to link), i.e. 268.6 GiB, not 288.
 # BF16 dense taken as B200's 2.25 PFLOP/s: Blackwell Ultra raises FP4, not BF16 (least certain
 # figure of this entry). Usable by the rule.
-_add(DeviceSpec("B300-288GB", "gpu", 275040 * MiB, 275040 * MiB - _CONTEXT_RESERVE, 8.0e12,
+_add(DeviceSpec("B300-288GB", "gpu", 275040 * MiB, 275040 * MiB - CONTEXT_RESERVE, 8.0e12,
                 2250e12, "NVIDIA B300 SXM6 AC", ("B300", "B300-SXM6")))
 
 # GB200 (one Blackwell GPU of a GB200 NVL72 / NVL4): NVIDIA GB200 NVL72 datasheet: 13.4 TB HBM3e
@@ -124,7 +124,7 @@ _add(DeviceSpec("B300-288GB", "gpu", 275040 * MiB, 275040 * MiB - _CONTEXT_RESER
 # (2.5 PFLOP/s dense each). nvidia-smi prints 189471 MiB for "NVIDIA GB200" in public output (code
 # search, several run logs; no issue thread to link). Usable by the rule. The Grace CPU's LPDDR is
 # not counted: engines size the KV cache from the GPU's HBM.
-_add(DeviceSpec("GB200-186GB", "gpu", 189471 * MiB, 189471 * MiB - _CONTEXT_RESERVE, 8.0e12,
+_add(DeviceSpec("GB200-186GB", "gpu", 189471 * MiB, 189471 * MiB - CONTEXT_RESERVE, 8.0e12,
                 2500e12, "NVIDIA GB200", ("GB200",)))
 
 # A100 SXM4 40GB: 40 GiB HBM2; nvidia-smi 40960 MiB on current drivers (older ones print 40536;
@@ -138,17 +138,17 @@ _add(DeviceSpec("A100-40GB", "gpu", 40960 * MiB, 42_298_834_944, 1.555e12,
 # A100 PCIe 40GB: the same 40 GB HBM2 and 1,555 GB/s, 312 TFLOP/s dense (A100 datasheet, "A100
 # 40GB PCIe" column); nvidia-smi total taken as the SXM part's 40960 MiB (same memory; no PCIe
 # print found). Usable by the rule.
-_add(DeviceSpec("A100-PCIe-40GB", "gpu", 40960 * MiB, 40960 * MiB - _CONTEXT_RESERVE, 1.555e12,
+_add(DeviceSpec("A100-PCIe-40GB", "gpu", 40960 * MiB, 40960 * MiB - CONTEXT_RESERVE, 1.555e12,
                 312e12, "NVIDIA A100-PCIE-40GB", ("A100-PCIE-40G", "A100-PCIe-40G")))
 
 # A100 SXM4 80GB: 80 GiB HBM2e, nvidia-smi 81920 MiB (modal-labs/modal-client #2797). 2,039 GB/s;
 # BF16 312 TFLOP/s dense (NVIDIA A100 Tensor Core GPU datasheet, "A100 80GB SXM" column).
-_add(DeviceSpec("A100-80GB", "gpu", 81920 * MiB, 81920 * MiB - _CONTEXT_RESERVE, 2.039e12,
+_add(DeviceSpec("A100-80GB", "gpu", 81920 * MiB, 81920 * MiB - CONTEXT_RESERVE, 2.039e12,
                 312e12, "NVIDIA A100-SXM4-80GB", ("A100", "A100-SXM4-80GB", "A100-80G")))
 
 # A100 PCIe 80GB: nvidia-smi 81920 MiB ("NVIDIA A100 80GB PCIe", vllm-project/vllm issue #7992).
 # 1,935 GB/s; BF16 312 TFLOP/s dense (A100 datasheet, "A100 80GB PCIe" column). Usable by the rule.
-_add(DeviceSpec("A100-PCIe-80GB", "gpu", 81920 * MiB, 81920 * MiB - _CONTEXT_RESERVE, 1.935e12,
+_add(DeviceSpec("A100-PCIe-80GB", "gpu", 81920 * MiB, 81920 * MiB - CONTEXT_RESERVE, 1.935e12,
                 312e12, "NVIDIA A100 80GB PCIe", ("A100-PCIe", "A100-80GB-PCIe", "A100-PCIe-80G")))
 
 # L4: 24 GB GDDR6, nvidia-smi 23034 MiB with ECC on (modal-labs/modal-client #2797). Usable: "GPU 0 has
@@ -158,13 +158,13 @@ _add(DeviceSpec("L4-24GB", "gpu", 23034 * MiB, _gib_2dp(22.05), 300e9, 121e12, "
 
 # L40S: 48 GB GDDR6 with ECC, nvidia-smi 46068 MiB (modal-labs/modal-client #2797). 864 GB/s;
 # BF16 733 TFLOP/s with sparsity -> 362.05 dense (NVIDIA L40S datasheet).
-_add(DeviceSpec("L40S-48GB", "gpu", 46068 * MiB, 46068 * MiB - _CONTEXT_RESERVE, 864e9,
+_add(DeviceSpec("L40S-48GB", "gpu", 46068 * MiB, 46068 * MiB - CONTEXT_RESERVE, 864e9,
                 362.05e12, "NVIDIA L40S", ("L40S",)))
 
 # A40: 48 GB GDDR6 with ECC on by default, nvidia-smi 46068 MiB ("NVIDIA A40", the captured
 # nvidia-smi output in thamada/nvidia-smi nvsim/A40x10_smi.py). 696 GB/s; BF16 149.7 TFLOP/s
 # dense, 299.4 sparse (NVIDIA A40 datasheet). Usable by the rule.
-_add(DeviceSpec("A40-48GB", "gpu", 46068 * MiB, 46068 * MiB - _CONTEXT_RESERVE, 696e9, 149.7e12,
+_add(DeviceSpec("A40-48GB", "gpu", 46068 * MiB, 46068 * MiB - CONTEXT_RESERVE, 696e9, 149.7e12,
                 "NVIDIA A40", ("A40",)))
 
 # A10: 24 GB GDDR6, nvidia-smi 23028 MiB ("NVIDIA A10", vllm-project/vllm issue #10034; older
@@ -178,7 +178,7 @@ _add(DeviceSpec("A10-24GB", "gpu", 23028 * MiB, _gib_2dp(22.18), 600e9, 125e12,
 # NVIDIA/TensorRT-LLM issue #7818); 600 GB/s like the A10. BF16 tensor 70 TFLOP/s dense from the
 # spec table in Baseten's "NVIDIA A10 vs A10G for ML model inference" (the A10 datasheet's 125 does
 # not apply). Least certain figure in this file.
-_add(DeviceSpec("A10G-24GB", "gpu", 23028 * MiB, 23028 * MiB - _CONTEXT_RESERVE, 600e9, 70e12,
+_add(DeviceSpec("A10G-24GB", "gpu", 23028 * MiB, 23028 * MiB - CONTEXT_RESERVE, 600e9, 70e12,
                 "NVIDIA A10G", ("A10G",)))
 
 # T4: 16 GB GDDR6, nvidia-smi 15360 MiB (modal-labs/modal-client #2797; deepseek-ai/DeepSeek-R1
@@ -192,7 +192,7 @@ _add(DeviceSpec("T4-16GB", "gpu", 15360 * MiB, _gib_2dp(14.58), 320e9, 65e12, "T
 # GeForce RTX 4090: 24 GB GDDR6X, nvidia-smi 24564 MiB (vllm-project/vllm issue #7553; a display
 # attached takes more). 1,008 GB/s; BF16 tensor with FP32 accumulate 165.2 TFLOP/s dense, 330.4
 # sparse (NVIDIA Ada Lovelace GPU Architecture whitepaper, Appendix A, RTX 4090 table).
-_add(DeviceSpec("RTX4090-24GB", "gpu", 24564 * MiB, 24564 * MiB - _CONTEXT_RESERVE, 1008e9,
+_add(DeviceSpec("RTX4090-24GB", "gpu", 24564 * MiB, 24564 * MiB - CONTEXT_RESERVE, 1008e9,
                 165.2e12, "NVIDIA GeForce RTX 4090", ("4090", "RTX-4090", "RTX4090")))
 
 # GeForce RTX 3090: 24 GB GDDR6X, nvidia-smi 24576 MiB (noonghunna/club-3090 issue #1128); 936 GB/s;
@@ -205,19 +205,19 @@ _add(DeviceSpec("RTX3090-24GB", "gpu", 24576 * MiB, 24146 * MiB, 936e9, 71e12,
 # GeForce RTX 5090: 32 GB GDDR7, nvidia-smi 32607 MiB (noonghunna/club-3090 issue #617); 1,792
 # GB/s; FP16/BF16 tensor with FP32 accumulate 209.5 TFLOP/s dense, 419 sparse (NVIDIA RTX Blackwell
 # GPU Architecture whitepaper, RTX 5090 table). Usable by the rule.
-_add(DeviceSpec("RTX5090-32GB", "gpu", 32607 * MiB, 32607 * MiB - _CONTEXT_RESERVE, 1792e9,
+_add(DeviceSpec("RTX5090-32GB", "gpu", 32607 * MiB, 32607 * MiB - CONTEXT_RESERVE, 1792e9,
                 209.5e12, "NVIDIA GeForce RTX 5090", ("5090", "RTX-5090", "RTX5090")))
 
 # RTX A4000: 16 GB GDDR6 (ECC off), nvidia-smi 16376 MiB; 448 GB/s; tensor 153.4 TFLOP/s with
 # sparsity -> 76.7 dense (NVIDIA RTX A4000 datasheet). Usable by the 500 MiB rule
 # (TensorRT-LLM #1188 runs on this card).
-_add(DeviceSpec("RTXA4000-16GB", "gpu", 16376 * MiB, 16376 * MiB - _CONTEXT_RESERVE, 448e9, 76.7e12,
+_add(DeviceSpec("RTXA4000-16GB", "gpu", 16376 * MiB, 16376 * MiB - CONTEXT_RESERVE, 448e9, 76.7e12,
                 "NVIDIA RTX A4000", ("A4000", "RTX-A4000", "RTXA4000")))
 
 # RTX A5000: 24 GB GDDR6, nvidia-smi 24564 MiB ("NVIDIA RTX A5000, 24564 MiB",
 # akash-network/provider-configs PR #83); 768 GB/s; tensor 222.2 TFLOP/s with sparsity -> 111.1
 # dense (NVIDIA RTX A5000 datasheet). Usable by the 500 MiB rule.
-_add(DeviceSpec("RTXA5000-24GB", "gpu", 24564 * MiB, 24564 * MiB - _CONTEXT_RESERVE, 768e9, 111.1e12,
+_add(DeviceSpec("RTXA5000-24GB", "gpu", 24564 * MiB, 24564 * MiB - CONTEXT_RESERVE, 768e9, 111.1e12,
                 "NVIDIA RTX A5000", ("A5000", "RTX-A5000", "RTXA5000")))
 
 # RTX A6000: 48 GB GDDR6 = 48 GiB of chips (NVIDIA RTX A6000 datasheet); no nvidia-smi print found,
@@ -231,7 +231,7 @@ _add(DeviceSpec("RTXA6000-48GB", "gpu", 48 * GiB, _gib_2dp(47.53), 768e9, 154.85
 # RTX 6000 Ada Generation: 48 GB GDDR6 = 48 GiB of chips, 960 GB/s; FP16/BF16 tensor with FP32
 # accumulate 364.2 TFLOP/s dense, 728.5 sparse (NVIDIA Ada Lovelace whitepaper / RTX 6000 Ada
 # datasheet). No runtime total found: usable = 48 GiB minus the 500 MiB reserve (ECC off).
-_add(DeviceSpec("RTX6000Ada-48GB", "gpu", 48 * GiB, 48 * GiB - _CONTEXT_RESERVE, 960e9, 364.2e12,
+_add(DeviceSpec("RTX6000Ada-48GB", "gpu", 48 * GiB, 48 * GiB - CONTEXT_RESERVE, 960e9, 364.2e12,
                 "NVIDIA RTX 6000 Ada Generation", ("RTX-6000-Ada", "RTX6000Ada", "6000Ada")))
 
 # RTX PRO 6000 Blackwell (Server, Workstation and Max-Q editions): 96 GB GDDR7, nvidia-smi 97887 MiB
@@ -240,7 +240,7 @@ _add(DeviceSpec("RTX6000Ada-48GB", "gpu", 48 * GiB, 48 * GiB - _CONTEXT_RESERVE,
 # halved for dense, and halved twice more for FP8 then FP16 (the Max-Q and Server editions clock
 # lower). device_kind is the Server Edition's name (vllm #32109); the Workstation editions report
 # their own names. Usable by the rule.
-_add(DeviceSpec("RTXPRO6000-96GB", "gpu", 97887 * MiB, 97887 * MiB - _CONTEXT_RESERVE, 1792e9,
+_add(DeviceSpec("RTXPRO6000-96GB", "gpu", 97887 * MiB, 97887 * MiB - CONTEXT_RESERVE, 1792e9,
                 500e12, "NVIDIA RTX PRO 6000 Blackwell Server Edition",
                 ("RTX-PRO-6000", "RTXPRO6000", "PRO6000", "RTX-PRO-6000-Blackwell")))
 
@@ -249,24 +249,24 @@ _add(DeviceSpec("RTXPRO6000-96GB", "gpu", 97887 * MiB, 97887 * MiB - _CONTEXT_RE
 # (= 192 GiB; some hosts print 206141652992, ROCm/legacy-rocm-build issue #4750). 5.3 TB/s; BF16
 # 1,307.4 TFLOP/s dense, 2,614.9 sparse (AMD Instinct MI300X data sheet). JAX device_kind on ROCm
 # not confirmed, left "".
-_add(DeviceSpec("MI300X-192GB", "gpu", 192 * GiB, 192 * GiB - _CONTEXT_RESERVE, 5.3e12,
+_add(DeviceSpec("MI300X-192GB", "gpu", 192 * GiB, 192 * GiB - CONTEXT_RESERVE, 5.3e12,
                 1307.4e12, "", ("MI300X",)))
 
 # MI325X: 256 GB HBM3E = 8 stacks x 32 GiB (no public rocm-smi total found; taken as 256 GiB).
 # 6 TB/s; BF16 1,307.4 TFLOP/s dense (AMD Instinct MI325X data sheet: same CDNA 3 compute).
-_add(DeviceSpec("MI325X-256GB", "gpu", 256 * GiB, 256 * GiB - _CONTEXT_RESERVE, 6.0e12,
+_add(DeviceSpec("MI325X-256GB", "gpu", 256 * GiB, 256 * GiB - CONTEXT_RESERVE, 6.0e12,
                 1307.4e12, "", ("MI325X",)))
 
 # MI355X: 288 GB HBM3E = 8 stacks x 36 GiB (no public rocm-smi total found; taken as 288 GiB, as
 # for MI325X). 8 TB/s; FP16/BF16 2.5 PFLOP/s dense (AMD Instinct MI355X data sheet).
-_add(DeviceSpec("MI355X-288GB", "gpu", 288 * GiB, 288 * GiB - _CONTEXT_RESERVE, 8.0e12,
+_add(DeviceSpec("MI355X-288GB", "gpu", 288 * GiB, 288 * GiB - CONTEXT_RESERVE, 8.0e12,
                 2500e12, "", ("MI355X",)))
 
 # MI250X: two GCDs per OAM module, each its own device to ROCm, torch and JAX, so one entry is one
 # GCD: rocm-smi prints "VRAM Total Memory (B): 68702699520" per GCD in public logs (HPE Cray "AMD
 # INSTINCT MI200 (MCM) OAM" nodes; code search): 65520 MiB, 16 MiB short of the 64 GiB of HBM2e.
 # Half the module's 3.2768 TB/s and 383 TFLOP/s bf16 (AMD Instinct MI250X data sheet).
-_add(DeviceSpec("MI250X-64GB", "gpu", 68_702_699_520, 68_702_699_520 - _CONTEXT_RESERVE, 1.6384e12,
+_add(DeviceSpec("MI250X-64GB", "gpu", 68_702_699_520, 68_702_699_520 - CONTEXT_RESERVE, 1.6384e12,
                 191.5e12, "", ("MI250X",)))
 
 # --- Google TPU (one JAX device; device_kind strings as mapped in jax/_src/pallas/mosaic/tpu_info.py)

@@ -775,7 +775,7 @@ RESIDUAL_SOURCE = ("leave-one-out error quantiles of the start-up-log corpus (te
 # CUDA context + libraries resident before an engine reads free memory. meshes/catalog.py keeps
 # 500 MiB for it; TRT-LLM #1188 (R5, A4000) leaves ~0.45 GiB, TRT-LLM #2789 (H100) ~0.95 GiB.
 CONTEXT = Band.of(0.3 * GiB, 0.5 * GiB, 0.95 * GiB)
-CONTEXT_SOURCE = ("meshes/catalog.py _CONTEXT_RESERVE (500 MiB); TRT-LLM #1188 (R5) and #2789 start-up "
+CONTEXT_SOURCE = ("meshes/catalog.py CONTEXT_RESERVE (500 MiB); TRT-LLM #1188 (R5) and #2789 start-up "
                   "logs (0.45–0.95 GiB); free memory is what SGLang and TRT-LLM measure")
 
 # TRT-LLM TRT-engine runtime (C++ path), per build limits (cpp/tensorrt_llm/runtime/runtimeBuffers.cpp,
