@@ -128,10 +128,10 @@ def test_nvls_buffers_by_hand():
     # NCCL ≤ 2.20 (vllm #9699's line on 8 H200s): nHeads 8, buffSize 4,194,304, memSize 2,097,152,
     # nvlsPerRankSize 301,989,888 = 24 channels × 2 × (4 + 2) MiB, nvlsTotalSize 2,415,919,104 = 8 heads
     full = 2_415_919_104
-    assert nvls_bytes(8, (2, 20)) == 8 * 301_989_888 == full
-    assert nvls_bytes(16, (2, 20)) == full  # one head per GPU of the NVSwitch node
+    assert nvls_bytes(8, (2, 20), "NVIDIA H200") == 8 * 301_989_888 == full
+    assert nvls_bytes(16, (2, 20), "NVIDIA H200") == full  # one head per GPU of the NVSwitch node
     # NCCL 2.21: buffSize = 128 KiB chunks × 8 steps = 1 MiB beside the 2 MiB of head/tail
-    assert nvls_bytes(8, (2, 21)) == 8 * 24 * 2 * (1 + 2) * MiB == 1_207_959_552
+    assert nvls_bytes(8, (2, 21), "NVIDIA H200") == 8 * 24 * 2 * (1 + 2) * MiB == 1_207_959_552
     # NCCL ≥ 2.26: 16 NVLS channels on Hopper × 2 × 1 MiB; Blackwell 32, from 2.27 24 inside a node
     assert nvls_bytes(8, (2, 26), "NVIDIA H100 80GB HBM3") == 8 * 16 * 2 * MiB == 268_435_456
     assert nvls_bytes(8, (2, 26), "NVIDIA B200") == 8 * 32 * 2 * MiB
@@ -142,7 +142,7 @@ def test_nvls_buffers_by_hand():
         [(2, 20), (2, 21), (2, 21), (2, 26), (2, 26), (2, 27)]
     # set up with the communicator (≤ 2.21), snapshot before NCCL's set-up: both communicators
     # (PyNccl's and torch's), the band from one
-    b = nvls_band(8, "H100-80GB", "nvlink", snapshot_after_init=False)
+    b = nvls_band(8, "H100-80GB", "nvlink", snapshot_after_init=False, nccl=(2, 20))
     assert (b.low, b.central, b.high) == (full, 2 * full, 2 * full)
     b = nvls_band(8, "H100-80GB", "nvlink", snapshot_after_init=True, nccl=(2, 21))
     assert (b.low, b.central, b.high) == (0, 1_207_959_552, 2 * 1_207_959_552)
@@ -155,7 +155,7 @@ def test_nvls_buffers_by_hand():
     # NCCL builds none for two GPUs, over PCIe, before Hopper or on AMD cards
     for args in ((2, "H100-80GB", "nvlink"), (8, "H100-PCIe-80GB", "pcie"), (8, "A100-80GB", "nvlink"),
                  (8, "MI300X-192GB", "nvlink")):
-        assert nvls_band(*args, snapshot_after_init=False) == Band.exact(0)
+        assert nvls_band(*args, snapshot_after_init=False, nccl=(2, 20)) == Band.exact(0)
     # in a profile: 0.6.4 (torch 2.5.1, NCCL 2.21) and 0.10 (torch 2.7, NCCL 2.26) at TP8 on H100s
     # charge them on top of the NCCL term; V0 from 0.6.5 does not
     tp8 = vllm("8xH100-80GB", "tp8", version="0.6.4.post1").non_kv.get("non_torch")

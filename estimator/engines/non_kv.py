@@ -631,7 +631,13 @@ def nccl_release(vllm_release: tuple[int, ...]) -> tuple[int, int]:
     return (2, 26) if vllm_release < (0, 10, 2) else (2, 27)
 
 
-def nvls_bytes(tensor: int, nccl: tuple[int, int] = (2, 20), device_kind: str = "H100") -> int:
+def nvls_applies(tensor: int, device_kind: str, link: str) -> bool:
+    """Whether NCCL builds NVLS buffers: more than two GPUs over NVLink on a Hopper or Blackwell card
+    (none for PCIe, pre-Hopper or AMD cards)."""
+    return tensor > 2 and link == "nvlink" and bool(_NVLS_CARD.search(device_kind.lower().replace("-", " ")))
+
+
+def nvls_bytes(tensor: int, nccl: tuple[int, int], device_kind: str) -> int:
     """NVLS buffers of one communicator on one rank (NCCL's ``nvlsTotalSize``)."""
     heads = min(tensor, NVLS_MAX_HEADS)
     if nccl <= (2, 20):
@@ -645,14 +651,14 @@ def nvls_bytes(tensor: int, nccl: tuple[int, int] = (2, 20), device_kind: str = 
 
 
 def nvls_band(tensor: int, device_kind: str, link: str, *, snapshot_after_init: bool,
-              nccl: tuple[int, int] = (2, 20)) -> Band:
+              nccl: tuple[int, int]) -> Band:
     """NVLS memory a vLLM rank's profile charges (0 where NCCL builds none: two GPUs or fewer, PCIe,
     pre-Hopper and AMD cards). A full 8-GPU group is an NVSwitch board (central: both communicators,
     PyNccl's and torch's; with NCCL ≤ 2.21 one where the snapshot follows NCCL's set-up, as
     ``non_torch_band`` halves its NCCL term; from 2.26 the buffers come with the profile run's first NVLS
     collective, so both, the band from none: NCCL may pick another algorithm); a group of 3–7 may or
     may not sit on one (4-GPU HGX boards have no NVSwitch), so only the band's top holds it."""
-    if tensor <= 2 or link != "nvlink" or not _NVLS_CARD.search(device_kind.lower().replace("-", " ")):
+    if not nvls_applies(tensor, device_kind, link):
         return Band.exact(0)
     one = nvls_bytes(tensor, nccl, device_kind)
     if tensor < NVLS_MAX_HEADS:
@@ -807,6 +813,6 @@ __all__ = ["ACTIVATION_SOURCE", "CALIBRATION_PATH", "CALIBRATION_SOURCE", "CONTE
            "cuda_graph_band", "cudagraph_capture_sizes", "custom_all_reduce_bytes", "encoder_items",
            "encoder_peak_bytes", "fitted", "forward_bytes", "forward_bytes_per_token", "fused_moe_chunk_size",
            "gpu_class", "interconnect", "lora_slot_bytes", "model_runner_v2", "mrv2_sampler_bytes_per_logit",
-           "mrv2_sampler_state_bytes", "mxfp4_padding_bytes", "nccl_release", "non_torch_band", "nvls_band",
-           "nvls_bytes", "residual_band", "rotary_cache_bytes", "sampler_bytes_per_logit", "term",
+           "mrv2_sampler_state_bytes", "mxfp4_padding_bytes", "nccl_release", "non_torch_band", "nvls_applies",
+           "nvls_band", "nvls_bytes", "residual_band", "rotary_cache_bytes", "sampler_bytes_per_logit", "term",
            "torch_param_bytes", "torch_sort_sampler_bytes", "v0_dummy_sequences", "vision_split_bytes"]

@@ -105,6 +105,7 @@ from estimator.engines.non_kv import (
     mxfp4_padding_bytes,
     nccl_release,
     non_torch_band,
+    nvls_applies,
     nvls_band,
     residual_band,
     rotary_cache_bytes,
@@ -570,7 +571,7 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
 
     non_torch = communicators(version in SNAPSHOT_AFTER_INIT and not headroom)
     non_torch_source = NON_TORCH_SOURCE
-    if version != "v0" and nvls_band(lay.tensor, kind, link, snapshot_after_init=False).high:
+    if version != "v0" and nvls_applies(lay.tensor, kind, link):
         non_torch_source += "; + NVLS multicast buffers (estimator.engines.non_kv nvls_band, NVIDIA/nccl nvls.cc)"
     if version in DEVICE_WIDE_NON_TORCH:
         context = measured.get("context_bytes")
