@@ -27,6 +27,7 @@ MESH_OF = {
     "qwen3-14b": ("1xA100-40GB", None), "qwen3-32b": ("1xH100-80GB", None),
     "phi-3-mini-4k": ("1xT4-16GB", None), "mixtral-8x7b": ("2xA100-80GB", "tp2"),
     "qwen3-30b-a3b": ("1xRTXPRO6000-96GB", None), "minimax-m2.5": ("4xH200-141GB", "tp4"),
+    "minimax-m2": ("4xH200-141GB", "tp4"),
     "deepseek-v3": ("8xH200-141GB", "tp8"), "deepseek-r1": ("8xH200-141GB", "tp8"),
     "deepseek-v3.2": ("8xB200-192GB", "tp8"), "kimi-k2": ("8xB300-288GB", "tp8"),
     "qwen3-235b-a22b": ("8xH200-141GB", "tp8"), "qwen3-235b-a22b-fp8": ("4xH200-141GB", "tp4"),
@@ -36,7 +37,8 @@ MESH_OF = {
     "llama-3.3-70b": ("2xMI300X-192GB", "tp2"),
     "gemma-3-27b": ("1xH100-80GB", None), "glm-4.5": ("8xH200-141GB", "tp8"), "phi-4": ("1xL40S-48GB", None),
     "gemma-3-1b": ("1xT4-16GB", None), "gemma-3-4b": ("v5e-1", None), "gemma-3-12b": ("v7x-1", None),
-    "mistral-small-3.1-24b": ("1xH100-80GB", None),
+    "mistral-small-3.1-24b": ("1xH100-80GB", None), "glm-4.6": ("8xH200-141GB", "tp8"),
+    "mistral-large-2": ("4xH100-80GB", "tp4"),
 }
 
 
@@ -76,9 +78,12 @@ PUBLISHED = {
     "qwen3-coder-480b-a35b": (480e9, 0.005), "qwen3-next-80b-a3b-thinking": (80e9, 0.01),
     "gemma-3-1b": (1000e6, 0.005), "gemma-3-4b": (4301e6, 0.005), "gemma-3-12b": (12188e6, 0.005),
     "gemma-3-27b": (27433e6, 0.005), "glm-4.5": (355e9, 0.01), "minimax-m2.5": (230e9, 0.01),
+    "minimax-m2": (230e9, 0.01),
     "phi-4": (14.7e9, 0.005), "llama-4-scout": (109e9, 0.015),
     "mistral-small-3.1-24b": (24e9, 0.005),  # "24B" (Mistral's model card)
     "llama-4-maverick": (400e9, 0.005),  # "400B total parameters" (HF model card), vision tower included
+    "glm-4.6": (355e9, 0.01),  # "355B total parameters" (zai-org/GLM-4.6 model card), MTP layer included
+    "mistral-large-2": (123e9, 0.005),  # "123B parameters" (Mistral's Large 2 announcement and model card)
 }
 
 
@@ -112,6 +117,36 @@ def test_mistral_small_count_by_hand():
     assert parameter_count(load_preset("mistral-small-3.1-24b")) == text + vision + projector
 
 
+def test_mistral_large_2_count_by_hand():
+    # 88 layers of q and o 12288·12288 (96 heads × 128), k and v 12288·1024 (8 × 128), gated MLP
+    # 3·12288·28672 and two RMSNorms; untied embedding and head 2·32768·12288; final norm 12288.
+    layer = 2 * 12288 * 12288 + 2 * 12288 * 1024 + 3 * 12288 * 28672 + 2 * 12288
+    assert parameter_count(load_preset("mistral-large-2")) == 88 * layer + 2 * 32768 * 12288 + 12288
+
+
+def test_mistral_large_2_second_copy_agrees(hf_config):
+    """The GPTQ export of Large-Instruct-2407 holds every stored value; only its quantization differs."""
+    export = json.loads(hf_config("ModelCloud/Mistral-Large-Instruct-2407-gptq-4bit").read_text())
+    _is_subset(HF_PRESETS["mistral-large-2"].config, export)
+    assert export["quantization_config"]["quant_method"] == "gptq"
+
+
+def test_glm_4_6_is_glm_4_5_with_glm_4_7s_window(hf_config):
+    """No GLM-4.6 config.json was found: its preset must equal GLM-4.5's config but for the 202752
+    positions, and GLM-4.7's config (the next release, same architecture) must hold every value of it."""
+    glm45 = json.loads(hf_config("zai-org/GLM-4.5").read_text())
+    glm47 = json.loads(hf_config("zai-org/GLM-4.7-FP8").read_text())
+    glm46 = HF_PRESETS["glm-4.6"].config
+    differ = {k for k in glm45.keys() & glm47.keys() if glm45[k] != glm47[k]}
+    assert differ == {"max_position_embeddings"}, differ
+    assert all(glm46[k] == glm47[k] for k in glm46.keys() & glm47.keys())
+    assert len(glm46.keys() & glm47.keys()) >= 15
+    _is_subset({k: v for k, v in glm46.items() if k != "max_position_embeddings"}, glm45)
+    assert glm46["max_position_embeddings"] == glm47["max_position_embeddings"] == 202752
+    as_45 = load_preset("glm-4.6").to_dict() | {"name": "glm-4.5", "max_position_embeddings": 131072}
+    assert as_45 == load_preset("glm-4.5").to_dict()
+
+
 def test_pixtral_patch_merger_reads_the_wrappers_spatial_merge_size():
     from estimator.model.hf_config import spec_from_hf_config
     from meshes.validation import InputError
@@ -139,6 +174,7 @@ VENDORED = {
     "llama-3.3-70b": "meta-llama/Llama-3.3-70B-Instruct", "gemma-3-27b": "google/gemma-3-27b-it",
     "glm-4.5": "zai-org/GLM-4.5", "phi-4": "microsoft/phi-4",
     "mistral-small-3.1-24b": "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+    "mistral-large-2": "mistralai/Mistral-Large-Instruct-2411",
 }
 
 

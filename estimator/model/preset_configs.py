@@ -14,6 +14,17 @@ HF files are known to hold: vocab_size is 262144 there, while the HF multimodal 
 262208 embedding rows (the 27B config shows it; 64 rows, < 0.01 % of the weights); and
 get_config_for_4b leaves max_position_embeddings at the class default 8192, while the Gemma 3 model
 card gives the 4B, like the 12B and 27B, a 128K context, so 131072 is used (the 12B's own value).
+
+GLM-4.6 is the other exception: no copy of its config.json was found. Its dict is GLM-4.5's with
+GLM-4.7's max_position_embeddings. The two neighbours' configs (both vendored) agree on every
+architecture key they share except that one (131072 vs 202752); GLM-4.6 brought the 200K window
+that GLM-4.7 kept (Z.ai's GLM-4.6 release note: "expanded from 128K to 200K tokens"), and
+xorbitsai/inference's registry lists zai-org/GLM-4.6 with a context length of 202752.
+
+Mistral Large 2 is taken from two HF-hosted copies rather than Mistral's gated repo: a fine-tune
+saved from mistralai/Mistral-Large-Instruct-2411 (its ``_name_or_path``) and a GPTQ export of
+Mistral-Large-Instruct-2407. They agree on every key kept here, and each is the byte size its HF
+page gives.
 """
 
 from __future__ import annotations
@@ -750,6 +761,24 @@ HF_PRESETS: dict[str, HFPreset] = {
          'torch_dtype': 'bfloat16',
          'use_qk_norm': True,
          'vocab_size': 151552}),
+    'mistral-large-2': HFPreset(
+        'mistralai/Mistral-Large-Instruct-2411',
+        'huggingface.co/NarrativAI/Cakrawala-123B@b5a1c17 config.json (saved from mistralai/Mistral-Large-Instruct-2'
+        '411, 678 B); huggingface.co/ModelCloud/Mistral-Large-Instruct-2407-gptq-4bit@0c34e27 config.json holds the '
+        'same values',
+        {'architectures': ['MistralForCausalLM'],
+         'head_dim': 128,
+         'hidden_size': 12288,
+         'intermediate_size': 28672,
+         'max_position_embeddings': 131072,
+         'model_type': 'mistral',
+         'num_attention_heads': 96,
+         'num_hidden_layers': 88,
+         'num_key_value_heads': 8,
+         'sliding_window': None,
+         'tie_word_embeddings': False,
+         'torch_dtype': 'bfloat16',
+         'vocab_size': 32768}),
     'phi-4': HFPreset(
         'microsoft/phi-4',
         'pryzmatpl/prizm-phi4@381727a5ee:config.json (HF history, 2024-12-11)',
@@ -860,3 +889,11 @@ HF_PRESETS: dict[str, HFPreset] = {
                            'num_hidden_layers': 24,
                            'patch_size': 14}}),
 }
+
+# GLM-4.6: GLM-4.5's config with GLM-4.7's context window (see the module docstring).
+HF_PRESETS['glm-4.6'] = HFPreset(
+    'zai-org/GLM-4.6',
+    'zai-org/GLM-4.5 config (alibaba/rtp-llm@4b8d39cd5c, as glm-4.5) with max_position_embeddings 202752 of zai-org/'
+    'GLM-4.7 (ai-dynamo/aiconfigurator@a0ba9ec6d1 zai-org--GLM-4.7-FP8_config.json) and of xorbitsai/inference doc/'
+    'source/models/builtin/llm/glm-4.6.rst; no verbatim GLM-4.6 config.json was found',
+    {**HF_PRESETS['glm-4.5'].config, 'max_position_embeddings': 202752})

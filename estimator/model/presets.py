@@ -5,7 +5,7 @@ project's own format) that ``estimator.model.resolve.load_preset`` turns into a 
 
 * Presets written by hand in that format (``_SPEC_PRESETS``): the first thirteen, each from its
   model's HF config.json (tests check them against the real configs), and the models whose
-  family ``estimator.model.hf_config`` has no reader for (MiniMax-M2.5).
+  family ``estimator.model.hf_config`` has no reader for (MiniMax-M2 and M2.5).
 * Presets kept as their HF config.json (``estimator.model.preset_configs``), parsed by the same reader
   as a user's config.json on first use, so a preset says exactly what its config says and costs
   nothing at ``import estimator``.
@@ -97,10 +97,7 @@ _SPEC_PRESETS: dict[str, dict[str, Any]] = {
     # modules_to_not_convert. Approximations: the config's qk_norm_type "per_layer" normalises the
     # whole q / k projection (48·128 + 8·128 weights per layer) where ModelSpec counts per-head norms
     # (2·128): 0.4 M parameters in all; its MTP modules (use_mtp, 3 modules) are not counted, as for
-    # models whose engines do not load them by default. The MiniMax-M2 config itself was not found
-    # verbatim; its shape is the same as far as public code shows (huggingface/transformers v5.12.1
-    # MiniMaxM2Config defaults: 62 x 3072, 48/8 heads of 128, 256 x 1536 experts, 8 per token,
-    # vocab 200064, 196608 positions, untied), but not its quantisation, so no M2 preset is given.
+    # models whose engines do not load them by default.
     "minimax-m2.5": dict(model_type="minimax_m2", num_layers=62, hidden_size=3072,
                          num_attention_heads=48, num_kv_heads=8, head_dim=128, vocab_size=200064,
                          intermediate_size=1536, max_position_embeddings=196608, qk_norm=True,
@@ -108,6 +105,14 @@ _SPEC_PRESETS: dict[str, dict[str, Any]] = {
                          router_bias=True, weight_quant="fp8_block", quant_block=128,
                          quant_exclude=("gate", "e_score_correction_bias", "lm_head")),
 }
+# MiniMaxAI/MiniMax-M2, the release M2.5 continues. Its HF config.json (the hub page of
+# MiniMaxAI/MiniMax-M2 at refs/pr/57, and the diff of its commit 35c5c79) has the same shape key for
+# key: 62 x 3072, 48 / 8 heads of 128, 256 experts of 1536, 8 per token, qk_norm_type per_layer,
+# use_routing_bias, vocab 200064, 196608 positions, untied. Its quantization_config opens as M2.5's
+# does (activation_scheme dynamic, fmt float8_e4m3fn, quant_method fp8). The part not read here
+# (128 x 128 blocks; gate, e_score_correction_bias and lm_head kept in bf16) is M2.5's, and is also the
+# fp8 quantization_config that hf-internal-testing/MiniMax-M2-Small dropped in commit fec1feb.
+_SPEC_PRESETS["minimax-m2"] = dict(_SPEC_PRESETS["minimax-m2.5"])
 
 _SPEC_SOURCES = {
     "llama-3.1-8b": "meta-llama/Llama-3.1-8B", "llama-3.1-70b": "meta-llama/Llama-3.1-70B",
@@ -118,6 +123,8 @@ _SPEC_SOURCES = {
     "mixtral-8x7b": "mistralai/Mixtral-8x7B-v0.1", "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B",
     "minimax-m2.5": "MiniMaxAI/MiniMax-M2.5 (config.json copied in ai-dynamo/aiconfigurator@095f58a51c "
                     "aic-core/src/aiconfigurator_core/model_configs/MiniMaxAI--MiniMax-M2.5_config.json)",
+    "minimax-m2": "MiniMaxAI/MiniMax-M2 (config.json on its HF page, refs/pr/57; fp8 blocks as carried by "
+                  "hf-internal-testing/MiniMax-M2-Small@fec1feb)",
 }
 
 
