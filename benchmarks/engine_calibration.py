@@ -225,9 +225,10 @@ def resolve_card(gpu: str, total_gib: float | None) -> tuple[DeviceSpec | None, 
     # "40" right after the name or a plain "40 GB" (not a ">40 GB" remark beside an 80 GB class card)
     a100_40 = "a100" in text and not re.search(r"(?<![>\d])80\s?gb", text) and (
         "40" in text.split("a100", 1)[1][:20] or bool(re.search(r"(?<![>\d])40\s?gb", text)))
-    if "gh200" in text:  # Grace Hopper (96 or 144 GB, the runtime total varies): not H200, not catalogued
-        return None, f"card {gpu!r} not in the catalog"
-    table = [("h100 nvl", "H100-NVL-94GB"), ("h100", "H100-PCIe-80GB" if "pcie" in text else "H100-80GB"),
+    # "": a card the catalog lacks whose name holds a catalogued one's (Grace Hopper, 96 or 144 GB
+    # with a runtime total that varies, is not an H200)
+    table = [("gh200", ""), ("h100 nvl", "H100-NVL-94GB"),
+             ("h100", "H100-PCIe-80GB" if "pcie" in text else "H100-80GB"),
              ("h200", "H200-141GB"), ("h20", "H20-96GB"), ("gb200", "GB200-186GB"), ("b200", "B200-192GB"),
              ("a100", "A100-40GB" if a100_40 else "A100-80GB"),
              ("l40s", "L40S-48GB"), ("l20", "L40S-48GB"),  # L20: the L40S's 48 GB GDDR6 board memory
@@ -248,7 +249,7 @@ def resolve_card(gpu: str, total_gib: float | None) -> tuple[DeviceSpec | None, 
         name = "A100-40GB"
     if name is None and total_gib and "24 gb" in text and "consumer" in text:
         name = "RTX3090-24GB"  # a 24 GB consumer card: the printed total is all the budget uses
-    if name is None:
+    if not name:
         return None, f"card {gpu!r} not in the catalog"
     spec = CATALOG[name]
     if total_gib:  # what the runtime printed wins over the catalog's usable figure

@@ -566,8 +566,9 @@ def non_kv_terms(setup: Setup, m: ModelSpec, *, stage_weights: int, stage: int, 
         band = non_torch_band(NAME, version, tensor=lay.tensor, pipeline=lay.pipeline, link=link,
                               custom_ar=not k["disable_custom_all_reduce"], data=1 if v0 else lay.data,
                               snapshot_after_init=after_init)
-        nvls = nvls_band(lay.tensor, kind, link, snapshot_after_init=after_init, nccl=nccl_release(release))
-        return band if version == "v0" else band + nvls
+        if version == "v0":
+            return band
+        return band + nvls_band(lay.tensor, kind, link, snapshot_after_init=after_init, nccl=nccl_release(release))
 
     non_torch = communicators(version in SNAPSHOT_AFTER_INIT and not headroom)
     non_torch_source = NON_TORCH_SOURCE
